@@ -1,0 +1,5 @@
+"""Lightning callbacks of the platform."""
+
+from recattend.callbacks.teardown import ProcessGroupTeardown
+
+__all__ = ["ProcessGroupTeardown"]

@@ -1,0 +1,126 @@
+"""Training of the FCN pre-processor (paper section 2, Figure 3; reference section 1.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import BinaryJaccardIndex, MulticlassAccuracy
+
+from recattend.data.targets import ANGLE_IGNORE, NUM_ANGLE_CLASSES
+from recattend.models.preprocessor import Preprocessor
+
+
+class PreprocessorModule(L.LightningModule):
+    """Foreground BCE plus angle cross-entropy masked to foreground pixels.
+
+    The foreground loss is the mean over all pixels; the angle loss is summed over ground-truth
+    foreground pixels and divided by their count (zero for an image batch without foreground), as
+    in the authors' ``fg_model.py``; the two are added with weight 1. Metrics: foreground IoU at
+    probability 0.5 and angle accuracy over foreground pixels.
+
+    Every argument is a plain value, saved as a hyper-parameter, so checkpoints load under
+    ``torch.load(weights_only=True)``.
+
+    Args:
+        image_size: the network input (H, W) (``${dataset.resolution}``); checked against the
+            network's stride at construction.
+        net: keyword arguments of :class:`~recattend.models.preprocessor.Preprocessor`.
+        optimizer: "adam" or "sgd" (momentum 0.9, as the reference).
+        lr: initial learning rate.
+        lr_decay: multiplicative decay applied every ``lr_decay_steps`` optimizer steps (staircase).
+        lr_decay_steps: steps between decays.
+        weight_decay: L2 on weights (the reference: 5e-5).
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: Sequence[int],
+        net: dict[str, Any] | None = None,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        lr_decay: float = 0.96,
+        lr_decay_steps: int = 5000,
+        weight_decay: float = 5e-5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"module.optimizer='{optimizer}' must be 'adam' or 'sgd'")
+        self.net = Preprocessor(**(net or {}))
+        h, w = image_size
+        if h % self.net.stride or w % self.net.stride:
+            raise ValueError(
+                f"dataset.resolution={[h, w]} cannot go through the pre-processor: both sides must "
+                f"be divisible by its total stride {self.net.stride} (the product of "
+                f"module.net.encoder_pools); e.g. use {[_round_up(h, self.net.stride), _round_up(w, self.net.stride)]}"
+            )
+        self.metrics = torch.nn.ModuleDict(
+            {
+                split: torch.nn.ModuleDict(
+                    {
+                        "fg_iou": BinaryJaccardIndex(),
+                        "angle_acc": MulticlassAccuracy(
+                            NUM_ANGLE_CLASSES, average="micro", ignore_index=ANGLE_IGNORE
+                        ),
+                    }
+                )
+                for split in ("val", "test")
+            }
+        )
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] -> logits, see :class:`Preprocessor`."""
+        return self.net(image)
+
+    def losses(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``loss_fg``, ``loss_angle`` and their sum ``loss`` for one batch."""
+        loss_fg = F.binary_cross_entropy_with_logits(out["foreground"], batch["foreground"])
+        terms = {"loss_fg": loss_fg, "loss": loss_fg}
+        if "angles" in out:
+            target = batch["angles"]
+            summed = F.cross_entropy(out["angles"], target, ignore_index=ANGLE_IGNORE, reduction="sum")
+            count = (target != ANGLE_IGNORE).sum().clamp(min=1)
+            terms["loss_angle"] = summed / count
+            terms["loss"] = loss_fg + terms["loss_angle"]
+        return terms
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        terms = self.losses(self(batch["image"]), batch)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=len(batch["image"]))
+        return terms["loss"]
+
+    def _evaluate(self, batch: dict[str, Any], split: str) -> None:
+        out = self(batch["image"])
+        terms = self.losses(out, batch)
+        n = len(batch["image"])
+        self.log_dict({f"{split}/{k}": v for k, v in terms.items()}, batch_size=n, sync_dist=True)
+        metrics = self.metrics[split]
+        metrics["fg_iou"](out["foreground"].sigmoid(), batch["foreground"].long())
+        self.log(f"{split}/fg_iou", metrics["fg_iou"], batch_size=n, prog_bar=True)
+        if "angles" in out:
+            metrics["angle_acc"](out["angles"], batch["angles"])
+            self.log(f"{split}/angle_acc", metrics["angle_acc"], batch_size=n, prog_bar=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        if hp.optimizer == "adam":
+            opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_steps, gamma=hp.lr_decay)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _round_up(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple

@@ -1,0 +1,1 @@
+"""Tasks: ``run(cfg)`` functions behind the entry points, testable without the command line."""

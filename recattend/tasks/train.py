@@ -1,0 +1,79 @@
+"""Training task: ``python train.py [overrides]`` or ``recattend-train [overrides]``.
+
+Order: start-up checks -> seed -> data -> module -> callbacks and loggers -> trainer -> fit ->
+test (best checkpoint if one was written) -> ``metrics.json`` in the run folder. W&B runs are
+finished in every case, so each job of a multirun gets its own run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from recattend.callbacks import ProcessGroupTeardown
+from recattend.utils.config import check_multirun_strategy, instantiate_group, require_writable_dir
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train (and test) what ``cfg`` describes; returns ``cfg.optimized_metric`` if set."""
+    output_dir = require_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+    check_multirun_strategy(cfg.trainer)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.dataset, _convert_="all")
+    module: L.LightningModule = instantiate(cfg.module, _convert_="all")
+    callbacks = [*instantiate_group(cfg.get("callbacks")), ProcessGroupTeardown()]
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    try:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if cfg.get("train", True):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = _scalars(trainer.callback_metrics)
+        if cfg.get("test", False):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            if not best:
+                log.info("no best checkpoint was written: testing the current weights")
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+            metrics.update(_scalars(trainer.callback_metrics))
+    finally:
+        _finish_wandb()
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        log.info("metrics: %s", json.dumps(metrics, sort_keys=True))
+        log.info("outputs in %s", output_dir)
+    name = cfg.get("optimized_metric")
+    return metrics.get(name) if name else None
+
+
+def _scalars(values: dict[str, Any]) -> dict[str, float | None]:
+    """Logged metrics as JSON-ready floats (None for a non-finite value)."""
+    out: dict[str, float | None] = {}
+    for key, value in values.items():
+        number = float(value.item() if isinstance(value, torch.Tensor) else value)
+        out[key] = number if math.isfinite(number) else None
+    return out
+
+
+def _finish_wandb() -> None:
+    import sys
+
+    wandb = sys.modules.get("wandb")  # only if a W&B logger was used
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+main = hydra.main(version_base="1.3", config_path="pkg://recattend.conf", config_name="train")(run)

@@ -1,0 +1,1 @@
+"""Small utilities shared by the tasks: config instantiation and run-directory checks."""
