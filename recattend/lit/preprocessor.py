@@ -91,7 +91,9 @@ class PreprocessorModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         terms = self.losses(self(batch["image"]), batch)
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=len(batch["image"]))
+        n = len(batch["image"])
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return terms["loss"]
 
     def _evaluate(self, batch: dict[str, Any], split: str) -> None:

@@ -1,0 +1,1 @@
+"""Hydra configs of recattend, importable as ``pkg://recattend.conf`` when installed."""
