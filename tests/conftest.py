@@ -18,7 +18,9 @@ CONF = ROOT / "conf"
 
 
 @pytest.fixture(autouse=True)
-def offline_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def offline_env(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
     """W&B offline with every W&B folder under tmp; full Hydra tracebacks."""
     wandb_home = tmp_path_factory.mktemp("wandb-home")
     env = {
@@ -59,7 +61,7 @@ def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 240):
-    """Run ``python train.py ...`` (or another root script) as a user would, with this interpreter."""
+    """Run ``python <args>`` as a user would, with this interpreter and ``env`` added."""
     import subprocess
 
     return subprocess.run(

@@ -11,7 +11,17 @@ from hydra.utils import instantiate
 from recattend.utils.config import instantiate_group
 from tests.conftest import CONF
 
-GROUPS = ["module", "dataset", "trainer", "callbacks", "logger", "experiment", "debug", "paths", "hydra"]
+GROUPS = [
+    "module",
+    "dataset",
+    "trainer",
+    "callbacks",
+    "logger",
+    "experiment",
+    "debug",
+    "paths",
+    "hydra",
+]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
 
@@ -27,11 +37,13 @@ def test_option_composes_and_instantiates(compose_train, group: str, option: str
     instantiate(cfg.module, _convert_="all")
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    if cfg.trainer.accelerator in ("cpu", "auto"):  # gpu options compose here but need a GPU to build
+    if cfg.trainer.accelerator in (
+        "cpu",
+        "auto",
+    ):  # gpu options compose here but need a GPU to build
         instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for key in ("accelerator", "devices", "num_nodes", "strategy", "precision"):
         assert key in cfg.trainer, key
-
 
 
 def test_default_run_is_synthetic_with_wandb_offline_and_csv(compose_train) -> None:

@@ -13,7 +13,26 @@ from recattend.lit import PreprocessorModule
 from recattend.models import Preprocessor
 
 KITTI_FCN = dict(  # reference/original-system.md section 1.2
-    encoder_channels=[32, 64, 64, 96, 96, 128, 128, 128, 128, 128, 128, 128, 128, 256, 256, 256, 256, 512],
+    encoder_channels=[
+        32,
+        64,
+        64,
+        96,
+        96,
+        128,
+        128,
+        128,
+        128,
+        128,
+        128,
+        128,
+        128,
+        256,
+        256,
+        256,
+        256,
+        512,
+    ],
     encoder_pools=[1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 2],
     decoder_channels=[256, 256, 128, 128, 96, 96, 64, 64, 32, 32],
     decoder_unpools=[2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 1],
@@ -32,8 +51,22 @@ def test_kitti_configuration_matches_the_reference() -> None:
     net = Preprocessor(**KITTI_FCN)
     assert net.stride == 32 and net.head_channels == 9
     # Skip widths as the reference wires them: +h16 (256), +h12 (128), +h4 (96), +RGB (3).
-    assert [layer.deconv.in_channels for layer in net.decoder] == [512, 512, 256, 256, 128, 192, 96, 64, 64, 32, 35]
-    weights = sum(p.numel() for name, p in net.named_parameters() if name.endswith("weight") and p.dim() > 1)
+    assert [layer.deconv.in_channels for layer in net.decoder] == [
+        512,
+        512,
+        256,
+        256,
+        128,
+        192,
+        96,
+        64,
+        64,
+        32,
+        35,
+    ]
+    weights = sum(
+        p.numel() for name, p in net.named_parameters() if name.endswith("weight") and p.dim() > 1
+    )
     assert math.isclose(weights / 1e6, 7.93, abs_tol=0.01)  # the reference's count: about 7.93M
     assert net(torch.rand(1, 3, 128, 448))["angles"].shape == (1, 8, 128, 448)
 
@@ -46,7 +79,9 @@ def test_inconsistent_architecture_is_refused() -> None:
 
 
 def test_resolution_not_divisible_by_the_stride_names_the_key() -> None:
-    with pytest.raises(ValueError, match=r"dataset\.resolution=\[100, 128\].*stride 8.*\[104, 128\]"):
+    with pytest.raises(
+        ValueError, match=r"dataset\.resolution=\[100, 128\].*stride 8.*\[104, 128\]"
+    ):
         PreprocessorModule(image_size=[100, 128])
 
 
@@ -65,8 +100,12 @@ def test_losses_by_hand() -> None:
     terms = module.losses(out, _batch())
     # BCE of logit 0 is ln 2 at every pixel; angle CE at the single fg pixel: -log(e^2 / (e^2 + 7)).
     assert math.isclose(terms["loss_fg"].item(), math.log(2), rel_tol=1e-6)
-    assert math.isclose(terms["loss_angle"].item(), -math.log(math.e**2 / (math.e**2 + 7)), rel_tol=1e-6)
-    assert math.isclose(terms["loss"].item(), terms["loss_fg"].item() + terms["loss_angle"].item(), rel_tol=1e-6)
+    assert math.isclose(
+        terms["loss_angle"].item(), -math.log(math.e**2 / (math.e**2 + 7)), rel_tol=1e-6
+    )
+    assert math.isclose(
+        terms["loss"].item(), terms["loss_fg"].item() + terms["loss_angle"].item(), rel_tol=1e-6
+    )
 
 
 def test_angle_loss_ignores_background_pixels() -> None:
@@ -84,7 +123,15 @@ def test_a_few_steps_reduce_the_loss_on_one_batch() -> None:
     from recattend.data import SyntheticDataModule
 
     torch.manual_seed(0)
-    dm = SyntheticDataModule(resolution=[32, 32], max_instances=4, batch_size=4, num_train=4, augment=None, min_objects=2, max_objects=4)
+    dm = SyntheticDataModule(
+        resolution=[32, 32],
+        max_instances=4,
+        batch_size=4,
+        num_train=4,
+        augment=None,
+        min_objects=2,
+        max_objects=4,
+    )
     batch = next(iter(dm.train_dataloader()))
     module = PreprocessorModule(image_size=[32, 32], lr=1e-2)
     opt = torch.optim.Adam(module.parameters(), lr=1e-2)
@@ -96,4 +143,9 @@ def test_a_few_steps_reduce_the_loss_on_one_batch() -> None:
         loss.backward()
         opt.step()
     assert loss.item() < 0.6 * first
-    assert F.binary_cross_entropy_with_logits(module(batch["image"])["foreground"], batch["foreground"]) < 0.69
+    assert (
+        F.binary_cross_entropy_with_logits(
+            module(batch["image"])["foreground"], batch["foreground"]
+        )
+        < 0.69
+    )

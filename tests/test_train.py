@@ -25,7 +25,9 @@ TINY = [
 ]
 
 
-def test_train_writes_metrics_checkpoints_csv_and_offline_wandb(compose_train, tmp_path: Path) -> None:
+def test_train_writes_metrics_checkpoints_csv_and_offline_wandb(
+    compose_train, tmp_path: Path
+) -> None:
     cfg = compose_train(*TINY)
     train.run(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -38,7 +40,9 @@ def test_train_writes_metrics_checkpoints_csv_and_offline_wandb(compose_train, t
     assert ckpt["hyper_parameters"]["image_size"] == [32, 32]
     from recattend.lit import PreprocessorModule
 
-    PreprocessorModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    PreprocessorModule.load_from_checkpoint(
+        tmp_path / "checkpoints" / "last.ckpt", weights_only=True
+    )
 
 
 def test_seed_zero_is_honoured(compose_train, tmp_path: Path) -> None:
@@ -60,7 +64,9 @@ def test_unwritable_output_dir_fails_before_training(compose_train, tmp_path: Pa
 
 @pytest.mark.slow
 def test_cli_errors_are_clear(tmp_path: Path, offline_env: dict[str, str]) -> None:
-    unknown = run_cli(["train.py", "dataset=cityscpes", f"hydra.run.dir={tmp_path}/a"], ROOT, offline_env)
+    unknown = run_cli(
+        ["train.py", "dataset=cityscpes", f"hydra.run.dir={tmp_path}/a"], ROOT, offline_env
+    )
     assert unknown.returncode != 0
     assert "Could not find 'dataset/cityscpes'" in unknown.stderr and "synthetic" in unknown.stderr
 
@@ -69,19 +75,30 @@ def test_cli_errors_are_clear(tmp_path: Path, offline_env: dict[str, str]) -> No
     unwritable = run_cli(["train.py", f"hydra.run.dir={blocker}/run"], ROOT, offline_env)
     assert unwritable.returncode != 0 and "hydra.run.dir: cannot write to" in unwritable.stderr
 
-    for override, key in [("dataset.max_instances=0", "dataset.max_instances=0 must be >= 1"),
-                          ("dataset.resolution=[100,100]", "dataset.resolution=[100, 100] cannot go through")]:
+    for override, key in [
+        ("dataset.max_instances=0", "dataset.max_instances=0 must be >= 1"),
+        ("dataset.resolution=[100,100]", "dataset.resolution=[100, 100] cannot go through"),
+    ]:
         bad = run_cli(["train.py", override, f"hydra.run.dir={tmp_path}/b"], ROOT, offline_env)
         assert bad.returncode != 0 and key in bad.stderr, bad.stderr[-2000:]
         assert not (tmp_path / "b" / "checkpoints").exists()
 
 
 @pytest.mark.slow
-def test_multirun_gives_one_folder_and_one_wandb_run_per_job(tmp_path: Path, offline_env: dict[str, str]) -> None:
+def test_multirun_gives_one_folder_and_one_wandb_run_per_job(
+    tmp_path: Path, offline_env: dict[str, str]
+) -> None:
     sweep = tmp_path / "sweep"
     result = run_cli(
-        ["train.py", "-m", "dataset.style=leaves,shapes", *TINY, "trainer.max_steps=2", "logger=wandb",
-         f"hydra.sweep.dir={sweep}"],
+        [
+            "train.py",
+            "-m",
+            "dataset.style=leaves,shapes",
+            *TINY,
+            "trainer.max_steps=2",
+            "logger=wandb",
+            f"hydra.sweep.dir={sweep}",
+        ],
         ROOT,
         offline_env,
     )
@@ -90,14 +107,23 @@ def test_multirun_gives_one_folder_and_one_wandb_run_per_job(tmp_path: Path, off
         assert (sweep / job / "metrics.json").is_file()
         runs = list((sweep / job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, runs
-    assert (sweep / "1" / ".hydra" / "overrides.yaml").read_text().count("dataset.style=shapes") == 1
+    assert (sweep / "1" / ".hydra" / "overrides.yaml").read_text().count(
+        "dataset.style=shapes"
+    ) == 1
 
 
 @pytest.mark.slow
 def test_multirun_refuses_subprocess_ddp(tmp_path: Path, offline_env: dict[str, str]) -> None:
     result = run_cli(
-        ["train.py", "-m", "seed=1,2", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-         f"hydra.sweep.dir={tmp_path}"],
+        [
+            "train.py",
+            "-m",
+            "seed=1,2",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
         ROOT,
         offline_env,
     )
@@ -115,7 +141,9 @@ def test_two_process_cpu_ddp_fit_and_test(compose_train, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_installed_entry_point_finds_its_configs(tmp_path: Path, offline_env: dict[str, str]) -> None:
+def test_installed_entry_point_finds_its_configs(
+    tmp_path: Path, offline_env: dict[str, str]
+) -> None:
     script = Path(sys.executable).with_name("recattend-train")
     assert script.is_file(), "pip install -e . should have created the recattend-train script"
     # Run from an unrelated folder: the configs must come from the package, not the checkout.
@@ -129,10 +157,32 @@ def test_wheel_ships_the_configs(tmp_path: Path, offline_env: dict[str, str]) ->
     import zipfile
 
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(".venv", "outputs", ".git", "*.egg-info"))
-    built = run_cli(["-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "w"), str(src)],
-                    tmp_path, offline_env)
+    shutil.copytree(
+        ROOT,
+        src,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".venv", "outputs", ".git", "*.egg-info"),
+    )
+    built = run_cli(
+        [
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "w"),
+            str(src),
+        ],
+        tmp_path,
+        offline_env,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     names = zipfile.ZipFile(next((tmp_path / "w").glob("recattend-*.whl"))).namelist()
-    for config in ("train.yaml", "dataset/synthetic.yaml", "trainer/ddp.yaml", "hydra/default.yaml"):
+    for config in (
+        "train.yaml",
+        "dataset/synthetic.yaml",
+        "trainer/ddp.yaml",
+        "hydra/default.yaml",
+    ):
         assert f"recattend/conf/{config}" in names, config

@@ -53,11 +53,13 @@ class PreprocessorModule(L.LightningModule):
             raise ValueError(f"module.optimizer='{optimizer}' must be 'adam' or 'sgd'")
         self.net = Preprocessor(**(net or {}))
         h, w = image_size
-        if h % self.net.stride or w % self.net.stride:
+        stride = self.net.stride
+        if h % stride or w % stride:
+            valid = [_round_up(h, stride), _round_up(w, stride)]
             raise ValueError(
                 f"dataset.resolution={[h, w]} cannot go through the pre-processor: both sides must "
-                f"be divisible by its total stride {self.net.stride} (the product of "
-                f"module.net.encoder_pools); e.g. use {[_round_up(h, self.net.stride), _round_up(w, self.net.stride)]}"
+                f"be divisible by its total stride {stride} (the product of "
+                f"module.net.encoder_pools); e.g. use {valid}"
             )
         self.metrics = torch.nn.ModuleDict(
             {
@@ -77,13 +79,17 @@ class PreprocessorModule(L.LightningModule):
         """(B, 3, H, W) in [0, 1] -> logits, see :class:`Preprocessor`."""
         return self.net(image)
 
-    def losses(self, out: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def losses(
+        self, out: dict[str, torch.Tensor], batch: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
         """``loss_fg``, ``loss_angle`` and their sum ``loss`` for one batch."""
         loss_fg = F.binary_cross_entropy_with_logits(out["foreground"], batch["foreground"])
         terms = {"loss_fg": loss_fg, "loss": loss_fg}
         if "angles" in out:
             target = batch["angles"]
-            summed = F.cross_entropy(out["angles"], target, ignore_index=ANGLE_IGNORE, reduction="sum")
+            summed = F.cross_entropy(
+                out["angles"], target, ignore_index=ANGLE_IGNORE, reduction="sum"
+            )
             count = (target != ANGLE_IGNORE).sum().clamp(min=1)
             terms["loss_angle"] = summed / count
             terms["loss"] = loss_fg + terms["loss_angle"]
@@ -119,7 +125,9 @@ class PreprocessorModule(L.LightningModule):
         if hp.optimizer == "adam":
             opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         else:
-            opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+            opt = torch.optim.SGD(
+                self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay
+            )
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_steps, gamma=hp.lr_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

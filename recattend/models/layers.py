@@ -35,7 +35,9 @@ class DeconvBlock(nn.Sequential):
     Shapes: (B, C_in, H, W) -> (B, C_out, H * unpool, W * unpool).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, unpool: int = 1, final: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, unpool: int = 1, final: bool = False
+    ) -> None:
         super().__init__()
         self.deconv = nn.ConvTranspose2d(
             in_channels, out_channels, 3, stride=unpool, padding=1, output_padding=unpool - 1

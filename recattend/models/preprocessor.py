@@ -95,7 +95,9 @@ class Preprocessor(nn.Module):
         self.decoder = nn.ModuleList()
         self._skip_stride: list[int | None] = []
         outs = [*decoder_channels, self.head_channels]
-        for i, (out, unpool, skip) in enumerate(zip(outs, decoder_unpools, decoder_skips, strict=True)):
+        for i, (out, unpool, skip) in enumerate(
+            zip(outs, decoder_unpools, decoder_skips, strict=True)
+        ):
             if skip:
                 if stride not in skip_width:
                     raise ValueError(f"decoder layer {i}: no encoder output at stride {stride}")
@@ -107,7 +109,9 @@ class Preprocessor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
-            raise ValueError(f"input {tuple(x.shape[-2:])} is not divisible by the stride {self.stride}")
+            raise ValueError(
+                f"input {tuple(x.shape[-2:])} is not divisible by the stride {self.stride}"
+            )
         skips = {1: x}
         h = x
         for i, layer in enumerate(self.encoder):

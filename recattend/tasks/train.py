@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -44,7 +43,9 @@ def run(cfg: DictConfig) -> float | None:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = _scalars(trainer.callback_metrics)
         if cfg.get("test", False):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            best = (
+                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            )
             if not best:
                 log.info("no best checkpoint was written: testing the current weights")
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
@@ -52,7 +53,9 @@ def run(cfg: DictConfig) -> float | None:
     finally:
         _finish_wandb()
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        (output_dir / "metrics.json").write_text(
+            json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+        )
         log.info("metrics: %s", json.dumps(metrics, sort_keys=True))
         log.info("outputs in %s", output_dir)
     name = cfg.get("optimized_metric")

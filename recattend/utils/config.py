@@ -17,7 +17,9 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry with a ``_target_`` of a named group (callbacks, loggers)."""
     if not group:
         return []
-    return [instantiate(node, _convert_="all") for node in group.values() if node and "_target_" in node]
+    return [
+        instantiate(node, _convert_="all") for node in group.values() if node and "_target_" in node
+    ]
 
 
 def require_writable_dir(path: str | os.PathLike[str], key: str) -> Path:
@@ -56,8 +58,7 @@ def check_multirun_strategy(trainer_cfg: DictConfig) -> None:
     strategy = str(trainer_cfg.get("strategy", "auto"))
     if many and not strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
         raise ValueError(
-            f"trainer.strategy={strategy} with trainer.devices={devices} inside a multirun (-m) would "
-            "relaunch the whole sweep from every rank. Use trainer.strategy=ddp_spawn (or ddp_fork "
-            "on CPU), a single device, or a Hydra launcher that starts one process per job "
-            "(hydra/launcher=slurm)."
+            f"trainer.strategy={strategy} with trainer.devices={devices} inside a multirun (-m) "
+            "would relaunch the whole sweep from every rank. Use trainer.strategy=ddp_spawn (or "
+            "ddp_fork on CPU), or a single device."
         )
