@@ -1,0 +1,170 @@
+"""The DataModule base shared by every dataset, and the dataset that turns raw samples into the
+batch contract of DESIGN.md.
+
+A concrete dataset only says how to read one split as :class:`RawSample` s (image + instance
+masks + meta); augmentation, resizing, sorting, padding, boxes, foreground and angle targets,
+collation and loaders are common and live here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from recattend.data.targets import collate, instance_targets
+from recattend.data.transforms import build_transform
+
+SPLITS = ("train", "val", "test")
+
+
+class RawSample(NamedTuple):
+    """One image as a dataset reads it, before augmentation.
+
+    Attributes:
+        image: (H, W, 3) uint8 RGB at any size.
+        masks: (N, H, W) bool instance masks in painter's order (later on top); N may be 0.
+        meta: facts kept for evaluation and export: at least ``id`` and ``orig_size`` (H, W).
+    """
+
+    image: np.ndarray
+    masks: np.ndarray
+    meta: dict[str, Any]
+
+
+class InstanceDataset(Dataset):
+    """Applies a transform jointly to image and masks, then builds the contract's targets.
+
+    Augmentations draw their randomness from torch's generator: in the main process that is seeded
+    by ``seed_everything``; in a DataLoader worker torch seeds it from the loader's per-epoch base
+    seed plus the worker id. So every worker and every epoch draws different augmentations, and a
+    seeded run repeats exactly.
+    """
+
+    def __init__(
+        self, source: Sequence[RawSample], max_instances: int, transform: Any, augmented: bool
+    ) -> None:
+        self.source = source
+        self.max_instances = max_instances
+        self.transform = transform
+        self.augmented = augmented
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        raw = self.source[index]
+        if self.augmented:
+            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+        h, w = raw.image.shape[:2]
+        masks = np.asarray(raw.masks, dtype=np.uint8).reshape(-1, h, w)
+        if masks.shape[0]:
+            out = self.transform(image=raw.image, masks=masks)
+            image, masks = out["image"], np.asarray(out["masks"])
+        else:  # albumentations needs at least one mask; an empty image still goes through
+            out = self.transform(image=raw.image, masks=np.zeros((1, h, w), np.uint8))
+            image, masks = out["image"], np.zeros((0, *out["image"].shape[:2]), np.uint8)
+        return instance_targets(image, masks, self.max_instances, raw.meta)
+
+
+class InstanceDataModule(L.LightningDataModule, ABC):
+    """Splits, transforms, collation and loaders for instance segmentation data.
+
+    Args:
+        resolution: network input (H, W); every sample is resized to it.
+        max_instances: instance slots per image, T - 1; the sequence length is T = max_instances + 1.
+        batch_size: images per device and step (under DDP the global batch is this times the
+            world size).
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory for faster host-to-GPU copies.
+        augment: albumentations name -> kwargs, applied to the training split only
+            (see :mod:`recattend.data.transforms`).
+
+    Raises:
+        ValueError: at construction, naming the ``dataset.*`` key and its constraint.
+    """
+
+    def __init__(
+        self,
+        *,
+        resolution: Sequence[int],
+        max_instances: int,
+        batch_size: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        augment: Mapping[str, Mapping[str, Any] | None] | None = None,
+    ) -> None:
+        super().__init__()
+        if len(resolution) != 2 or any(int(s) < 1 for s in resolution):
+            raise ValueError(
+                f"dataset.resolution={list(resolution)} must be two positive integers [H, W]"
+            )
+        _require_positive("dataset.max_instances", max_instances)
+        _require_positive("dataset.batch_size", batch_size)
+        if num_workers < 0:
+            raise ValueError(f"dataset.num_workers={num_workers} must be >= 0")
+        self.resolution = (int(resolution[0]), int(resolution[1]))
+        self.max_instances = int(max_instances)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = pin_memory
+        self.augment = dict(augment or {})
+        build_transform(self.augment, self.resolution)  # fail at start-up, not in a worker
+        self.datasets: dict[str, InstanceDataset] = {}
+
+    @property
+    def seq_len(self) -> int:
+        """The paper's T: instance slots plus one for the stop step."""
+        return self.max_instances + 1
+
+    @abstractmethod
+    def build_source(self, split: str) -> Sequence[RawSample]:
+        """Read one split ("train", "val" or "test") as a sequence of raw samples."""
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+        for split in wanted.get(stage or "", SPLITS):
+            if split in self.datasets:
+                continue
+            source = self.build_source(split)
+            if len(source) == 0:
+                raise ValueError(
+                    f"the {split} split of {type(self).__name__} is empty: nothing to "
+                    f"{'train on' if split == 'train' else 'evaluate'}; check the dataset settings"
+                )
+            augmented = split == "train" and bool(self.augment)
+            transform = build_transform(self.augment if augmented else None, self.resolution)
+            self.datasets[split] = InstanceDataset(source, self.max_instances, transform, augmented)
+
+    def _loader(self, split: str) -> DataLoader:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=split == "train",
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+def _require_positive(key: str, value: int) -> None:
+    if int(value) < 1:
+        raise ValueError(f"{key}={value} must be >= 1")

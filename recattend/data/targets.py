@@ -1,0 +1,135 @@
+"""Targets of the batch contract, computed once in the data pipeline from instance masks.
+
+The contract (DESIGN.md) asks every DataModule for instances sorted by area, largest first, padded
+to T = max_instances + 1 slots, with tight boxes, the foreground and an 8-way angle map. All of it
+derives from the post-augmentation instance masks, so it lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+NUM_ANGLE_CLASSES = 8
+ANGLE_IGNORE = 255  # angle target off the instances (the loss masks it out)
+
+_warned_truncation = False
+
+
+def angle_classes(masks: np.ndarray) -> np.ndarray:
+    """Quantised direction of every instance pixel as seen from its instance centroid.
+
+    The FCN pre-processor's angle target (paper section 2, Figure 3; the authors'
+    ``data_api/orientation.py``): theta = atan2(dy, dx) with y pointing down, and class
+    ``floor((theta + pi/8 + pi) * 8 / (2 pi)) mod 8``, so class k is centred on theta = -pi + k pi/4
+    (class 0 points left, 2 up, 4 right, 6 down).
+
+    Args:
+        masks: (N, H, W) binary masks. Where masks overlap, the later one is on top and wins,
+            the same painter's order the images were drawn in.
+
+    Returns:
+        (H, W) int64 map with classes in [0, 8) on instance pixels and 255 elsewhere.
+    """
+    n, h, w = masks.shape
+    out = np.full((h, w), ANGLE_IGNORE, dtype=np.int64)
+    for i in range(n):
+        ys, xs = np.nonzero(masks[i])
+        if ys.size == 0:
+            continue
+        theta = np.arctan2(ys - ys.mean(), xs - xs.mean())
+        bins = np.floor((theta + math.pi / 8 + math.pi) * NUM_ANGLE_CLASSES / (2 * math.pi))
+        out[ys, xs] = bins.astype(np.int64) % NUM_ANGLE_CLASSES
+    return out
+
+
+def tight_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes of binary masks as pixel edges ``(y0, x0, y1, x1)``, y1/x1 exclusive.
+
+    A mask covering rows 2..4 has y0 = 2 and y1 = 5, so ``y1 - y0`` is its height in pixels.
+    Empty masks get an all-zero box.
+
+    Args:
+        masks: (N, H, W) binary masks.
+
+    Returns:
+        (N, 4) float32 boxes.
+    """
+    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    for i in range(masks.shape[0]):
+        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+        if ys.size:
+            boxes[i] = (ys[0], xs[0], ys[-1] + 1, xs[-1] + 1)
+    return boxes
+
+
+def instance_targets(
+    image: np.ndarray, masks: np.ndarray, max_instances: int, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """Build one sample of the batch contract from an image and its instance masks.
+
+    Instances that are empty (e.g. cropped away by augmentation) are dropped; the rest are sorted
+    by area, largest first (stable for ties). Only the ``max_instances`` largest get a slot, so the
+    last of the T = max_instances + 1 slots is always empty and gives the model its stop target.
+    ``num_instances`` keeps the true count, which may exceed ``max_instances``; the foreground and
+    the angle map cover every instance, kept or not, since they describe the image.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        masks: (N, H, W) binary instance masks, N >= 0, in painter's order (later on top).
+        max_instances: slots for instances, T - 1 (>= 1).
+        meta: per-sample facts passed through (id, source path, original size, ...).
+
+    Returns:
+        ``image`` float32 (3, H, W) in [0, 1]; ``masks`` float32 (T, H, W) in {0, 1};
+        ``num_instances`` int64 scalar; ``boxes`` float32 (T, 4); ``foreground`` float32 (1, H, W);
+        ``angles`` int64 (H, W); ``meta`` the dict given.
+    """
+    global _warned_truncation
+    h, w = image.shape[:2]
+    masks = np.asarray(masks, dtype=bool).reshape(-1, h, w)
+    areas = masks.sum(axis=(1, 2))
+    masks = masks[areas > 0]
+    areas = areas[areas > 0]
+    order = np.argsort(-areas, kind="stable")
+    masks = masks[order]
+    num = masks.shape[0]
+    if num > max_instances and not _warned_truncation:
+        _warned_truncation = True
+        log.warning(
+            "an image has %d instances but only max_instances=%d slots: the largest are kept "
+            "(raise dataset.max_instances to keep more); this warning is shown once",
+            num,
+            max_instances,
+        )
+    kept = masks[:max_instances]
+    slots = np.zeros((max_instances + 1, h, w), dtype=np.float32)
+    slots[: kept.shape[0]] = kept
+    boxes = np.zeros((max_instances + 1, 4), dtype=np.float32)
+    boxes[: kept.shape[0]] = tight_boxes(kept)
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0,
+        "masks": torch.from_numpy(slots),
+        "num_instances": torch.tensor(num, dtype=torch.int64),
+        "boxes": torch.from_numpy(boxes),
+        "foreground": torch.from_numpy(masks.any(axis=0, keepdims=True).astype(np.float32))
+        if num
+        else torch.zeros(1, h, w),
+        # Largest first means smaller instances are painted last, i.e. on top where masks overlap.
+        "angles": torch.from_numpy(angle_classes(masks)),
+        "meta": meta,
+    }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples of the contract into a batch; ``meta`` stays a list of dicts."""
+    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != "meta"}
+    batch["meta"] = [s["meta"] for s in samples]
+    return batch
