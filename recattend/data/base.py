@@ -77,7 +77,7 @@ class InstanceDataModule(L.LightningDataModule, ABC):
 
     Args:
         resolution: network input (H, W); every sample is resized to it.
-        max_instances: instance slots per image, T - 1; the sequence length is T = max_instances + 1.
+        max_instances: instance slots per image, T - 1 (the sequence length T is one more).
         batch_size: images per device and step (under DDP the global batch is this times the
             world size).
         num_workers: DataLoader worker processes.

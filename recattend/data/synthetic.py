@@ -50,8 +50,15 @@ def render_soil(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
         centre = (float(rng.uniform(0, w)), float(rng.uniform(0, h)))
         radius = float(rng.uniform(0.005, 0.02)) * min(h, w)
         shade = base * rng.uniform(0.6, 1.4)
-        cv2.circle(img, _polygon(np.array(centre))[0, 0], int(radius * (1 << _SUBPIXEL)),
-                   shade.tolist(), -1, cv2.LINE_8, _SUBPIXEL)
+        cv2.circle(
+            img,
+            _polygon(np.array(centre))[0, 0],
+            int(radius * (1 << _SUBPIXEL)),
+            shade.tolist(),
+            -1,
+            cv2.LINE_8,
+            _SUBPIXEL,
+        )
     return img
 
 
@@ -98,9 +105,15 @@ def render_leaves(
         angle = phase + i * _GOLDEN_ANGLE + rng.normal(0, 0.15)
         outline = _leaf_outline(centre, angle, length, width)
         hsv = np.array(
-            [[[hue0 + shade_jitter * rng.normal(0, 3),
-               np.clip(150 + shade_jitter * rng.normal(0, 25), 60, 255),
-               np.clip(120 + 50 * age + shade_jitter * rng.normal(0, 20), 40, 255)]]],
+            [
+                [
+                    [
+                        hue0 + shade_jitter * rng.normal(0, 3),
+                        np.clip(150 + shade_jitter * rng.normal(0, 25), 60, 255),
+                        np.clip(120 + 50 * age + shade_jitter * rng.normal(0, 20), 40, 255),
+                    ]
+                ]
+            ],
             np.float32,
         )
         colour = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
@@ -248,7 +261,9 @@ class SyntheticDataModule(InstanceDataModule):
                 raise ValueError(f"dataset.{key}={value} must be >= 1")
         unknown = sorted(set(kinds) - set(SHAPE_KINDS))
         if unknown or not kinds:
-            raise ValueError(f"dataset.kinds={list(kinds)} must be a non-empty subset of {list(SHAPE_KINDS)}")
+            raise ValueError(
+                f"dataset.kinds={list(kinds)} must be a non-empty subset of {list(SHAPE_KINDS)}"
+            )
         self.style, self.seed = style, seed
         self.min_objects, self.max_objects = min_objects, max_objects
         self.lengths = {"train": num_train, "val": num_val, "test": num_test}

@@ -50,11 +50,11 @@ def build_transform(
             if rejected:
                 raise ValueError("; ".join(rejected))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"dataset.augment.{name}: invalid arguments {dict(kwargs)}: {err}") from err
+            raise ValueError(
+                f"dataset.augment.{name}: invalid arguments {dict(kwargs)}: {err}"
+            ) from err
     height, width = resolution
     steps.append(
-        A.Resize(
-            height, width, interpolation=cv2.INTER_CUBIC, mask_interpolation=cv2.INTER_NEAREST
-        )
+        A.Resize(height, width, interpolation=cv2.INTER_CUBIC, mask_interpolation=cv2.INTER_NEAREST)
     )
     return A.Compose(steps)

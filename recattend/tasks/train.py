@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from typing import Any
 
 import hydra
@@ -72,8 +73,6 @@ def _scalars(values: dict[str, Any]) -> dict[str, float | None]:
 
 
 def _finish_wandb() -> None:
-    import sys
-
     wandb = sys.modules.get("wandb")  # only if a W&B logger was used
     if wandb is not None and wandb.run is not None:
         wandb.finish()

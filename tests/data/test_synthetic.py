@@ -12,14 +12,30 @@ from recattend.data.targets import ANGLE_IGNORE
 
 
 def make(**kwargs) -> SyntheticDataModule:
-    args = dict(resolution=[64, 64], max_instances=6, batch_size=4, num_train=8, num_val=4, num_test=4, augment=None)
+    args = dict(
+        resolution=[64, 64],
+        max_instances=6,
+        batch_size=4,
+        num_train=8,
+        num_val=4,
+        num_test=4,
+        augment=None,
+    )
     return SyntheticDataModule(**{**args, **kwargs})
 
 
 @pytest.mark.parametrize("style", ["leaves", "shapes"])
 def test_same_seed_same_images_other_seed_other_images(style: str) -> None:
     def draw(seed: int) -> SyntheticInstances:
-        return SyntheticInstances(style=style, size=(48, 64), length=3, seed=seed, split="train", min_objects=2, max_objects=5)
+        return SyntheticInstances(
+            style=style,
+            size=(48, 64),
+            length=3,
+            seed=seed,
+            split="train",
+            min_objects=2,
+            max_objects=5,
+        )
 
     a, b, c = draw(7), draw(7), draw(8)
     for i in range(3):
@@ -28,7 +44,9 @@ def test_same_seed_same_images_other_seed_other_images(style: str) -> None:
         assert a[i].image.shape == (48, 64, 3) and a[i].image.dtype == np.uint8
     assert any(not np.array_equal(a[i].image, c[i].image) for i in range(3))
     # Splits never share images.
-    val = SyntheticInstances(style=style, size=(48, 64), length=3, seed=7, split="val", min_objects=2, max_objects=5)
+    val = SyntheticInstances(
+        style=style, size=(48, 64), length=3, seed=7, split="val", min_objects=2, max_objects=5
+    )
     assert not np.array_equal(a[0].image, val[0].image)
 
 
@@ -47,7 +65,7 @@ def test_batch_contract_shapes_dtypes_and_ranges(style: str) -> None:
     }
     for key, (shape, dtype) in expected.items():
         assert batch[key].shape == shape and batch[key].dtype == dtype, key
-    assert 0 <= batch["image"].min() and batch["image"].max() <= 1
+    assert batch["image"].min() >= 0 and batch["image"].max() <= 1
     assert set(batch["masks"].unique().tolist()) <= {0.0, 1.0}
     areas = batch["masks"].sum(dim=(2, 3))
     assert (areas[:, :-1] >= areas[:, 1:]).all(), "instances are sorted by area, largest first"
@@ -63,7 +81,9 @@ def test_images_without_instances() -> None:
     dm = make(min_objects=0, max_objects=0)
     batch = next(iter(dm.train_dataloader()))
     assert batch["num_instances"].tolist() == [0, 0, 0, 0]
-    assert batch["masks"].sum() == 0 and batch["boxes"].sum() == 0 and batch["foreground"].sum() == 0
+    assert (
+        batch["masks"].sum() == 0 and batch["boxes"].sum() == 0 and batch["foreground"].sum() == 0
+    )
 
 
 def test_more_instances_than_slots_keeps_the_largest() -> None:
@@ -81,19 +101,32 @@ def test_augmentation_moves_masks_with_the_image() -> None:
     # A flip must move image and masks together: the flipped sample's masks are the mirrored masks
     # of the unflipped one, and the image mirrors too.
     plain = make(style="shapes", min_objects=1, max_objects=1)
-    flipped = make(style="shapes", min_objects=1, max_objects=1, augment={"HorizontalFlip": {"p": 1.0}})
+    flipped = make(
+        style="shapes", min_objects=1, max_objects=1, augment={"HorizontalFlip": {"p": 1.0}}
+    )
     plain.setup("fit")
     flipped.setup("fit")
     a, b = plain.datasets["train"][0], flipped.datasets["train"][0]
     assert torch.equal(b["masks"], a["masks"].flip(-1))
     assert torch.equal(b["image"], a["image"].flip(-1))
-    assert torch.equal(b["boxes"][0], torch.tensor([a["boxes"][0, 0], 64 - a["boxes"][0, 3], a["boxes"][0, 2], 64 - a["boxes"][0, 1]]))
+    assert torch.equal(
+        b["boxes"][0],
+        torch.tensor(
+            [a["boxes"][0, 0], 64 - a["boxes"][0, 3], a["boxes"][0, 2], 64 - a["boxes"][0, 1]]
+        ),
+    )
 
 
 def test_augmentations_are_reproducible_and_differ_between_workers() -> None:
     def epoch(workers: int) -> list[torch.Tensor]:
         torch.manual_seed(3)
-        dm = make(style="shapes", num_train=8, batch_size=1, num_workers=workers, augment={"HorizontalFlip": {"p": 0.5}, "VerticalFlip": {"p": 0.5}})
+        dm = make(
+            style="shapes",
+            num_train=8,
+            batch_size=1,
+            num_workers=workers,
+            augment={"HorizontalFlip": {"p": 0.5}, "VerticalFlip": {"p": 0.5}},
+        )
         loader = dm.train_dataloader()
         return [b["image"] for b in loader]
 
@@ -101,7 +134,13 @@ def test_augmentations_are_reproducible_and_differ_between_workers() -> None:
     assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
     # Same images, random orientation: with 8 images and 4 flip states, at least two states occur
     # unless the generator is broken (probability of a single state: 4 * (1/4)^8 < 1e-4).
-    dm = make(style="shapes", num_train=8, batch_size=1, num_workers=2, augment={"HorizontalFlip": {"p": 0.5}, "VerticalFlip": {"p": 0.5}})
+    dm = make(
+        style="shapes",
+        num_train=8,
+        batch_size=1,
+        num_workers=2,
+        augment={"HorizontalFlip": {"p": 0.5}, "VerticalFlip": {"p": 0.5}},
+    )
     dm.setup("fit")
     base = make(style="shapes", num_train=8, batch_size=1)
     base.setup("fit")

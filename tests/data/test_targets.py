@@ -5,14 +5,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recattend.data.targets import ANGLE_IGNORE, angle_classes, collate, instance_targets, tight_boxes
+from recattend.data.targets import (
+    ANGLE_IGNORE,
+    angle_classes,
+    collate,
+    instance_targets,
+    tight_boxes,
+)
 
 
 def test_angle_classes_on_a_3x3_square() -> None:
-    # Centroid at (1, 1). theta = atan2(dy, dx), y down; class = floor((theta + pi/8 + pi) * 4 / pi) % 8.
+    # Centroid at (1, 1). theta = atan2(dy, dx), y down;
+    # class = floor((theta + pi/8 + pi) * 4 / pi) % 8.
     # Left (theta=pi) -> 8 % 8 = 0; up-left (-3pi/4) -> 1; up (-pi/2) -> 2; up-right (-pi/4) -> 3;
-    # right (0) and the centre itself (atan2(0, 0) = 0) -> 4; down-right (pi/4) -> 5; down (pi/2) -> 6;
-    # down-left (3pi/4) -> 7.
+    # right (0) and the centre itself (atan2(0, 0) = 0) -> 4; down-right (pi/4) -> 5;
+    # down (pi/2) -> 6; down-left (3pi/4) -> 7.
     masks = np.zeros((1, 5, 5), bool)
     masks[0, 1:4, 1:4] = True
     expected = np.full((5, 5), ANGLE_IGNORE)
@@ -63,7 +70,10 @@ def test_instance_targets_without_instances() -> None:
 
 
 def test_collate_keeps_meta_as_a_list() -> None:
-    samples = [instance_targets(np.zeros((4, 4, 3), np.uint8), np.zeros((0, 4, 4), bool), 2, {"id": i}) for i in range(3)]
+    samples = [
+        instance_targets(np.zeros((4, 4, 3), np.uint8), np.zeros((0, 4, 4), bool), 2, {"id": i})
+        for i in range(3)
+    ]
     batch = collate(samples)
     assert batch["masks"].shape == (3, 3, 4, 4) and batch["num_instances"].tolist() == [0, 0, 0]
     assert batch["meta"] == [{"id": 0}, {"id": 1}, {"id": 2}]
