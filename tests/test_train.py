@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import sys
@@ -133,11 +134,13 @@ def test_multirun_refuses_subprocess_ddp(tmp_path: Path, offline_env: dict[str, 
 
 @pytest.mark.slow
 def test_two_process_cpu_ddp_fit_and_test(compose_train, tmp_path: Path) -> None:
-    # logger=none: Lightning 2.6's CSVLogger fails on fit-then-test under ddp_spawn (its spawned
-    # copy does not know the header the fit wrote); tracked with the scale-out issue.
-    cfg = compose_train(*TINY, "trainer=ddp_sim", "logger=none")
+    # The default loggers (W&B offline + CSV): the test stage's spawned processes append to the CSV
+    # file that the fit's processes wrote.
+    cfg = compose_train(*TINY, "trainer=ddp_sim")
     train.run(cfg)
     assert "test/fg_iou" in json.loads((tmp_path / "metrics.json").read_text())
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val/fg_iou", "test/fg_iou"} <= set(header)
 
 
 @pytest.mark.slow
@@ -186,3 +189,19 @@ def test_wheel_ships_the_configs(tmp_path: Path, offline_env: dict[str, str]) ->
         "hydra/default.yaml",
     ):
         assert f"recattend/conf/{config}" in names, config
+
+
+def test_csv_logger_appends_to_a_file_another_process_wrote(tmp_path: Path) -> None:
+    from recattend.utils.loggers import CSVLogger
+
+    first = CSVLogger(tmp_path, name="csv", version="")
+    first.log_metrics({"train/loss": 1.0}, step=0)
+    first.log_metrics({"val/iou": 0.5}, step=1)
+    first.save()
+    second = CSVLogger(tmp_path, name="csv", version="")  # a new process: knows no columns yet
+    second.log_metrics({"test/iou": 0.25}, step=2)
+    second.save()
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    assert [r["train/loss"] for r in rows] == ["1.0", "", ""]
+    assert [r["val/iou"] for r in rows] == ["", "0.5", ""]
+    assert [r["test/iou"] for r in rows] == ["", "", "0.25"]
