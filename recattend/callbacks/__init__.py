@@ -1,5 +1,6 @@
 """Lightning callbacks of the platform."""
 
+from recattend.callbacks.curve import LearningCurve
 from recattend.callbacks.teardown import ProcessGroupTeardown
 
-__all__ = ["ProcessGroupTeardown"]
+__all__ = ["LearningCurve", "ProcessGroupTeardown"]

@@ -1,5 +1,6 @@
-"""Plain ``nn.Module`` s of the paper (no Lightning, no Hydra): the FCN pre-processor for now."""
+"""Plain ``nn.Module`` s of the paper (no Lightning, no Hydra)."""
 
 from recattend.models.preprocessor import Preprocessor
+from recattend.models.segmenter import RecurrentSegmenter
 
-__all__ = ["Preprocessor"]
+__all__ = ["Preprocessor", "RecurrentSegmenter"]

@@ -1,0 +1,277 @@
+"""Training of the recurrent attention segmenter (paper sections 2.5-2.6).
+
+Memory: the canvas is detached between steps and the glimpse LSTM restarts at every step, so no
+gradient crosses steps; the steps are coupled only through the (non-differentiable) matching and
+the score loss. Each training step therefore runs in two passes:
+
+1. a forward pass without autograd over all T steps gives the canvases, the outputs, and the
+   teacher-forcing choices; the losses (eq. 21-27) are evaluated on detached copies of the outputs,
+   which yields dL/dy_t, dL/db_t and dL/ds_t for every step;
+2. each step is recomputed with autograd from its stored canvas and backpropagated at once with
+   those output gradients, so only one step's graph is alive at a time.
+
+The gradient is exactly that of the joint loss; memory is that of one step instead of T, for about
+a third more compute. BatchNorm running statistics are updated in pass 2 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from recattend.losses import pad_boxes, padded_box_masks, segmenter_losses, soft_iou
+from recattend.metrics import DifferenceInCount, SymmetricBestDice
+from recattend.models.filterbank import box_edges_to_center_size
+from recattend.models.segmenter import RecurrentSegmenter, StepOutput
+from recattend.postprocess import label_map
+
+GT_MASK_NOISE = 0.3  # ground truth written to the canvas is y* (1 - U(0, 0.3)) (reference 1.4)
+
+
+def knob_probability(step: int, t: Tensor, offset: float, decay: float, decay_steps: float) -> Tensor:
+    """Probability of feeding ground truth at training step ``step`` and timestep(s) ``t``.
+
+    min(1, decay^(max(0, step - offset) / decay_steps) * (1 + ln(1 + 3 t))) (reference 1.4): later
+    timesteps keep ground truth longer.
+    """
+    base = decay ** (max(0.0, step - offset) / decay_steps)
+    return (base * (1 + torch.log1p(3 * t.float()))).clamp(max=1.0)
+
+
+def gt_label_map(masks: Tensor) -> Tensor:
+    """(B, T, H, W) instance slots -> (B, H, W) int64 labels, slot t -> t + 1, 0 background."""
+    ids = torch.arange(1, masks.shape[1] + 1, device=masks.device, dtype=masks.dtype)
+    return (masks * ids[None, :, None, None]).amax(1).long()
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """Batch statistics still normalise, but running averages are left untouched."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
+
+
+@dataclasses.dataclass
+class Knob:
+    """Teacher forcing at one step: which images use a ground-truth box / canvas mask, and what."""
+
+    use_box: Tensor  # (B,) bool
+    center: Tensor  # (B, 2)
+    size: Tensor  # (B, 2)
+    use_mask: Tensor  # (B,) bool
+    mask: Tensor  # (B, H, W)
+
+
+class SegmenterModule(L.LightningModule):
+    """The recurrent segmenter with its losses, optimiser, teacher forcing and CVPPP metrics.
+
+    Every argument is a plain value (saved as hyper-parameters; checkpoints load with
+    ``weights_only=True``).
+
+    Args:
+        image_size: network input (H, W) (``${dataset.resolution}``).
+        max_instances: instance slots (``${dataset.max_instances}``); the model runs T = this + 1
+            steps (the paper's maximum number of objects plus one).
+        net: keyword arguments of :class:`~recattend.models.segmenter.RecurrentSegmenter`.
+        lr, lr_decay, lr_decay_steps: Adam (eps 1e-7 as the reference) with a staircase decay.
+        weight_decay: L2 on weights.
+        grad_clip: element-wise gradient clipping to [-grad_clip, grad_clip] (the reference: 1).
+        lambda_box, lambda_score: eq. (21) (paper: 1, 1).
+        box_min_pad: minimum padding (px) of ground-truth boxes for the soft box loss.
+        knob_decay, knob_decay_steps, box_knob_offset, mask_knob_offset: teacher-forcing schedule
+            (:func:`knob_probability`); an offset of ``null`` never feeds that kind of ground truth.
+        threshold: post-processing threshold on score-weighted masks (reference: 0.3).
+        stop_score: inference stops an image once its score drops below this (paper: 0.5).
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: Sequence[int],
+        max_instances: int,
+        net: dict[str, Any] | None = None,
+        lr: float = 1e-3,
+        lr_decay: float = 0.9,
+        lr_decay_steps: int = 5000,
+        weight_decay: float = 5e-5,
+        grad_clip: float = 1.0,
+        lambda_box: float = 1.0,
+        lambda_score: float = 1.0,
+        box_min_pad: float = 20.0,
+        knob_decay: float = 0.5,
+        knob_decay_steps: float = 700,
+        box_knob_offset: float | None = None,
+        mask_knob_offset: float | None = 3000,
+        threshold: float = 0.3,
+        stop_score: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.model = RecurrentSegmenter(image_size=image_size, steps=max_instances + 1, **(net or {}))
+        self.val_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
+        self.test_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
+
+    # ----------------------------------------------------------------------------------- training
+    def _knob(self, t: int, out_box: StepOutput, batch: dict[str, Any], box_masks: Tensor) -> Knob | None:
+        """Draw the teacher-forcing switches of step t and pick the ground truth to feed.
+
+        The ground truth is the maximally overlapping instance (reference 1.4): the slot whose
+        padded box has the highest soft IoU with the predicted soft box (with no box network, whose
+        mask has the highest soft IoU with the predicted mask). Chosen with replacement.
+        """
+        hp = self.hparams
+        b = batch["image"].shape[0]
+        device = batch["image"].device
+        tt = torch.tensor(t, device=device)
+        draws = {}
+        for kind, offset in (("box", hp.box_knob_offset), ("mask", hp.mask_knob_offset)):
+            if offset is None or (kind == "box" and out_box.soft_box is None):
+                draws[kind] = torch.zeros(b, dtype=torch.bool, device=device)
+            else:
+                p = knob_probability(self.global_step, tt, offset, hp.knob_decay, hp.knob_decay_steps)
+                draws[kind] = torch.rand(b, device=device) < p
+        if not (draws["box"].any() or draws["mask"].any()):
+            return None
+        if out_box.soft_box is not None:
+            overlap = soft_iou(out_box.soft_box[:, None], box_masks)[:, 0]
+        else:
+            overlap = soft_iou(out_box.mask[:, None], batch["masks"])[:, 0]
+        m = overlap.argmax(1)  # (B,)
+        rows = torch.arange(b, device=device)
+        center, size = box_edges_to_center_size(pad_boxes(batch["boxes"], self.hparams.box_min_pad)[rows, m])
+        noise = 1 - GT_MASK_NOISE * torch.rand_like(batch["masks"][:, 0])
+        return Knob(draws["box"], center, size, draws["mask"], batch["masks"][rows, m] * noise)
+
+    def _step(self, x: Tensor, canvas: Tensor, t: int, knob: Knob | None) -> StepOutput:
+        box = self.model.locate(x, canvas, t)
+        if knob is None or not knob.use_box.any():
+            return self.model.segment(x, canvas, t, box)
+        use = knob.use_box[:, None]
+        patch_box = dataclasses.replace(
+            box, center=torch.where(use, knob.center, box.center), size=torch.where(use, knob.size, box.size)
+        )
+        return self.model.segment(x, canvas, t, box, patch_box)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        x = batch["image"]
+        b, steps = x.shape[0], self.model.steps
+        box_masks = padded_box_masks(
+            batch["boxes"], self.model.image_size, batch["num_instances"].clamp(max=steps - 1), self.hparams.box_min_pad
+        )
+        # Pass 1: roll out all steps without autograd, keeping each step's inputs.
+        canvases, knobs, outs = [], [], []
+        canvas = x.new_zeros(b, 1, *self.model.image_size)
+        with torch.no_grad(), frozen_batchnorm_stats(self.model):
+            for t in range(steps):
+                out = self.model.step(x, canvas, t)
+                knob = self._knob(t, out, batch, box_masks) if self.training else None
+                if knob is not None and knob.use_box.any():
+                    out = self._step(x, canvas, t, knob)
+                canvases.append(canvas)
+                knobs.append(knob)
+                outs.append(out)
+                written = out.mask if knob is None else torch.where(knob.use_mask[:, None, None], knob.mask, out.mask)
+                canvas = torch.maximum(canvas, written[:, None])  # eq. (1), detached
+        masks = torch.stack([o.mask for o in outs], 1).requires_grad_()
+        scores = torch.stack([o.score for o in outs], 1).requires_grad_()
+        soft_boxes = None
+        if outs[0].soft_box is not None:
+            soft_boxes = torch.stack([o.soft_box for o in outs], 1).requires_grad_()
+        terms = segmenter_losses(
+            masks,
+            scores,
+            soft_boxes,
+            batch["masks"],
+            batch["boxes"],
+            batch["num_instances"],
+            lambda_box=self.hparams.lambda_box,
+            lambda_score=self.hparams.lambda_score,
+            min_pad=self.hparams.box_min_pad,
+        )
+        self._check_finite(terms)
+        leaves = [masks, scores] + ([soft_boxes] if soft_boxes is not None else [])
+        grads = torch.autograd.grad(terms["loss"], leaves)
+        # Pass 2: recompute each step with autograd and backpropagate its share at once.
+        opt = self.optimizers()
+        opt.zero_grad()
+        for t in range(steps):
+            out = self._step(x, canvases[t], t, knobs[t])
+            surrogate = (out.mask * grads[0][:, t]).sum() + (out.score * grads[1][:, t]).sum()
+            if out.soft_box is not None:
+                surrogate = surrogate + (out.soft_box * grads[2][:, t]).sum()
+            self.manual_backward(surrogate)
+        if self.hparams.grad_clip:
+            torch.nn.utils.clip_grad_value_(self.parameters(), self.hparams.grad_clip)
+        opt.step()
+        self.lr_schedulers().step()
+        n = x.shape[0]
+        logged = {f"train/{k}": v for k, v in terms.items() if k != "match"}
+        self.log_dict(logged, prog_bar=True, batch_size=n)
+        self.log("train/lr", opt.param_groups[0]["lr"], batch_size=n)
+        if self.hparams.mask_knob_offset is not None:
+            p = knob_probability(self.global_step, torch.tensor(0), self.hparams.mask_knob_offset, self.hparams.knob_decay, self.hparams.knob_decay_steps)
+            self.log("train/p_gt_mask_t0", p, batch_size=n)
+        return terms["loss"].detach()
+
+    def _check_finite(self, terms: dict[str, Tensor]) -> None:
+        for name, value in terms.items():
+            if name != "match" and not torch.isfinite(value).all():
+                path = f"{self.trainer.default_root_dir}/checkpoints/nonfinite-step{self.global_step}.ckpt"
+                self.trainer.save_checkpoint(path)
+                raise FloatingPointError(
+                    f"non-finite {name} = {value.item()} at step {self.global_step}; the weights before "
+                    f"this step are saved in {path}. Try a lower module.lr or check the input data."
+                )
+
+    # --------------------------------------------------------------------------------- evaluation
+    def forward(self, image: Tensor) -> dict[str, Tensor]:
+        """Inference with per-image stopping: see :meth:`RecurrentSegmenter.predict`."""
+        return self.model.predict(image, threshold=self.hparams.stop_score)
+
+    def _evaluate(self, batch: dict[str, Any], metrics: nn.ModuleDict, split: str) -> None:
+        out = self(batch["image"])
+        pred = label_map(out["masks"], out["scores"], self.hparams.threshold)
+        target = gt_label_map(batch["masks"])
+        for metric in metrics.values():
+            metric.update(pred, target)
+
+    def _log_metrics(self, metrics: nn.ModuleDict, split: str) -> None:
+        values = {}
+        for metric in metrics.values():
+            values.update(metric.compute())
+            metric.reset()
+        self.log_dict({f"{split}/{k}": v for k, v in values.items()}, prog_bar=split == "val", sync_dist=False)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        opt = torch.optim.Adam(self.parameters(), lr=hp.lr, eps=1e-7, weight_decay=hp.weight_decay)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_steps, gamma=hp.lr_decay)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+

@@ -1,0 +1,271 @@
+"""Losses of the recurrent segmenter (paper section 2.5, eq. 21-27; reference section 3).
+
+The total loss is eq. (21): L = L_y + lambda_b L_b + lambda_s L_s, with
+
+- L_y, the matching IoU loss: a soft-IoU matrix between the T predicted masks and the ground-truth
+  slots (eq. 22), a maximum-weight bipartite matching computed without gradient, and minus the mean
+  matched IoU (eq. 23-24);
+- L_b, the soft box IoU loss: the same on the re-projected soft boxes b_t (eq. 25) against binary
+  rasters of padded ground-truth boxes, with its own matching (eq. 26);
+- L_s, the monotonic score loss on the scores s_t, whose target s*_t is 1 for the predictions the
+  segmentation matching paired with an instance (eq. 27).
+
+Everything is batched over images; the only per-image Python work is the Hungarian assignment.
+
+Choices, and where this port departs from the authors' code or the text:
+
+- **Matching only the first n_b predictions.** As in the authors' code, the matching runs on the
+  top-left n_b x n_b block of the IoU matrix (the first n_b predictions against the n_b real
+  instances). The code masks the full matrix by s* on both axes instead; the two are equivalent
+  because block-internal assignments always weakly dominate cross-block ones. Consequently
+  predictions t >= n_b get no segmentation or box loss: contrary to the paper's remark that the
+  matching penalises false positives directly, they are pushed down only by the score loss.
+- **Normalisation.** Eq. (24) divides by N; here N = n_b per image, clamped to [1, min(T, N_slots)]
+  so an image without instances contributes 0 to L_y and L_b (it still gets the score loss).
+- **Logs.** Eq. (27) is written without a stabiliser; as in the code, 1e-5 is added inside both
+  logs. Its 1/T is averaged over the batch too, i.e. 1/(B T).
+- **Padded GT boxes.** Boxes use the batch contract's pixel edges (y1, x1 exclusive), so a side's
+  size is ``y1 - y0`` pixels; the code uses the difference of inclusive indices (one less). Each
+  side grows by max(ratio * size, min_pad) (min_pad 20 px in the full model, 10 px in box
+  pre-training). The code rasterises inclusive integer corners; here a pixel is inside when its
+  centre (y + 0.5, x + 0.5) lies in the half-open padded box, i.e. each real-valued edge is rounded
+  to the nearest integer (halves down), so both sides of an axis grow by the same whole number of
+  pixels. The raster covers only image pixels, which is the clipping to the image.
+- **Box IoU.** Always the soft-map IoU of eq. (25-26), also where the code's Cityscapes recipe used
+  the coordinate IoU, whose gradient vanishes when boxes do not overlap (the paper's argument for
+  the soft version).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+
+def soft_iou(pred: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
+    """Pairwise soft IoU between predicted and ground-truth maps (eq. 22).
+
+    Args:
+        pred: float (B, T, H, W) in [0, 1], the predictions y_i.
+        target: (B, N, H, W) in [0, 1], the ground truth y*_j (cast to ``pred``'s dtype).
+        eps: added to the denominator so two empty maps have IoU 0, not 0/0.
+
+    Returns:
+        (B, T, N) matrix M with M[b, i, j] = sum(y_i y*_j) / (sum(y_i + y*_j - y_i y*_j) + eps),
+        in [0, 1), differentiable in both arguments.
+    """
+    p = pred.flatten(2)
+    t = target.flatten(2).to(p.dtype)
+    # sum(p * t) for every pair (i, j) at once: a batched matmul over the flattened pixels.
+    intersection = torch.bmm(p, t.transpose(1, 2))
+    # sum(p + t - p t) = sum(p) + sum(t) - sum(p t), by linearity.
+    union = p.sum(-1).unsqueeze(2) + t.sum(-1).unsqueeze(1) - intersection
+    return intersection / (union + eps)  # eq. (22)
+
+
+def _matched_counts(num_valid: Tensor, iou: Tensor) -> Tensor:
+    """n_b clamped to [0, min(T, N)]: there cannot be more matched pairs than rows or columns."""
+    return num_valid.clamp(min=0, max=min(iou.shape[1], iou.shape[2]))
+
+
+def hungarian_match(iou: Tensor, num_valid: Tensor) -> Tensor:
+    """Maximum-IoU bipartite matching of the first n_b predictions to the n_b real instances.
+
+    Per image, ``scipy.optimize.linear_sum_assignment`` maximises the summed IoU on the top-left
+    n_b x n_b block (rows: predictions 0..n_b-1; columns: ground-truth slots 0..n_b-1), as the
+    authors' masked matching does (module docstring). No gradient flows through it (paper 2.5a).
+
+    Args:
+        iou: (B, T, N) IoU matrix from :func:`soft_iou`.
+        num_valid: int64 (B,) number n_b of real ground-truth instances per image; clamped to
+            [0, min(T, N)].
+
+    Returns:
+        (B, T, N) assignment in {0, 1} with ``iou``'s dtype and device, no gradient: exactly n_b
+        ones per image, one per row and column of the block, zeros elsewhere (all zero if n_b = 0).
+    """
+    weights = iou.detach().to("cpu", torch.float64).numpy()
+    counts = _matched_counts(num_valid, iou).tolist()
+    match = np.zeros(weights.shape, dtype=np.float32)
+    for b, n in enumerate(counts):
+        if n > 0:
+            rows, cols = linear_sum_assignment(weights[b, :n, :n], maximize=True)
+            match[b, rows, cols] = 1.0
+    return torch.from_numpy(match).to(device=iou.device, dtype=iou.dtype)
+
+
+def matched_iou_loss(iou: Tensor, match: Tensor, num_valid: Tensor) -> Tensor:
+    """Minus the mean matched IoU (eq. 23-24), averaged over the batch.
+
+    Args:
+        iou: (B, T, N) IoU matrix M; the gradient flows through it only.
+        match: (B, T, N) assignment in {0, 1} from :func:`hungarian_match` (treated as constant).
+        num_valid: int64 (B,) instance counts n_b, clamped to [1, min(T, N)] for the division.
+
+    Returns:
+        Scalar -mean_b [ sum_ij match_bij M_bij / max(1, n_b) ] in [-1, 0].
+    """
+    n = _matched_counts(num_valid, iou).clamp(min=1).to(device=iou.device, dtype=iou.dtype)
+    per_image = (match.detach() * iou).sum(dim=(1, 2)) / n  # eq. (24)
+    return -per_image.mean()  # eq. (23)
+
+
+def pad_boxes(boxes: Tensor, min_pad: float = 20.0, ratio: float = 0.2) -> Tensor:
+    """Grow each side of pixel-edge boxes (..., 4) = (y0, x0, y1, x1) by max(ratio * size, min_pad).
+
+    The padding of the soft box targets (eq. 26, Pad(b*)) and of the ground-truth boxes fed by
+    teacher forcing (reference 2.3: min_pad 20 px in the full model, 10 in box pre-training).
+    """
+    lo, hi = boxes[..., :2], boxes[..., 2:]
+    pad = (ratio * (hi - lo)).clamp(min=min_pad)
+    return torch.cat([lo - pad, hi + pad], dim=-1)
+
+
+def padded_box_masks(
+    boxes: Tensor,
+    size: tuple[int, int],
+    num_valid: Tensor,
+    min_pad: float = 20.0,
+    ratio: float = 0.2,
+) -> Tensor:
+    """Binary rasters of padded ground-truth boxes, Pad(b*) of eq. (26).
+
+    Each side of a box grows by max(ratio * size along that axis, min_pad) pixels. A pixel (y, x)
+    is inside when its centre lies in the padded box: y0' <= y + 0.5 < y1' and
+    x0' <= x + 0.5 < x1', i.e. every padded edge rounded to the nearest integer (halves down) and
+    then y0' <= y < y1'. Only image pixels are rasterised, which clips the box to the image.
+
+    Args:
+        boxes: float (B, N, 4) tight boxes (y0, x0, y1, x1) as pixel edges, y1/x1 exclusive
+            (rows 2..4 give y0 = 2, y1 = 5); padded slots are zero.
+        size: image (H, W).
+        num_valid: int64 (B,) number n_b of real boxes; slots j >= n_b are all zero.
+        min_pad: smallest growth of a side, in pixels (20 in the full model, 10 in box
+            pre-training; reference 2.3).
+        ratio: growth as a fraction of the box's height (top, bottom) or width (left, right).
+
+    Returns:
+        (B, N, H, W) float in {0, 1}, ``boxes``' dtype and device.
+    """
+    h, w = size
+    y0, x0, y1, x1 = pad_boxes(boxes, min_pad, ratio).unbind(-1)  # each (B, N)
+    ys = torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5  # pixel centres
+    xs = torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5
+    in_y = (ys >= y0.unsqueeze(-1)) & (ys < y1.unsqueeze(-1))  # (B, N, H)
+    in_x = (xs >= x0.unsqueeze(-1)) & (xs < x1.unsqueeze(-1))  # (B, N, W)
+    slots = torch.arange(boxes.shape[1], device=boxes.device)
+    valid = slots < num_valid.to(boxes.device).unsqueeze(-1)  # (B, N)
+    inside = in_y.unsqueeze(-1) & in_x.unsqueeze(-2) & valid[..., None, None]
+    return inside.to(boxes.dtype)
+
+
+def box_loss(soft_boxes: Tensor, boxes: Tensor, num_valid: Tensor, min_pad: float = 20.0) -> Tensor:
+    """Soft box IoU loss L_b (eq. 26): matched soft IoU of b_t against the padded GT boxes.
+
+    The matching is the boxes' own (reference section 3), not the segmentation's.
+
+    Args:
+        soft_boxes: float (B, T, H, W) in [0, 1], the re-projected soft boxes b_t (eq. 25).
+        boxes: float (B, N, 4) tight GT boxes (y0, x0, y1, x1), pixel edges, y1/x1 exclusive.
+        num_valid: int64 (B,) number n_b of real instances.
+        min_pad: smallest padding of a GT box side, in pixels.
+
+    Returns:
+        Scalar in [-1, 0].
+    """
+    size = (soft_boxes.shape[-2], soft_boxes.shape[-1])
+    padded = padded_box_masks(boxes, size, num_valid, min_pad)  # Pad(b*) of eq. (26)
+    iou = soft_iou(soft_boxes, padded)
+    match = hungarian_match(iou, num_valid)
+    return matched_iou_loss(iou, match, num_valid)  # eq. (26)
+
+
+def monotonic_score_loss(scores: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
+    """Monotonic score loss L_s (eq. 27).
+
+    A step with target 1 is judged by the lowest score so far, min_{t' <= t} s_t'; a step with
+    target 0 by the highest score to come, max_{t' >= t} s_t'. A sequence thus costs little only
+    if its scores decrease, so cutting off at the first s_t < 0.5 keeps every confident step.
+
+    Args:
+        scores: float (B, T) in (0, 1), the scores s_t.
+        target: (B, T) in {0, 1}, the targets s*_t (see :func:`score_target`).
+        eps: added inside both logs.
+
+    Returns:
+        Scalar (1 / (B T)) sum_{b, t} [-s*_t log(min_{t'<=t} s_t' + eps)
+        - (1 - s*_t) log(1 - max_{t'>=t} s_t' + eps)], >= 0 up to eps.
+    """
+    target = target.to(scores.dtype)
+    past_min = torch.cummin(scores, dim=1).values
+    future_max = torch.cummax(scores.flip(1), dim=1).values.flip(1)
+    loss = -target * torch.log(past_min + eps) - (1 - target) * torch.log(1 - future_max + eps)
+    return loss.mean()  # eq. (27)
+
+
+def score_target(match: Tensor) -> Tensor:
+    """Score targets s*_t: 1 for the predictions that the matching paired with an instance.
+
+    Args:
+        match: (B, T, N) assignment in {0, 1} from :func:`hungarian_match`.
+
+    Returns:
+        (B, T) in {0, 1}, same dtype, no gradient.
+    """
+    return match.detach().sum(-1).clamp(0, 1)
+
+
+def segmenter_losses(
+    masks: Tensor,
+    scores: Tensor,
+    soft_boxes: Tensor | None,
+    gt_masks: Tensor,
+    gt_boxes: Tensor,
+    num_instances: Tensor,
+    lambda_box: float = 1.0,
+    lambda_score: float = 1.0,
+    min_pad: float = 20.0,
+) -> dict[str, Tensor]:
+    """The joint loss of eq. (21) on one batch of the contract.
+
+    The number of supervised instances is n_b = min(num_instances_b, T - 1): the batch contract
+    keeps at most the T - 1 largest instances and always leaves the last slot empty.
+
+    Args:
+        masks: float (B, T, H, W) in [0, 1], the predicted soft masks y_t (eq. 19).
+        scores: float (B, T) in (0, 1), the scores s_t (eq. 20).
+        soft_boxes: float (B, T, H, W) in [0, 1], the soft boxes b_t (eq. 25), or None for the
+            "no box net" ablation (then ``loss_box`` is 0).
+        gt_masks: float (B, T, H, W) in {0, 1}, instances sorted by area (largest first),
+            zero-padded.
+        gt_boxes: float (B, T, 4) tight boxes (y0, x0, y1, x1), pixel edges, y1/x1 exclusive.
+        num_instances: int64 (B,) true instance counts (may exceed T - 1).
+        lambda_box: lambda_b of eq. (21).
+        lambda_score: lambda_s of eq. (21).
+        min_pad: smallest padding of a GT box side, in pixels.
+
+    Returns:
+        ``loss_segm`` (L_y, in [-1, 0]), ``loss_box`` (L_b, in [-1, 0]), ``loss_score`` (L_s,
+        >= 0) and ``loss`` = loss_segm + lambda_box loss_box + lambda_score loss_score, all
+        scalars; and ``match``, the detached (B, T, T) segmentation matching in {0, 1}
+        (match[b, t, j] = 1 when prediction t is paired with GT slot j), from which the score
+        target is derived and which callers can reuse, e.g. for metrics or visualisation.
+    """
+    num_valid = num_instances.clamp(min=0, max=gt_masks.shape[1] - 1)
+    iou = soft_iou(masks, gt_masks)
+    match = hungarian_match(iou, num_valid)
+    loss_segm = matched_iou_loss(iou, match, num_valid)  # eq. (23-24)
+    if soft_boxes is None:
+        loss_box = masks.new_zeros(())
+    else:
+        loss_box = box_loss(soft_boxes, gt_boxes, num_valid, min_pad)  # eq. (25-26)
+    loss_score = monotonic_score_loss(scores, score_target(match))  # eq. (27)
+    return {
+        "loss_segm": loss_segm,
+        "loss_box": loss_box,
+        "loss_score": loss_score,
+        "loss": loss_segm + lambda_box * loss_box + lambda_score * loss_score,  # eq. (21)
+        "match": match,
+    }
