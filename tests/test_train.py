@@ -20,28 +20,36 @@ TINY = [
     "dataset.num_val=4",
     "dataset.num_test=4",
     "dataset.batch_size=4",
+    "dataset.max_objects=3",
     "dataset.num_workers=0",
     "trainer.max_epochs=1",
     "trainer.accelerator=cpu",
 ]
 
 
+@pytest.mark.parametrize(
+    ("module", "metric", "cls"),
+    [
+        ("segmenter", "test/sbd", "SegmenterModule"),
+        ("preprocessor", "test/fg_iou", "PreprocessorModule"),
+    ],
+)
 def test_train_writes_metrics_checkpoints_csv_and_offline_wandb(
-    compose_train, tmp_path: Path
+    compose_train, tmp_path: Path, module: str, metric: str, cls: str
 ) -> None:
-    cfg = compose_train(*TINY)
+    from recattend import lit
+
+    cfg = compose_train(*TINY, f"module={module}")
     train.run(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert {"train/loss", "val/fg_iou", "test/fg_iou", "test/angle_acc"} <= set(metrics)
-    assert 0.0 <= metrics["test/fg_iou"] <= 1.0
+    assert {"train/loss", metric, metric.replace("test/", "val/")} <= set(metrics)
+    assert 0.0 <= metrics[metric] <= 1.0
     assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B offline run folder missing"
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     # Checkpoints hold plain hyper-parameters only: they load under torch's weights_only=True.
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["image_size"] == [32, 32]
-    from recattend.lit import PreprocessorModule
-
-    PreprocessorModule.load_from_checkpoint(
+    getattr(lit, cls).load_from_checkpoint(
         tmp_path / "checkpoints" / "last.ckpt", weights_only=True
     )
 
@@ -138,9 +146,9 @@ def test_two_process_cpu_ddp_fit_and_test(compose_train, tmp_path: Path) -> None
     # file that the fit's processes wrote.
     cfg = compose_train(*TINY, "trainer=ddp_sim")
     train.run(cfg)
-    assert "test/fg_iou" in json.loads((tmp_path / "metrics.json").read_text())
+    assert "test/sbd" in json.loads((tmp_path / "metrics.json").read_text())
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"val/fg_iou", "test/fg_iou"} <= set(header)
+    assert {"val/sbd", "test/sbd"} <= set(header)
 
 
 @pytest.mark.slow
@@ -152,7 +160,7 @@ def test_installed_entry_point_finds_its_configs(
     # Run from an unrelated folder: the configs must come from the package, not the checkout.
     result = run_cli([str(script), "--cfg", "job", "dataset.style=shapes"], tmp_path, offline_env)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "style: shapes" in result.stdout and "recattend.lit.PreprocessorModule" in result.stdout
+    assert "style: shapes" in result.stdout and "recattend.lit.SegmenterModule" in result.stdout
 
 
 @pytest.mark.slow

@@ -28,7 +28,11 @@ class LearningCurve(L.Callback):
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        row = {"minutes": round((time.monotonic() - self.start) / 60, 2), "step": trainer.global_step, **values}
+        row = {
+            "minutes": round((time.monotonic() - self.start) / 60, 2),
+            "step": trainer.global_step,
+            **values,
+        }
         path = Path(trainer.default_root_dir) / self.filename
         new = not path.exists()
         with path.open("a", newline="") as file:

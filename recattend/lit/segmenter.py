@@ -2,39 +2,38 @@
 
 Memory: the canvas is detached between steps and the glimpse LSTM restarts at every step, so no
 gradient crosses steps; the steps are coupled only through the (non-differentiable) matching and
-the score loss. Each training step therefore runs in two passes:
-
-1. a forward pass without autograd over all T steps gives the canvases, the outputs, and the
-   teacher-forcing choices; the losses (eq. 21-27) are evaluated on detached copies of the outputs,
-   which yields dL/dy_t, dL/db_t and dL/ds_t for every step;
-2. each step is recomputed with autograd from its stored canvas and backpropagated at once with
-   those output gradients, so only one step's graph is alive at a time.
-
-The gradient is exactly that of the joint loss; memory is that of one step instead of T, for about
-a third more compute. BatchNorm running statistics are updated in pass 2 only.
+the score loss. Keeping all T steps' graphs alive until the joint loss is known would cost T times
+one step's activations. Instead each step runs under activation checkpointing: its forward keeps
+only its inputs (the image and that step's canvas) and outputs, and the backward pass recomputes
+one step at a time. The gradient is exactly that of the joint loss (eq. 21), one backward call
+serves DDP as usual, and compute grows by one extra forward. BatchNorm running statistics are left
+untouched during the recomputation, so they are updated once per step as without checkpointing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from recattend.losses import pad_boxes, padded_box_masks, segmenter_losses, soft_iou
 from recattend.metrics import DifferenceInCount, SymmetricBestDice
 from recattend.models.filterbank import box_edges_to_center_size
-from recattend.models.segmenter import RecurrentSegmenter, StepOutput
+from recattend.models.segmenter import BoxState, RecurrentSegmenter, StepOutput
 from recattend.postprocess import label_map
 
 GT_MASK_NOISE = 0.3  # ground truth written to the canvas is y* (1 - U(0, 0.3)) (reference 1.4)
 
 
-def knob_probability(step: int, t: Tensor, offset: float, decay: float, decay_steps: float) -> Tensor:
+def knob_probability(
+    step: int, t: Tensor, offset: float, decay: float, decay_steps: float
+) -> Tensor:
     """Probability of feeding ground truth at training step ``step`` and timestep(s) ``t``.
 
     min(1, decay^(max(0, step - offset) / decay_steps) * (1 + ln(1 + 3 t))) (reference 1.4): later
@@ -120,80 +119,101 @@ class SegmenterModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.automatic_optimization = False
-        self.model = RecurrentSegmenter(image_size=image_size, steps=max_instances + 1, **(net or {}))
+        self.model = RecurrentSegmenter(
+            image_size=image_size, steps=max_instances + 1, **(net or {})
+        )
         self.val_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
         self.test_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
 
     # ----------------------------------------------------------------------------------- training
-    def _knob(self, t: int, out_box: StepOutput, batch: dict[str, Any], box_masks: Tensor) -> Knob | None:
+    def _knob(self, t: int, box: BoxState, batch: dict[str, Any], box_masks: Tensor) -> Knob | None:
         """Draw the teacher-forcing switches of step t and pick the ground truth to feed.
 
         The ground truth is the maximally overlapping instance (reference 1.4): the slot whose
-        padded box has the highest soft IoU with the predicted soft box (with no box network, whose
-        mask has the highest soft IoU with the predicted mask). Chosen with replacement.
+        padded box has the highest soft IoU with the predicted soft box b_t (eq. 25), chosen with
+        replacement. Without a box network the attention covers the whole image, so the largest
+        instance not yet on the canvas is not known either; the slot is then the step's own (t).
         """
+        if not self.training:
+            return None
         hp = self.hparams
         b = batch["image"].shape[0]
         device = batch["image"].device
         tt = torch.tensor(t, device=device)
         draws = {}
         for kind, offset in (("box", hp.box_knob_offset), ("mask", hp.mask_knob_offset)):
-            if offset is None or (kind == "box" and out_box.soft_box is None):
+            if offset is None or (kind == "box" and box.z is None):
                 draws[kind] = torch.zeros(b, dtype=torch.bool, device=device)
             else:
-                p = knob_probability(self.global_step, tt, offset, hp.knob_decay, hp.knob_decay_steps)
+                p = knob_probability(
+                    self.global_step, tt, offset, hp.knob_decay, hp.knob_decay_steps
+                )
                 draws[kind] = torch.rand(b, device=device) < p
         if not (draws["box"].any() or draws["mask"].any()):
             return None
-        if out_box.soft_box is not None:
-            overlap = soft_iou(out_box.soft_box[:, None], box_masks)[:, 0]
-        else:
-            overlap = soft_iou(out_box.mask[:, None], batch["masks"])[:, 0]
-        m = overlap.argmax(1)  # (B,)
         rows = torch.arange(b, device=device)
-        center, size = box_edges_to_center_size(pad_boxes(batch["boxes"], self.hparams.box_min_pad)[rows, m])
+        if box.z is None:
+            m = torch.full((b,), t, device=device)
+        else:
+            with torch.no_grad():
+                soft_box = self.model.soft_box(box)
+            m = soft_iou(soft_box[:, None], box_masks)[:, 0].argmax(1)  # (B,)
+        center, size = box_edges_to_center_size(
+            pad_boxes(batch["boxes"], self.hparams.box_min_pad)[rows, m]
+        )
         noise = 1 - GT_MASK_NOISE * torch.rand_like(batch["masks"][:, 0])
         return Knob(draws["box"], center, size, draws["mask"], batch["masks"][rows, m] * noise)
 
-    def _step(self, x: Tensor, canvas: Tensor, t: int, knob: Knob | None) -> StepOutput:
-        box = self.model.locate(x, canvas, t)
-        if knob is None or not knob.use_box.any():
-            return self.model.segment(x, canvas, t, box)
-        use = knob.use_box[:, None]
-        patch_box = dataclasses.replace(
-            box, center=torch.where(use, knob.center, box.center), size=torch.where(use, knob.size, box.size)
+    def _checkpointed(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run ``function(*args)`` keeping only inputs and outputs; recompute it in backward."""
+        if not torch.is_grad_enabled():
+            return function(*args)
+        return checkpoint(
+            function,
+            *args,
+            use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), frozen_batchnorm_stats(self.model)),
         )
-        return self.model.segment(x, canvas, t, box, patch_box)
+
+    def _rollout(self, batch: dict[str, Any]) -> list[StepOutput]:
+        """All T training steps with teacher forcing (eq. 1: canvas = max of masks so far)."""
+        x = batch["image"]
+        steps = self.model.steps
+        box_masks = padded_box_masks(
+            batch["boxes"],
+            self.model.image_size,
+            batch["num_instances"].clamp(max=steps - 1),
+            self.hparams.box_min_pad,
+        )
+        canvas = x.new_zeros(x.shape[0], 1, *self.model.image_size)
+        outs = []
+        for t in range(steps):
+            box = self._checkpointed(self.model.locate, x, canvas, t)
+            knob = self._knob(t, box, batch, box_masks)
+            patch_box = None
+            if knob is not None and knob.use_box.any():
+                use = knob.use_box[:, None]
+                patch_box = dataclasses.replace(
+                    box,
+                    center=torch.where(use, knob.center, box.center),
+                    size=torch.where(use, knob.size, box.size),
+                )
+            out = self._checkpointed(self.model.segment, x, canvas, t, box, patch_box)
+            outs.append(out)
+            written = out.mask.detach()
+            if knob is not None:
+                written = torch.where(knob.use_mask[:, None, None], knob.mask, written)
+            canvas = torch.maximum(canvas, written[:, None])  # eq. (1), no gradient across steps
+        return outs
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        x = batch["image"]
-        b, steps = x.shape[0], self.model.steps
-        box_masks = padded_box_masks(
-            batch["boxes"], self.model.image_size, batch["num_instances"].clamp(max=steps - 1), self.hparams.box_min_pad
+        outs = self._rollout(batch)
+        soft_boxes = (
+            None if outs[0].soft_box is None else torch.stack([o.soft_box for o in outs], 1)
         )
-        # Pass 1: roll out all steps without autograd, keeping each step's inputs.
-        canvases, knobs, outs = [], [], []
-        canvas = x.new_zeros(b, 1, *self.model.image_size)
-        with torch.no_grad(), frozen_batchnorm_stats(self.model):
-            for t in range(steps):
-                out = self.model.step(x, canvas, t)
-                knob = self._knob(t, out, batch, box_masks) if self.training else None
-                if knob is not None and knob.use_box.any():
-                    out = self._step(x, canvas, t, knob)
-                canvases.append(canvas)
-                knobs.append(knob)
-                outs.append(out)
-                written = out.mask if knob is None else torch.where(knob.use_mask[:, None, None], knob.mask, out.mask)
-                canvas = torch.maximum(canvas, written[:, None])  # eq. (1), detached
-        masks = torch.stack([o.mask for o in outs], 1).requires_grad_()
-        scores = torch.stack([o.score for o in outs], 1).requires_grad_()
-        soft_boxes = None
-        if outs[0].soft_box is not None:
-            soft_boxes = torch.stack([o.soft_box for o in outs], 1).requires_grad_()
         terms = segmenter_losses(
-            masks,
-            scores,
+            torch.stack([o.mask for o in outs], 1),
+            torch.stack([o.score for o in outs], 1),
             soft_boxes,
             batch["masks"],
             batch["boxes"],
@@ -203,37 +223,42 @@ class SegmenterModule(L.LightningModule):
             min_pad=self.hparams.box_min_pad,
         )
         self._check_finite(terms)
-        leaves = [masks, scores] + ([soft_boxes] if soft_boxes is not None else [])
-        grads = torch.autograd.grad(terms["loss"], leaves)
-        # Pass 2: recompute each step with autograd and backpropagate its share at once.
-        opt = self.optimizers()
-        opt.zero_grad()
-        for t in range(steps):
-            out = self._step(x, canvases[t], t, knobs[t])
-            surrogate = (out.mask * grads[0][:, t]).sum() + (out.score * grads[1][:, t]).sum()
-            if out.soft_box is not None:
-                surrogate = surrogate + (out.soft_box * grads[2][:, t]).sum()
-            self.manual_backward(surrogate)
-        if self.hparams.grad_clip:
-            torch.nn.utils.clip_grad_value_(self.parameters(), self.hparams.grad_clip)
-        opt.step()
-        self.lr_schedulers().step()
-        n = x.shape[0]
-        logged = {f"train/{k}": v for k, v in terms.items() if k != "match"}
-        self.log_dict(logged, prog_bar=True, batch_size=n)
-        self.log("train/lr", opt.param_groups[0]["lr"], batch_size=n)
-        if self.hparams.mask_knob_offset is not None:
-            p = knob_probability(self.global_step, torch.tensor(0), self.hparams.mask_knob_offset, self.hparams.knob_decay, self.hparams.knob_decay_steps)
+        n = batch["image"].shape[0]
+        self.log_dict(
+            {f"train/{k}": v for k, v in terms.items() if k != "match"}, prog_bar=True, batch_size=n
+        )
+        hp = self.hparams
+        if hp.mask_knob_offset is not None:
+            p = knob_probability(
+                self.global_step,
+                torch.tensor(0),
+                hp.mask_knob_offset,
+                hp.knob_decay,
+                hp.knob_decay_steps,
+            )
             self.log("train/p_gt_mask_t0", p, batch_size=n)
-        return terms["loss"].detach()
+        return terms["loss"]
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Element-wise clipping to [-grad_clip, grad_clip] as the reference (clip_by_value)."""
+        if self.hparams.grad_clip:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="value"
+            )
 
     def _check_finite(self, terms: dict[str, Tensor]) -> None:
         for name, value in terms.items():
             if name != "match" and not torch.isfinite(value).all():
-                path = f"{self.trainer.default_root_dir}/checkpoints/nonfinite-step{self.global_step}.ckpt"
+                step = self.global_step
+                path = f"{self.trainer.default_root_dir}/checkpoints/nonfinite-step{step}.ckpt"
                 self.trainer.save_checkpoint(path)
                 raise FloatingPointError(
-                    f"non-finite {name} = {value.item()} at step {self.global_step}; the weights before "
+                    f"non-finite {name} = {value.item()} at step {step}; the weights before "
                     f"this step are saved in {path}. Try a lower module.lr or check the input data."
                 )
 
@@ -254,7 +279,9 @@ class SegmenterModule(L.LightningModule):
         for metric in metrics.values():
             values.update(metric.compute())
             metric.reset()
-        self.log_dict({f"{split}/{k}": v for k, v in values.items()}, prog_bar=split == "val", sync_dist=False)
+        self.log_dict(
+            {f"{split}/{k}": v for k, v in values.items()}, prog_bar=split == "val", sync_dist=False
+        )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
@@ -273,5 +300,3 @@ class SegmenterModule(L.LightningModule):
         opt = torch.optim.Adam(self.parameters(), lr=hp.lr, eps=1e-7, weight_decay=hp.weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_steps, gamma=hp.lr_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-

@@ -1,7 +1,7 @@
 """Gaussian filterbank attention (paper eq. 6-16, 19, 25; reference/original-system.md 2.3).
 
-A box is given by its centre ``g`` and size ``delta`` in pixels (y, x) and a per-axis variance. Along
-one axis of length L, patch position i in 0..F-1 has kernel centre
+A box is given by its centre ``g`` and size ``delta`` in pixels (y, x) and a per-axis variance.
+Along one axis of length L, patch position i in 0..F-1 has kernel centre
 ``mu_i = g + (delta + 1) * (i - F/2 + 0.5) / F`` (eq. 11-12) and
 ``F[a, i] = N(a; mu_i, var)`` for pixel index a in 0..L-1 (eq. 13-14), an unnormalised Gaussian
 pdf as in the authors' code (rows are not renormalised as in DRAW). Pixel a is the pixel *centre*;

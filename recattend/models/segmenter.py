@@ -74,7 +74,7 @@ class TimestepConvStack(nn.Module):
 
 
 class TimestepDeconvStack(nn.Module):
-    """3x3 transposed convs (stride = unpool factor), per-timestep BatchNorm and ReLU on every layer.
+    """3x3 transposed convs (stride = unpool factor), per-timestep BatchNorm, ReLU on every layer.
 
     Skip input i (or None) is concatenated on channels before layer i.
     """
@@ -287,8 +287,9 @@ class RecurrentSegmenter(nn.Module):
         stride = math.prod(box_pools)
         if box_network and (h % stride or w % stride):
             raise ValueError(
-                f"dataset.resolution={[h, w]} must be divisible by the box CNN's total stride {stride} "
-                f"(product of model.box_pools), e.g. {[-(-h // stride) * stride, -(-w // stride) * stride]}"
+                f"dataset.resolution={[h, w]} must be divisible by the box CNN's total stride "
+                f"{stride} (product of model.box_pools), e.g. "
+                f"{[-(-h // stride) * stride, -(-w // stride) * stride]}"
             )
         attn_stride = math.prod(attn_pools)
         if self.patch_size[0] % attn_stride or self.patch_size[1] % attn_stride:
@@ -367,7 +368,7 @@ class RecurrentSegmenter(nn.Module):
     def _variance(self, size: Tensor, log_var: Tensor | None) -> Tensor:
         if self.dynamic_var and log_var is not None:
             return log_var.exp()
-        # Variance = stride delta / patch size (reference, CVPPP); floored to stay finite at delta ~ 0.
+        # Variance = stride delta / patch size (reference, CVPPP); floored to stay finite.
         return (size / size.new_tensor(self.patch_size)).clamp(min=1e-2)
 
     def segment(
@@ -402,6 +403,17 @@ class RecurrentSegmenter(nn.Module):
         features = v.flatten(1) if box.z is None else torch.cat([box.z, v.flatten(1)], 1)
         score = torch.sigmoid(self.score_head(features))[:, 0]  # eq. (20)
         return StepOutput(mask, soft_box, score, box)
+
+    def soft_box(self, box: BoxState, filters: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """b_t = sigmoid(gamma_box F_Y 1 F_X^T - beta) (eq. 25), (B, H, W) in (0, 1).
+
+        ``filters`` may pass the box's (F_Y, F_X) when already built.
+        """
+        f_y, f_x = filters or filterbank(
+            box.center, box.size, box.var, self.image_size, self.patch_size
+        )
+        ones = f_y.new_ones(f_y.shape[0], 1, *self.patch_size)
+        return torch.sigmoid(box.gains[:, 1, None, None] * reproject(ones, f_y, f_x)[:, 0] - BETA)
 
     def step(self, x: Tensor, canvas: Tensor, t: int) -> StepOutput:
         """One full step without teacher forcing."""
