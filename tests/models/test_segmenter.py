@@ -1,0 +1,67 @@
+"""The recurrent segmenter: shapes, per-image stopping, ablations, start-up errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recattend.models import RecurrentSegmenter
+from tests.models.test_segmenter_training import TINY_NET
+
+
+def make(**kwargs) -> RecurrentSegmenter:
+    torch.manual_seed(0)
+    return RecurrentSegmenter(image_size=(32, 32), steps=4, **{**TINY_NET, **kwargs})
+
+
+def test_step_shapes_and_ranges() -> None:
+    model = make().train()
+    out = model.step(torch.rand(2, 3, 32, 32), torch.zeros(2, 1, 32, 32), 0)
+    assert out.mask.shape == (2, 32, 32) and out.soft_box.shape == (2, 32, 32) and out.score.shape == (2,)
+    assert 0 < out.mask.min() and out.mask.max() < 1 and 0 < out.score.min() and out.score.max() < 1
+    # The D-CNN ends in ReLU, so the logit is at least -beta: y >= sigmoid(-5).
+    assert out.mask.min() >= torch.sigmoid(torch.tensor(-5.0)) - 1e-6
+    assert out.box.attention.shape == (2, 2, 4, 4)  # K = 2 glimpses over the 4x4 feature map
+
+
+def test_first_box_is_the_whole_image() -> None:
+    # The box head starts near zero: centre at the image centre, size exp(0) * H = the image.
+    box = make().eval().locate(torch.rand(1, 3, 32, 32), torch.zeros(1, 1, 32, 32), 0)
+    assert torch.allclose(box.center, torch.tensor([[16.0, 16.0]]), atol=1.0)
+    assert torch.allclose(box.size, torch.tensor([[32.0, 32.0]]), rtol=0.1)
+
+
+def test_batch_of_one_equals_the_same_image_inside_a_batch() -> None:
+    model = make().eval()
+    with torch.no_grad():
+        for norm in model.modules():  # make per-image stopping differ across the batch
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                norm.running_mean.uniform_(-0.5, 0.5)
+        images = torch.rand(3, 3, 32, 32)
+        batch = model.predict(images, threshold=0.5)
+        for i in range(3):
+            alone = model.predict(images[i : i + 1], threshold=0.5)
+            for key in ("masks", "scores", "boxes"):
+                assert torch.allclose(alone[key][0], batch[key][i], atol=1e-5), key
+
+
+def test_stopped_images_get_empty_steps() -> None:
+    model = make().eval()
+    with torch.no_grad():
+        model.score_head.bias.fill_(-20.0)  # every score ~0: stop at once
+        out = model.predict(torch.rand(2, 3, 32, 32))
+    assert out["masks"].sum() == 0 and out["scores"].sum() == 0
+
+
+def test_ablations() -> None:
+    no_box = make(box_network=False).train()
+    out = no_box.step(torch.rand(2, 3, 32, 32), torch.zeros(2, 1, 32, 32), 1)
+    assert out.soft_box is None and out.box.z is None and out.mask.shape == (2, 32, 32)
+    assert make(glimpses=1).box_net.glimpses == 1
+    with pytest.raises(ValueError, match="glimpses=0"):
+        make(glimpses=0)
+
+
+def test_resolution_not_divisible_by_the_box_stride_names_the_key() -> None:
+    with pytest.raises(ValueError, match=r"dataset\.resolution=\[30, 32\].*stride 8.*\[32, 32\]"):
+        RecurrentSegmenter(image_size=(30, 32), steps=4, **TINY_NET)
