@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryJaccardIndex, MulticlassAccuracy
 
 from recattend.data.targets import ANGLE_IGNORE, NUM_ANGLE_CLASSES
 from recattend.models.preprocessor import Preprocessor
+from recattend.visualise import figure3_row, stack_rows
 
 
 class PreprocessorModule(L.LightningModule):
@@ -113,6 +115,19 @@ class PreprocessorModule(L.LightningModule):
         if "angles" in out:
             metrics["angle_acc"](out["angles"], batch["angles"])
             self.log(f"{split}/angle_acc", metrics["angle_acc"], batch_size=n, prog_bar=True)
+
+    def figure(self, batch: dict[str, Any]) -> np.ndarray:
+        """Figure 3 rows: input, foreground probability, colour-coded angle map."""
+        out = self(batch["image"])
+        fg = out["foreground"].sigmoid()[:, 0]
+        angles = (
+            out["angles"].softmax(1)
+            if "angles" in out
+            else torch.zeros_like(out["foreground"]).expand(-1, 8, -1, -1)
+        )
+        return stack_rows(
+            [figure3_row(img, fg[i], angles[i]) for i, img in enumerate(batch["image"])]
+        )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val")

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -27,6 +28,7 @@ from recattend.metrics import DifferenceInCount, SymmetricBestDice
 from recattend.models.filterbank import box_edges_to_center_size
 from recattend.models.segmenter import BoxState, RecurrentSegmenter, StepOutput
 from recattend.postprocess import label_map
+from recattend.visualise import figure1_grid, stack_rows
 
 GT_MASK_NOISE = 0.3  # ground truth written to the canvas is y* (1 - U(0, 0.3)) (reference 1.4)
 
@@ -266,6 +268,23 @@ class SegmenterModule(L.LightningModule):
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         """Inference with per-image stopping: see :meth:`RecurrentSegmenter.predict`."""
         return self.model.predict(image, threshold=self.hparams.stop_score)
+
+    def figure(self, batch: dict[str, Any]) -> np.ndarray:
+        """Figure 1-style grids of the batch's images (:func:`recattend.visualise.figure1_grid`)."""
+        out = self(batch["image"])
+        attention = out.get("attention")
+        return stack_rows(
+            [
+                figure1_grid(
+                    image,
+                    out["masks"][i],
+                    out["scores"][i],
+                    out["boxes"][i],
+                    None if attention is None else attention[i],
+                )
+                for i, image in enumerate(batch["image"])
+            ]
+        )
 
     def _evaluate(self, batch: dict[str, Any], metrics: nn.ModuleDict, split: str) -> None:
         out = self(batch["image"])

@@ -42,7 +42,7 @@ def run(cfg: DictConfig) -> float | None:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        metrics = _scalars(trainer.callback_metrics)
+        metrics = scalars(trainer.callback_metrics)
         if cfg.get("test", False):
             best = (
                 trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> float | None:
             if not best:
                 log.info("no best checkpoint was written: testing the current weights")
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
-            metrics.update(_scalars(trainer.callback_metrics))
+            metrics.update(scalars(trainer.callback_metrics))
     finally:
         _finish_wandb()
     if trainer.is_global_zero:
@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> float | None:
     return metrics.get(name) if name else None
 
 
-def _scalars(values: dict[str, Any]) -> dict[str, float | None]:
+def scalars(values: dict[str, Any]) -> dict[str, float | None]:
     """Logged metrics as JSON-ready floats (None for a non-finite value)."""
     out: dict[str, float | None] = {}
     for key, value in values.items():

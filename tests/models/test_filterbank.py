@@ -12,17 +12,27 @@ from recattend.models.filterbank import box_edges_to_center_size, extract, filte
 def test_kernel_values_by_hand() -> None:
     # One axis of length 4, patch of 2, centre 1.5, delta 3 (extent 4): mu_i = 1.5 + 4 (i - 0.5) / 2
     # = 0.5 and 2.5 (eq. 11). With variance 1: F[a, i] = exp(-(a - mu_i)^2 / 2) / sqrt(2 pi).
-    center, size, var = torch.tensor([[1.5, 1.5]]), torch.tensor([[3.0, 3.0]]), torch.tensor([[1.0, 1.0]])
+    center, size, var = (
+        torch.tensor([[1.5, 1.5]]),
+        torch.tensor([[3.0, 3.0]]),
+        torch.tensor([[1.0, 1.0]]),
+    )
     f_y, f_x = filterbank(center, size, var, (4, 4), (2, 2))
     a = torch.arange(4.0)[:, None]
     mu = torch.tensor([[0.5, 2.5]])
     expected = torch.exp(-((a - mu) ** 2) / 2) / math.sqrt(2 * math.pi)
-    assert f_y.shape == (1, 4, 2) and torch.allclose(f_y[0], expected) and torch.allclose(f_x[0], expected)
+    assert (
+        f_y.shape == (1, 4, 2)
+        and torch.allclose(f_y[0], expected)
+        and torch.allclose(f_x[0], expected)
+    )
 
 
 def smooth_image(h: int, w: int) -> torch.Tensor:
     """Low-frequency test image: a Gaussian blur of sigma ~1-2 px changes it by < 0.02."""
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+    )
     return torch.sin(yy / 15) + torch.cos(xx / 13)
 
 
@@ -33,10 +43,14 @@ def test_whole_image_box_extracts_a_resampled_copy() -> None:
     h = 32
     image = smooth_image(h, h)[None, None]
     center, size = box_edges_to_center_size(torch.tensor([[0.0, 0.0, h, h]]))
-    assert torch.allclose(center, torch.tensor([[15.5, 15.5]])) and torch.allclose(size, torch.tensor([[31.0, 31.0]]))
+    assert torch.allclose(center, torch.tensor([[15.5, 15.5]])) and torch.allclose(
+        size, torch.tensor([[31.0, 31.0]])
+    )
     f_y, f_x = filterbank(center, size, size / h, (h, h), (h, h))
     assert torch.allclose(f_y[0, 3:-3].sum(1), torch.ones(h - 6), atol=1e-3)
-    assert torch.allclose(extract(image, f_y, f_x)[..., 3:-3, 3:-3], image[..., 3:-3, 3:-3], atol=0.02)
+    assert torch.allclose(
+        extract(image, f_y, f_x)[..., 3:-3, 3:-3], image[..., 3:-3, 3:-3], atol=0.02
+    )
     # At patch size 16 the samples fall at mu_i = 15.5 + 32 (i - 7.5) / 16 = 0.5, 2.5, ..., 30.5
     # (eq. 11): on a linear ramp the Gaussian average is exactly mu_i.
     ramp = torch.arange(h, dtype=torch.float32).expand(1, 1, h, h).clone()

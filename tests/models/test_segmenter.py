@@ -17,8 +17,12 @@ def make(**kwargs) -> RecurrentSegmenter:
 def test_step_shapes_and_ranges() -> None:
     model = make().train()
     out = model.step(torch.rand(2, 3, 32, 32), torch.zeros(2, 1, 32, 32), 0)
-    assert out.mask.shape == (2, 32, 32) and out.soft_box.shape == (2, 32, 32) and out.score.shape == (2,)
-    assert 0 < out.mask.min() and out.mask.max() < 1 and 0 < out.score.min() and out.score.max() < 1
+    assert (
+        out.mask.shape == (2, 32, 32)
+        and out.soft_box.shape == (2, 32, 32)
+        and out.score.shape == (2,)
+    )
+    assert out.mask.min() > 0 and out.mask.max() < 1 and out.score.min() > 0 and out.score.max() < 1
     # The D-CNN ends in ReLU, so the logit is at least -beta: y >= sigmoid(-5).
     assert out.mask.min() >= torch.sigmoid(torch.tensor(-5.0)) - 1e-6
     assert out.box.attention.shape == (2, 2, 4, 4)  # K = 2 glimpses over the 4x4 feature map

@@ -1,0 +1,69 @@
+"""Evaluation task: ``python eval.py ckpt_path=... [dataset=...]`` or ``recattend-eval ...``.
+
+Loads a checkpoint (``weights_only=True``) into the configured module class, runs the dataset's
+test split, prints the paper-style table and writes ``metrics.json`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig
+
+from recattend.callbacks import ProcessGroupTeardown
+from recattend.tasks.train import scalars
+from recattend.utils.config import instantiate_group, require_writable_dir
+from recattend.utils.report import metrics_table
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, float | None]:
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.dataset``'s test split; returns the test metrics."""
+    output_dir = require_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+    ckpt = Path(cfg.ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    module_cls = get_class(cfg.module._target_)
+    module = module_cls.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu")
+    datamodule = instantiate(cfg.dataset, _convert_="all")
+    _check_compatible(module, datamodule, ckpt)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=[ProcessGroupTeardown()], logger=loggers or False
+    )
+    trainer.test(module, datamodule=datamodule)
+    metrics = scalars(trainer.callback_metrics)
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(
+            json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+        )
+        print(metrics_table(metrics, "test", ckpt.name))
+        log.info("outputs in %s", output_dir)
+    return metrics
+
+
+def _check_compatible(
+    module: L.LightningModule, datamodule: L.LightningDataModule, ckpt: Path
+) -> None:
+    """The data must match what the checkpoint's network was built for."""
+    wanted = {"resolution": list(module.hparams.image_size)}
+    if "max_instances" in module.hparams:
+        wanted["max_instances"] = module.hparams.max_instances
+    got = {"resolution": list(datamodule.resolution), "max_instances": datamodule.max_instances}
+    wrong = [f"dataset.{k}={got[k]} (checkpoint: {v})" for k, v in wanted.items() if got[k] != v]
+    if wrong:
+        raise ValueError(
+            f"{ckpt} was trained for other data settings: {', '.join(wrong)}; "
+            "pass the checkpoint's values as overrides"
+        )
+
+
+main = hydra.main(version_base="1.3", config_path="pkg://recattend.conf", config_name="eval")(run)
