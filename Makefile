@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint clean clean-outputs FORCE
+.PHONY: help install train test test-fast bench lint clean clean-outputs FORCE
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +39,9 @@ test: $(STAMP) ## Run the whole test suite
 
 test-fast: $(STAMP) ## Run the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP) ## Segmenter speed and memory benchmark -> outputs/bench/latest.json
+	$(BIN)/python -m recattend.tasks.bench
 
 lint: $(STAMP) ## ruff: lint and format check
 	$(BIN)/ruff check recattend tests train.py

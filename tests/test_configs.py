@@ -37,10 +37,8 @@ def test_option_composes_and_instantiates(compose_train, group: str, option: str
     instantiate(cfg.module, _convert_="all")
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    if cfg.trainer.accelerator in (
-        "cpu",
-        "auto",
-    ):  # gpu options compose here but need a GPU to build
+    # gpu and ddp options compose here but need a GPU to build.
+    if cfg.trainer.accelerator in ("cpu", "auto"):
         instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for key in ("accelerator", "devices", "num_nodes", "strategy", "precision"):
         assert key in cfg.trainer, key

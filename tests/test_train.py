@@ -46,6 +46,7 @@ def test_train_writes_metrics_checkpoints_csv_and_offline_wandb(
     assert 0.0 <= metrics[metric] <= 1.0
     assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B offline run folder missing"
     assert (tmp_path / "csv" / "metrics.csv").is_file()
+    assert list((tmp_path / "figures").glob("val_step*.png")), "validation figure missing"
     # Checkpoints hold plain hyper-parameters only: they load under torch's weights_only=True.
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["image_size"] == [32, 32]

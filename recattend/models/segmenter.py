@@ -160,8 +160,11 @@ class BoxNetwork(nn.Module):
         self.glimpses, self.feature_size = glimpses, feature_size
         cells = feature_size[0] * feature_size[1]
         self.lstm = nn.LSTMCell(channels[-1], hidden)
-        self.glimpse_mlp = nn.Sequential(
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, cells)
+        # Attention for glimpses 2..K (eq. 5); with K = 1 there is none to predict.
+        self.glimpse_mlp = (
+            nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, cells))
+            if glimpses > 1
+            else None
         )
         self.box_head = nn.Linear(hidden, 9)
 
@@ -171,11 +174,12 @@ class BoxNetwork(nn.Module):
         alpha = u.new_full((b, cells), 1.0 / cells)  # eq. (5), tau = 0: uniform
         state = None  # eq. (4): z_{t,0} = 0
         attention = []
-        for _ in range(self.glimpses):
+        for k in range(self.glimpses):
             attention.append(alpha)
             glimpse = torch.einsum("blk,bk->bl", u, alpha)
             state = self.lstm(glimpse, state)
-            alpha = torch.softmax(self.glimpse_mlp(state[0]), dim=1)  # eq. (5)
+            if k + 1 < self.glimpses:
+                alpha = torch.softmax(self.glimpse_mlp(state[0]), dim=1)  # eq. (5)
         z = state[0]
         return self.box_head(z), z, torch.stack(attention, 1).view(b, -1, *self.feature_size)
 

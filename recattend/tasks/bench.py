@@ -1,0 +1,126 @@
+"""Speed and memory benchmark of the segmenter (``make bench``; not a test).
+
+For each configuration -- the paper's CVPPP setting (224x224, T = 21, 48x48 patches, batch 5) and
+the synthetic default (128x128, T = 11, batch 8) -- a fresh process measures:
+
+* ``train_images_per_s``: full training steps (forward, joint loss, backward, Adam step);
+* ``infer_images_per_s``: :meth:`RecurrentSegmenter.predict` running all T steps (no early stop:
+  the worst case);
+* ``peak_train_memory_gib``: the process's peak resident memory after the training steps
+  (includes the interpreter and torch, about 0.4 GiB);
+* ``matching_loss_share``: the share of training-step time spent in the losses (soft IoUs,
+  Hungarian matching, score loss).
+
+Figures are printed and written to ``outputs/bench/latest.json``. Usage:
+``python -m recattend.tasks.bench [--steps N] [--out PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "cvppp": {"resolution": [224, 224], "max_instances": 20, "batch_size": 5},
+    "synthetic": {"resolution": [128, 128], "max_instances": 10, "batch_size": 8},
+}
+
+
+def measure(name: str, steps: int) -> dict[str, float]:
+    """Benchmark one configuration in the current process."""
+    import torch
+
+    import recattend.lit.segmenter as segmenter_module
+    from recattend.data import SyntheticDataModule
+    from recattend.lit import SegmenterModule
+
+    config = CONFIGS[name]
+    torch.manual_seed(0)
+    data = SyntheticDataModule(
+        resolution=config["resolution"],
+        max_instances=config["max_instances"],
+        min_objects=max(2, config["max_instances"] // 2),
+        max_objects=config["max_instances"],
+        batch_size=config["batch_size"],
+        augment=None,
+    )
+    batch = next(iter(data.train_dataloader()))
+    module = SegmenterModule(image_size=config["resolution"], max_instances=config["max_instances"])
+    module.log = module.log_dict = lambda *a, **k: None  # no Trainer: logging is a no-op
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, eps=1e-7)
+
+    loss_time = 0.0
+    original = segmenter_module.segmenter_losses
+
+    def timed_losses(*args: Any, **kwargs: Any) -> Any:
+        nonlocal loss_time
+        start = time.perf_counter()
+        result = original(*args, **kwargs)
+        loss_time += time.perf_counter() - start
+        return result
+
+    segmenter_module.segmenter_losses = timed_losses
+    module.train()
+
+    def train_step() -> None:
+        optimizer.zero_grad()
+        module.training_step(batch, 0).backward()
+        optimizer.step()
+
+    train_step()  # warm-up
+    loss_time = 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    train_time = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+    module.eval()
+    with torch.no_grad():
+        module.model.predict(batch["image"], threshold=0.0)
+        start = time.perf_counter()
+        for _ in range(steps):
+            module.model.predict(batch["image"], threshold=0.0)
+        infer_time = time.perf_counter() - start
+    images = steps * config["batch_size"]
+    return {
+        "train_images_per_s": round(images / train_time, 2),
+        "infer_images_per_s": round(images / infer_time, 2),
+        "peak_train_memory_gib": round(peak, 3),
+        "matching_loss_share": round(loss_time / train_time, 4),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _worker(name: str, steps: int, queue: mp.Queue) -> None:
+    queue.put(measure(name, steps))
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per figure")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench/latest.json"))
+    args = parser.parse_args(argv)
+    results = {}
+    context = mp.get_context("spawn")  # a fresh process per configuration: a clean memory peak
+    for name in CONFIGS:
+        queue = context.Queue()
+        process = context.Process(target=_worker, args=(name, args.steps, queue))
+        process.start()
+        results[name] = queue.get()
+        process.join()
+        print(f"{name:10s} " + "  ".join(f"{k}={v}" for k, v in results[name].items()), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
