@@ -96,6 +96,8 @@ class SegmenterModule(L.LightningModule):
             (:func:`knob_probability`); an offset of ``null`` never feeds that kind of ground truth.
         threshold: post-processing threshold on score-weighted masks (reference: 0.3).
         stop_score: inference stops an image once its score drops below this (paper: 0.5).
+        checkpoint_steps: recompute each step in the backward pass (memory of one step) instead of
+            keeping all T steps' activations (about a quarter faster, T times the memory).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class SegmenterModule(L.LightningModule):
         mask_knob_offset: float | None = 3000,
         threshold: float = 0.3,
         stop_score: float = 0.5,
+        checkpoint_steps: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -167,8 +170,9 @@ class SegmenterModule(L.LightningModule):
         return Knob(draws["box"], center, size, draws["mask"], batch["masks"][rows, m] * noise)
 
     def _checkpointed(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Run ``function(*args)`` keeping only inputs and outputs; recompute it in backward."""
-        if not torch.is_grad_enabled():
+        """Run ``function(*args)`` keeping only inputs and outputs; recompute it in backward
+        (unless ``checkpoint_steps`` is off)."""
+        if not (self.hparams.checkpoint_steps and torch.is_grad_enabled()):
             return function(*args)
         return checkpoint(
             function,

@@ -30,9 +30,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cvppp": {"resolution": [224, 224], "max_instances": 20, "batch_size": 5},
     "synthetic": {"resolution": [128, 128], "max_instances": 10, "batch_size": 8},
 }
+# Training is measured twice: with per-step activation checkpointing (the default) and keeping all
+# T steps' graphs (module.checkpoint_steps=false); the second set of keys ends in "_all_graphs".
 
 
-def measure(name: str, steps: int) -> dict[str, float]:
+def measure(name: str, steps: int, checkpoint_steps: bool = True) -> dict[str, float]:
     """Benchmark one configuration in the current process."""
     import torch
 
@@ -51,7 +53,11 @@ def measure(name: str, steps: int) -> dict[str, float]:
         augment=None,
     )
     batch = next(iter(data.train_dataloader()))
-    module = SegmenterModule(image_size=config["resolution"], max_instances=config["max_instances"])
+    module = SegmenterModule(
+        image_size=config["resolution"],
+        max_instances=config["max_instances"],
+        checkpoint_steps=checkpoint_steps,
+    )
     module.log = module.log_dict = lambda *a, **k: None  # no Trainer: logging is a no-op
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, eps=1e-7)
 
@@ -98,8 +104,19 @@ def measure(name: str, steps: int) -> dict[str, float]:
     }
 
 
-def _worker(name: str, steps: int, queue: mp.Queue) -> None:
-    queue.put(measure(name, steps))
+def _worker(name: str, steps: int, checkpoint_steps: bool, queue: mp.Queue) -> None:
+    queue.put(measure(name, steps, checkpoint_steps))
+
+
+def _in_fresh_process(name: str, steps: int, checkpoint_steps: bool) -> dict[str, float]:
+    """A fresh process per measurement gives a clean memory peak."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_worker, args=(name, steps, checkpoint_steps, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -108,13 +125,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/latest.json"))
     args = parser.parse_args(argv)
     results = {}
-    context = mp.get_context("spawn")  # a fresh process per configuration: a clean memory peak
     for name in CONFIGS:
-        queue = context.Queue()
-        process = context.Process(target=_worker, args=(name, args.steps, queue))
-        process.start()
-        results[name] = queue.get()
-        process.join()
+        results[name] = _in_fresh_process(name, args.steps, checkpoint_steps=True)
+        all_graphs = _in_fresh_process(name, args.steps, checkpoint_steps=False)
+        results[name]["train_images_per_s_all_graphs"] = all_graphs["train_images_per_s"]
+        results[name]["peak_train_memory_gib_all_graphs"] = all_graphs["peak_train_memory_gib"]
         print(f"{name:10s} " + "  ".join(f"{k}={v}" for k, v in results[name].items()), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
