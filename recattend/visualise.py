@@ -31,7 +31,7 @@ def figure1_grid(
 
     Args:
         image: (3, H, W) in [0, 1]. masks: (T, H, W) in [0, 1]. scores: (T,).
-        boxes: (T, 4) as (centre y, centre x, size y, size x). attention: (T, K, H', W') or None.
+        boxes: (T, 4) as pixel edges (y0, x0, y1, x1). attention: (T, K, H', W') or None.
 
     Returns:
         (rows * H, steps * W, 3) uint8 RGB.
@@ -53,10 +53,8 @@ def figure1_grid(
                 (0.4 * rgb + 0.6 * heat[..., None] * np.array([255, 255, 0])).astype(np.uint8)
             )
         boxed = rgb.copy()
-        cy, cx, sy, sx = boxes[t].tolist()
-        top_left = (int(round(cx - (sx + 1) / 2)), int(round(cy - (sy + 1) / 2)))
-        bottom_right = (int(round(cx + (sx + 1) / 2)), int(round(cy + (sy + 1) / 2)))
-        cv2.rectangle(boxed, top_left, bottom_right, (255, 0, 0), 1)
+        y0, x0, y1, x1 = (int(round(v)) for v in boxes[t].tolist())
+        cv2.rectangle(boxed, (x0, y0), (x1 - 1, y1 - 1), (255, 0, 0), 1)
         cv2.putText(
             boxed,
             f"{float(scores[t]):.2f}",

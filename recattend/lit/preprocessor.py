@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import BinaryJaccardIndex, MulticlassAccuracy
 
 from recattend.data.targets import ANGLE_IGNORE, NUM_ANGLE_CLASSES
+from recattend.lit.optim import decay_groups
 from recattend.models.preprocessor import Preprocessor
 from recattend.visualise import figure3_row, stack_rows
 
@@ -35,7 +36,7 @@ class PreprocessorModule(L.LightningModule):
         lr: initial learning rate.
         lr_decay: multiplicative decay applied every ``lr_decay_steps`` optimizer steps (staircase).
         lr_decay_steps: steps between decays.
-        weight_decay: L2 on weights (the reference: 5e-5).
+        weight_decay: L2 on conv and deconv kernels (the reference: 5e-5).
     """
 
     def __init__(
@@ -137,12 +138,11 @@ class PreprocessorModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
+        groups = decay_groups(self, hp.weight_decay)
         if hp.optimizer == "adam":
-            opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            opt = torch.optim.Adam(groups, lr=hp.lr)
         else:
-            opt = torch.optim.SGD(
-                self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay
-            )
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_steps, gamma=hp.lr_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from recattend.lit.optim import decay_groups
 from recattend.losses import pad_boxes, padded_box_masks, segmenter_losses, soft_iou
 from recattend.metrics import DifferenceInCount, SymmetricBestDice
 from recattend.models.filterbank import box_edges_to_center_size
@@ -88,7 +89,7 @@ class SegmenterModule(L.LightningModule):
             steps (the paper's maximum number of objects plus one).
         net: keyword arguments of :class:`~recattend.models.segmenter.RecurrentSegmenter`.
         lr, lr_decay, lr_decay_steps: Adam (eps 1e-7 as the reference) with a staircase decay.
-        weight_decay: L2 on weights.
+        weight_decay: L2 on weight matrices and kernels (not biases, BatchNorm or gains).
         grad_clip: element-wise gradient clipping to [-grad_clip, grad_clip] (the reference: 1).
         lambda_box, lambda_score: eq. (21) (paper: 1, 1).
         box_min_pad: minimum padding (px) of ground-truth boxes for the soft box loss.
@@ -320,6 +321,6 @@ class SegmenterModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        opt = torch.optim.Adam(self.parameters(), lr=hp.lr, eps=1e-7, weight_decay=hp.weight_decay)
+        opt = torch.optim.Adam(decay_groups(self, hp.weight_decay), lr=hp.lr, eps=1e-7)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_steps, gamma=hp.lr_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -85,3 +85,8 @@ def box_edges_to_center_size(boxes: Tensor) -> tuple[Tensor, Tensor]:
     """Pixel-edge boxes (..., 4) as (y0, x0, y1, x1) -> centre (..., 2) and size delta (..., 2)."""
     lo, hi = boxes[..., :2], boxes[..., 2:]
     return (lo + hi - 1) / 2, hi - lo - 1
+
+
+def box_center_size_to_edges(center: Tensor, size: Tensor) -> Tensor:
+    """Inverse of :func:`box_edges_to_center_size`: centre and delta (..., 2) -> (..., 4) edges."""
+    return torch.cat([center - size / 2, center + size / 2 + 1], dim=-1)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from recattend.models.filterbank import extract, filterbank, reproject
+from recattend.models.filterbank import box_center_size_to_edges, extract, filterbank, reproject
 from recattend.models.layers import kaiming_init_
 
 BETA = 5.0  # eq. (19), (25): constant that suppresses pixels outside the box
@@ -432,9 +432,9 @@ class RecurrentSegmenter(nn.Module):
         first so BatchNorm uses its running statistics).
 
         Returns:
-            ``masks`` (B, T, H, W) in [0, 1], ``scores`` (B, T), ``boxes`` (B, T, 4) as
-            (centre y, centre x, size y, size x), ``attention`` (B, T, K, H', W') when the box
-            network is on.
+            ``masks`` (B, T, H, W) in [0, 1], ``scores`` (B, T), ``boxes`` (B, T, 4) the attended
+            boxes as pixel edges (y0, x0, y1, x1) like the batch contract, ``attention``
+            (B, T, K, H', W') when the box network is on; all zero for steps after the stop.
         """
         b = x.shape[0]
         canvas = x.new_zeros(b, 1, *self.image_size)
@@ -448,9 +448,9 @@ class RecurrentSegmenter(nn.Module):
             keep = active.float()
             masks[:, t] = out.mask * keep[:, None, None]
             scores[:, t] = out.score * keep
-            boxes[:, t] = torch.cat([out.box.center, out.box.size], 1)
+            boxes[:, t] = box_center_size_to_edges(out.box.center, out.box.size) * keep[:, None]
             if out.box.attention is not None:
-                attention.append(out.box.attention)
+                attention.append(out.box.attention * keep[:, None, None, None])
             canvas = torch.maximum(canvas, masks[:, t, None])  # eq. (1)
             if not active.any():
                 break

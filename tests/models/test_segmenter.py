@@ -69,3 +69,15 @@ def test_ablations() -> None:
 def test_resolution_not_divisible_by_the_box_stride_names_the_key() -> None:
     with pytest.raises(ValueError, match=r"dataset\.resolution=\[30, 32\].*stride 8.*\[32, 32\]"):
         RecurrentSegmenter(image_size=(30, 32), steps=4, **TINY_NET)
+
+
+def test_weight_decay_only_on_weight_matrices_and_kernels() -> None:
+    from recattend.lit.optim import decay_groups
+
+    model = make()
+    decayed, free = decay_groups(model, 5e-5)
+    assert decayed["weight_decay"] == 5e-5 and free["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in free["params"])
+    norm = model.segm_net.dcnn.norms[3][0]
+    assert any(p is norm.weight for p in free["params"])  # BatchNorm scales are not decayed
+    assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
