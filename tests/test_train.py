@@ -87,7 +87,7 @@ def test_cli_errors_are_clear(tmp_path: Path, offline_env: dict[str, str]) -> No
 
     for override, key in [
         ("dataset.max_instances=0", "dataset.max_instances=0 must be >= 1"),
-        ("dataset.resolution=[100,100]", "dataset.resolution=[100, 100] cannot go through"),
+        ("dataset.resolution=[100,100]", "dataset.resolution=[100, 100] must be divisible"),
     ]:
         bad = run_cli(["train.py", override, f"hydra.run.dir={tmp_path}/b"], ROOT, offline_env)
         assert bad.returncode != 0 and key in bad.stderr, bad.stderr[-2000:]

@@ -64,6 +64,7 @@ class TimestepConvStack(nn.Module):
         self.stride = math.prod(pools)
 
     def forward(self, x: Tensor, t: int) -> list[Tensor]:
+        x = x.contiguous(memory_format=torch.channels_last)  # see RecurrentSegmenter: ~1.5x on CPU
         outs = []
         for conv, norm, pool in zip(self.convs, self.norms[t], self.pools, strict=True):
             x = torch.relu(norm(conv(x)))
@@ -102,6 +103,7 @@ class TimestepDeconvStack(nn.Module):
         )
 
     def forward(self, x: Tensor, skips: Sequence[Tensor | None], t: int) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         for deconv, norm, skip in zip(self.deconvs, self.norms[t], skips, strict=True):
             if skip is not None:
                 x = torch.cat([x, skip], dim=1)
@@ -337,6 +339,9 @@ class RecurrentSegmenter(nn.Module):
                 torch.tensor([0.0, 2.0 - math.log(density), 2.0 - math.log(density)])
             )
         kaiming_init_(self)
+        # Channels-last convolutions: measured 1.8x (forward) and 1.5x (forward + backward) faster
+        # for the box CNN at 224x224 on 2 CPU cores; also the preferred layout on GPUs.
+        self.to(memory_format=torch.channels_last)
         if self.box_net is not None:
             nn.init.trunc_normal_(self.box_net.box_head.weight, std=0.01, a=-0.02, b=0.02)
             nn.init.zeros_(self.box_net.box_head.bias)

@@ -44,11 +44,12 @@ def run(cfg: DictConfig) -> float | None:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = scalars(trainer.callback_metrics)
         if cfg.get("test", False):
-            best = (
-                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            )
+            # The best checkpoint only means something when a metric is monitored; otherwise the
+            # weights at the end of training are the ones to test.
+            callback = trainer.checkpoint_callback
+            best = callback.best_model_path if callback and callback.monitor else ""
             if not best:
-                log.info("no best checkpoint was written: testing the current weights")
+                log.info("testing the weights at the end of training")
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
             metrics.update(scalars(trainer.callback_metrics))
     finally:
