@@ -214,3 +214,21 @@ def test_csv_logger_appends_to_a_file_another_process_wrote(tmp_path: Path) -> N
     assert [r["train/loss"] for r in rows] == ["1.0", "", ""]
     assert [r["val/iou"] for r in rows] == ["", "0.5", ""]
     assert [r["test/iou"] for r in rows] == ["", "", "0.25"]
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        ["dataset.min_objects=0", "dataset.max_objects=0", "dataset.max_instances=2"],
+        ["dataset.min_objects=1", "dataset.max_objects=1", "dataset.max_instances=2"],
+        ["dataset.min_objects=5", "dataset.max_objects=5", "dataset.max_instances=2"],
+    ],
+    ids=["no-instances", "one-instance", "more-than-T-1"],
+)
+def test_segmenter_trains_and_evaluates_any_instance_count(
+    compose_train, tmp_path: Path, counts
+) -> None:
+    cfg = compose_train(*TINY, *counts, "logger=none", "callbacks=none")
+    train.run(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert all(metrics[k] is not None for k in ("train/loss", "test/sbd", "test/abs_dic"))

@@ -295,8 +295,8 @@ class SegmenterModule(L.LightningModule):
         out = self(batch["image"])
         pred = label_map(out["masks"], out["scores"], self.hparams.threshold)
         target = gt_label_map(batch["masks"])
-        for metric in metrics.values():
-            metric.update(pred, target)
+        metrics["sbd"].update(pred, target)
+        metrics["dic"].update(pred, target, batch["num_instances"])
 
     def _log_metrics(self, metrics: nn.ModuleDict, split: str) -> None:
         values = {}

@@ -127,11 +127,18 @@ class DifferenceInCount(Metric):
         super().__init__(**kwargs)
         self.add_state("dic", default=[], dist_reduce_fx="cat")
 
-    def update(self, pred: Tensor, target: Tensor) -> None:
-        """Add the signed DiC of each image of a batch of (B, H, W) integer label maps."""
+    def update(self, pred: Tensor, target: Tensor, target_counts: Tensor | None = None) -> None:
+        """Add the signed DiC of each image of a batch of (B, H, W) integer label maps.
+
+        ``target_counts`` (B,) overrides the ground-truth counts read from ``target``: the batch
+        contract's true ``num_instances``, which may exceed the instances a truncated label map
+        holds.
+        """
         _check_label_maps(pred, target)
-        dic = [count_instances(p) - count_instances(t) for p, t in zip(pred, target, strict=True)]
-        self.dic.append(torch.stack(dic).float())
+        pred_counts = torch.stack([count_instances(p) for p in pred])
+        if target_counts is None:
+            target_counts = torch.stack([count_instances(t) for t in target])
+        self.dic.append((pred_counts - target_counts.to(pred_counts)).float())
 
     def compute(self) -> dict[str, Tensor]:
         """Mean and population std of DiC and |DiC| over all images seen (all ranks)."""

@@ -205,3 +205,12 @@ def test_ddp_two_processes_match_single_process(tmp_path) -> None:
     expected = scores(*dataset())
     init_method = f"file://{tmp_path / 'process_group'}"
     mp.spawn(_ddp_worker, args=(2, init_method, expected), nprocs=2, join=True)
+
+
+def test_dic_counts_the_true_number_of_instances_when_given() -> None:
+    # The label map holds 2 instances (truncated), the image had 5: DiC = 2 - 5 = -3, not 0.
+    labels = torch.tensor([[[0, 1], [2, 2]]])
+    metric = DifferenceInCount()
+    metric.update(labels, labels, torch.tensor([5]))
+    out = metric.compute()
+    assert out["dic"].item() == -3.0 and out["abs_dic"].item() == 3.0
