@@ -35,7 +35,7 @@ TINY = [
     ],
 )
 def test_train_writes_metrics_checkpoints_csv_and_offline_wandb(
-    compose_train, tmp_path: Path, module: str, metric: str, cls: str
+    compose_train, tmp_path: Path, module: str, metric: str, cls: str, capsys
 ) -> None:
     from recattend import lit
 
@@ -44,6 +44,7 @@ def test_train_writes_metrics_checkpoints_csv_and_offline_wandb(
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"train/loss", metric, metric.replace("test/", "val/")} <= set(metrics)
     assert 0.0 <= metrics[metric] <= 1.0
+    assert "| train |" in capsys.readouterr().out  # the paper-style table of test metrics
     assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B offline run folder missing"
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     assert list((tmp_path / "figures").glob("val_step*.png")), "validation figure missing"

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recattend.callbacks import ProcessGroupTeardown
 from recattend.utils.config import check_multirun_strategy, instantiate_group, require_writable_dir
+from recattend.utils.report import metrics_table
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def run(cfg: DictConfig) -> float | None:
         (output_dir / "metrics.json").write_text(
             json.dumps(metrics, indent=2, sort_keys=True) + "\n"
         )
-        log.info("metrics: %s", json.dumps(metrics, sort_keys=True))
+        if cfg.get("test", False):
+            print(metrics_table(metrics, "test", str(cfg.get("task_name", "train"))))
         log.info("outputs in %s", output_dir)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
