@@ -53,9 +53,8 @@ def gt_label_map(masks: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
-    """Batch statistics still normalise, but running averages are left untouched."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def frozen_batchnorm_stats(norms: Sequence[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """Batch statistics still normalise, but running averages of ``norms`` are left untouched."""
     saved = [m.momentum for m in norms]
     for m in norms:
         m.momentum = 0.0
@@ -128,6 +127,10 @@ class SegmenterModule(L.LightningModule):
         self.model = RecurrentSegmenter(
             image_size=image_size, steps=max_instances + 1, **(net or {})
         )
+        # Every BatchNorm, found once: the recomputation of each step freezes their statistics.
+        self._norms = [
+            m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
         self.val_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
         self.test_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
 
@@ -179,7 +182,7 @@ class SegmenterModule(L.LightningModule):
             function,
             *args,
             use_reentrant=False,
-            context_fn=lambda: (contextlib.nullcontext(), frozen_batchnorm_stats(self.model)),
+            context_fn=lambda: (contextlib.nullcontext(), frozen_batchnorm_stats(self._norms)),
         )
 
     def _rollout(self, batch: dict[str, Any]) -> list[StepOutput]:
