@@ -112,8 +112,10 @@ def matched_iou_loss(iou: Tensor, match: Tensor, num_valid: Tensor) -> Tensor:
     return -per_image.mean()  # eq. (23)
 
 
-def pad_boxes(boxes: Tensor, min_pad: float = 20.0, ratio: float = 0.2) -> Tensor:
+def pad_boxes(boxes: Tensor, min_pad: float = 20.0, ratio: float | Tensor = 0.2) -> Tensor:
     """Grow each side of pixel-edge boxes (..., 4) = (y0, x0, y1, x1) by max(ratio * size, min_pad).
+
+    ``ratio`` may be a tensor broadcasting against (..., 2), e.g. (B, 1) for one ratio per box.
 
     The padding of the soft box targets (eq. 26, Pad(b*)) and of the ground-truth boxes fed by
     teacher forcing (reference 2.3: min_pad 20 px in the full model, 10 in box pre-training).
@@ -161,7 +163,9 @@ def padded_box_masks(
     return inside.to(boxes.dtype)
 
 
-def box_loss(soft_boxes: Tensor, boxes: Tensor, num_valid: Tensor, min_pad: float = 20.0) -> Tensor:
+def box_loss(
+    soft_boxes: Tensor, boxes: Tensor, num_valid: Tensor, min_pad: float = 20.0
+) -> tuple[Tensor, Tensor]:
     """Soft box IoU loss L_b (eq. 26): matched soft IoU of b_t against the padded GT boxes.
 
     The matching is the boxes' own (reference section 3), not the segmentation's.
@@ -173,13 +177,13 @@ def box_loss(soft_boxes: Tensor, boxes: Tensor, num_valid: Tensor, min_pad: floa
         min_pad: smallest padding of a GT box side, in pixels.
 
     Returns:
-        Scalar in [-1, 0].
+        L_b, a scalar in [-1, 0], and the detached (B, T, N) box matching in {0, 1}.
     """
     size = (soft_boxes.shape[-2], soft_boxes.shape[-1])
     padded = padded_box_masks(boxes, size, num_valid, min_pad)  # Pad(b*) of eq. (26)
     iou = soft_iou(soft_boxes, padded)
     match = hungarian_match(iou, num_valid)
-    return matched_iou_loss(iou, match, num_valid)  # eq. (26)
+    return matched_iou_loss(iou, match, num_valid), match  # eq. (26)
 
 
 def monotonic_score_loss(scores: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
@@ -217,6 +221,12 @@ def score_target(match: Tensor) -> Tensor:
     return match.detach().sum(-1).clamp(0, 1)
 
 
+def supervised_counts(num_instances: Tensor, slots: int) -> Tensor:
+    """n_b = min(num_instances_b, slots - 1): the batch contract keeps at most the ``slots - 1``
+    largest instances and always leaves the last slot empty."""
+    return num_instances.clamp(min=0, max=slots - 1)
+
+
 def segmenter_losses(
     masks: Tensor,
     scores: Tensor,
@@ -230,8 +240,8 @@ def segmenter_losses(
 ) -> dict[str, Tensor]:
     """The joint loss of eq. (21) on one batch of the contract.
 
-    The number of supervised instances is n_b = min(num_instances_b, T - 1): the batch contract
-    keeps at most the T - 1 largest instances and always leaves the last slot empty.
+    The number of supervised instances is n_b = min(num_instances_b, T - 1)
+    (:func:`supervised_counts`).
 
     Args:
         masks: float (B, T, H, W) in [0, 1], the predicted soft masks y_t (eq. 19).
@@ -253,19 +263,56 @@ def segmenter_losses(
         (match[b, t, j] = 1 when prediction t is paired with GT slot j), from which the score
         target is derived and which callers can reuse, e.g. for metrics or visualisation.
     """
-    num_valid = num_instances.clamp(min=0, max=gt_masks.shape[1] - 1)
+    num_valid = supervised_counts(num_instances, gt_masks.shape[1])
     iou = soft_iou(masks, gt_masks)
     match = hungarian_match(iou, num_valid)
     loss_segm = matched_iou_loss(iou, match, num_valid)  # eq. (23-24)
     if soft_boxes is None:
         loss_box = masks.new_zeros(())
     else:
-        loss_box = box_loss(soft_boxes, gt_boxes, num_valid, min_pad)  # eq. (25-26)
+        loss_box = box_loss(soft_boxes, gt_boxes, num_valid, min_pad)[0]  # eq. (25-26)
     loss_score = monotonic_score_loss(scores, score_target(match))  # eq. (27)
     return {
         "loss_segm": loss_segm,
         "loss_box": loss_box,
         "loss_score": loss_score,
         "loss": loss_segm + lambda_box * loss_box + lambda_score * loss_score,  # eq. (21)
+        "match": match,
+    }
+
+
+def box_stage_losses(
+    soft_boxes: Tensor,
+    scores: Tensor,
+    gt_boxes: Tensor,
+    num_instances: Tensor,
+    lambda_box: float = 1.0,
+    lambda_score: float = 1.0,
+    min_pad: float = 20.0,
+) -> dict[str, Tensor]:
+    """The loss of the bootstrap ``box`` stage (reference section 1.3): no segmentation network.
+
+    L = lambda_b L_b + lambda_s L_s: the soft box IoU loss (eq. 25-26) and the monotonic score loss
+    (eq. 27) whose targets come from the box matching, as in the authors' box pre-training.
+
+    Args:
+        soft_boxes: float (B, T, H, W) in [0, 1], the soft boxes b_t.
+        scores: float (B, T) in (0, 1), the box-stage scores.
+        gt_boxes: float (B, T, 4) tight boxes (y0, x0, y1, x1), pixel edges.
+        num_instances: int64 (B,) true instance counts (may exceed T - 1).
+        lambda_box, lambda_score: weights of the two terms.
+        min_pad: smallest padding of a GT box side, in pixels.
+
+    Returns:
+        ``loss_box`` in [-1, 0], ``loss_score`` >= 0, ``loss`` and the detached (B, T, T) box
+        ``match``.
+    """
+    num_valid = supervised_counts(num_instances, gt_boxes.shape[1])
+    loss_box, match = box_loss(soft_boxes, gt_boxes, num_valid, min_pad)
+    loss_score = monotonic_score_loss(scores, score_target(match))
+    return {
+        "loss_box": loss_box,
+        "loss_score": loss_score,
+        "loss": lambda_box * loss_box + lambda_score * loss_score,
         "match": match,
     }

@@ -182,8 +182,9 @@ def test_box_loss_perfect_boxes_and_gradient() -> None:
     # Predictions in the other order than the GT slots: the box loss matches them itself.
     soft_boxes = torch.stack([raster1, raster0, torch.zeros(32, 32)]).unsqueeze(0)
     soft_boxes.requires_grad_(True)
-    loss = box_loss(soft_boxes, boxes, torch.tensor([2]), min_pad=2.0)
+    loss, match = box_loss(soft_boxes, boxes, torch.tensor([2]), min_pad=2.0)
     assert loss.item() == pytest.approx(-1.0, abs=1e-5)
+    assert match[0].tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 0]]
     loss.backward()
     grad = soft_boxes.grad
     assert grad is not None and torch.isfinite(grad).all()

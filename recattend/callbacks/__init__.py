@@ -1,7 +1,15 @@
 """Lightning callbacks of the platform."""
 
+from recattend.callbacks.bootstrap import BootstrapStages
 from recattend.callbacks.curve import LearningCurve
 from recattend.callbacks.figures import ValidationFigures
+from recattend.callbacks.sampling import ScheduledSampling
 from recattend.callbacks.teardown import ProcessGroupTeardown
 
-__all__ = ["LearningCurve", "ProcessGroupTeardown", "ValidationFigures"]
+__all__ = [
+    "BootstrapStages",
+    "LearningCurve",
+    "ProcessGroupTeardown",
+    "ScheduledSampling",
+    "ValidationFigures",
+]

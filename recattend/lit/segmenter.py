@@ -8,6 +8,17 @@ only its inputs (the image and that step's canvas) and outputs, and the backward
 one step at a time. The gradient is exactly that of the joint loss (eq. 21), one backward call
 serves DDP as usual, and compute grows by one extra forward. BatchNorm running statistics are left
 untouched during the recomputation, so they are updated once per step as without checkpointing.
+
+Training procedure (paper 2.6, reference 1.3-1.4), driven by two callbacks that set attributes of
+the module:
+
+* :class:`~recattend.callbacks.BootstrapStages` sets ``stage``: ``"box"`` trains the box network
+  alone, the canvas always receiving (noised) ground truth, with the soft box IoU and score losses;
+  ``"full"`` trains everything with the joint loss (eq. 21). It also sets ``optim_overrides``, the
+  stage's learning-rate settings read by :meth:`SegmenterModule.configure_optimizers`.
+* :class:`~recattend.callbacks.ScheduledSampling` sets ``teacher_forcing``: per kind (``box``,
+  ``mask``) the probability at each timestep of feeding ground truth instead of the prediction.
+  Without it the model always reads its own predictions.
 """
 
 from __future__ import annotations
@@ -24,26 +35,25 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from recattend.lit.optim import decay_groups
-from recattend.losses import pad_boxes, padded_box_masks, segmenter_losses, soft_iou
+from recattend.losses import (
+    box_stage_losses,
+    pad_boxes,
+    padded_box_masks,
+    segmenter_losses,
+    soft_iou,
+)
 from recattend.metrics import DifferenceInCount, SymmetricBestDice
 from recattend.models.filterbank import box_edges_to_center_size
 from recattend.models.segmenter import BoxState, RecurrentSegmenter, StepOutput
 from recattend.postprocess import label_map
 from recattend.visualise import figure1_grid, stack_rows
 
-GT_MASK_NOISE = 0.3  # ground truth written to the canvas is y* (1 - U(0, 0.3)) (reference 1.4)
-
-
-def knob_probability(
-    step: int, t: Tensor, offset: float, decay: float, decay_steps: float
-) -> Tensor:
-    """Probability of feeding ground truth at training step ``step`` and timestep(s) ``t``.
-
-    min(1, decay^(max(0, step - offset) / decay_steps) * (1 + ln(1 + 3 t))) (reference 1.4): later
-    timesteps keep ground truth longer.
-    """
-    base = decay ** (max(0.0, step - offset) / decay_steps)
-    return (base * (1 + torch.log1p(3 * t.float()))).clamp(max=1.0)
+# Noise on the ground truth fed back (reference 1.4): masks are y* (1 - U(0, 0.3)); boxes are padded
+# by a ratio ~ U(0.1, 0.3) of their size (at least box_min_pad) and shifted by U(-0.05, 0.05) size.
+GT_MASK_NOISE = 0.3
+GT_BOX_PAD_RATIO = (0.1, 0.3)
+GT_BOX_SHIFT = 0.05
+STAGES = ("box", "full")
 
 
 def gt_label_map(masks: Tensor) -> Tensor:
@@ -91,9 +101,8 @@ class SegmenterModule(L.LightningModule):
         weight_decay: L2 on weight matrices and kernels (not biases, BatchNorm or gains).
         grad_clip: element-wise gradient clipping to [-grad_clip, grad_clip] (the reference: 1).
         lambda_box, lambda_score: eq. (21) (paper: 1, 1).
-        box_min_pad: minimum padding (px) of ground-truth boxes for the soft box loss.
-        knob_decay, knob_decay_steps, box_knob_offset, mask_knob_offset: teacher-forcing schedule
-            (:func:`knob_probability`); an offset of ``null`` never feeds that kind of ground truth.
+        box_min_pad: minimum padding (px) of ground-truth boxes for the soft box loss and the
+            boxes fed by teacher forcing.
         threshold: post-processing threshold on score-weighted masks (reference: 0.3).
         stop_score: inference stops an image once its score drops below this (paper: 0.5).
         checkpoint_steps: recompute each step in the backward pass (memory of one step) instead of
@@ -114,10 +123,6 @@ class SegmenterModule(L.LightningModule):
         lambda_box: float = 1.0,
         lambda_score: float = 1.0,
         box_min_pad: float = 20.0,
-        knob_decay: float = 0.5,
-        knob_decay_steps: float = 700,
-        box_knob_offset: float | None = None,
-        mask_knob_offset: float | None = 3000,
         threshold: float = 0.3,
         stop_score: float = 0.5,
         checkpoint_steps: bool = True,
@@ -131,34 +136,42 @@ class SegmenterModule(L.LightningModule):
         self._norms = [
             m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
         ]
+        self.stage = "full"  # training stage, set by BootstrapStages (module docstring)
+        self.optim_overrides: dict[str, float] = {}  # the stage's lr settings, idem
+        self.teacher_forcing: dict[str, Tensor] | None = None  # set by ScheduledSampling
         self.val_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
         self.test_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
 
     # ----------------------------------------------------------------------------------- training
+    def supports_stage(self, stage: str) -> bool:
+        """Whether this model can train in ``stage`` (no box stage without a box network)."""
+        return stage == "full" or (stage == "box" and self.model.box_net is not None)
+
+    def _draw(self, kind: str, t: int, b: int, device: torch.device) -> Tensor:
+        """(B,) Bernoulli switches: feed ground truth of ``kind`` at step t (reference 1.4)."""
+        if self.stage == "box":  # box stage: the canvas always receives ground truth, boxes never
+            return torch.full((b,), kind == "mask", dtype=torch.bool, device=device)
+        if not self.training or self.teacher_forcing is None:
+            return torch.zeros(b, dtype=torch.bool, device=device)
+        return torch.rand(b, device=device) < self.teacher_forcing[kind][t]
+
     def _knob(self, t: int, box: BoxState, batch: dict[str, Any], box_masks: Tensor) -> Knob | None:
         """Draw the teacher-forcing switches of step t and pick the ground truth to feed.
 
         The ground truth is the maximally overlapping instance (reference 1.4): the slot whose
         padded box has the highest soft IoU with the predicted soft box b_t (eq. 25), chosen with
-        replacement. Without a box network the attention covers the whole image, so the largest
-        instance not yet on the canvas is not known either; the slot is then the step's own (t).
+        replacement, fed with the reference's noise (``GT_*`` constants). Without a box network
+        the attention covers the whole image and no instance overlaps best; the slot is then the
+        step's own (t), largest instances first.
         """
         if not self.training:
             return None
-        hp = self.hparams
-        b = batch["image"].shape[0]
-        device = batch["image"].device
-        tt = torch.tensor(t, device=device)
-        draws = {}
-        for kind, offset in (("box", hp.box_knob_offset), ("mask", hp.mask_knob_offset)):
-            if offset is None or (kind == "box" and box.z is None):
-                draws[kind] = torch.zeros(b, dtype=torch.bool, device=device)
-            else:
-                p = knob_probability(
-                    self.global_step, tt, offset, hp.knob_decay, hp.knob_decay_steps
-                )
-                draws[kind] = torch.rand(b, device=device) < p
-        if not (draws["box"].any() or draws["mask"].any()):
+        x = batch["image"]
+        b, device = x.shape[0], x.device
+        use_box, use_mask = self._draw("box", t, b, device), self._draw("mask", t, b, device)
+        if box.z is None:
+            use_box = torch.zeros_like(use_box)
+        if not (use_box.any() or use_mask.any()):
             return None
         rows = torch.arange(b, device=device)
         if box.z is None:
@@ -167,11 +180,14 @@ class SegmenterModule(L.LightningModule):
             with torch.no_grad():
                 soft_box = self.model.soft_box(box)
             m = soft_iou(soft_box[:, None], box_masks)[:, 0].argmax(1)  # (B,)
+        low, high = GT_BOX_PAD_RATIO
+        ratio = low + (high - low) * torch.rand(b, 1, device=device)
         center, size = box_edges_to_center_size(
-            pad_boxes(batch["boxes"], self.hparams.box_min_pad)[rows, m]
+            pad_boxes(batch["boxes"][rows, m], self.hparams.box_min_pad, ratio)
         )
+        center = center + GT_BOX_SHIFT * (2 * torch.rand_like(center) - 1) * size
         noise = 1 - GT_MASK_NOISE * torch.rand_like(batch["masks"][:, 0])
-        return Knob(draws["box"], center, size, draws["mask"], batch["masks"][rows, m] * noise)
+        return Knob(use_box, center, size, use_mask, batch["masks"][rows, m] * noise)
 
     def _checkpointed(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run ``function(*args)`` keeping only inputs and outputs; recompute it in backward
@@ -208,9 +224,13 @@ class SegmenterModule(L.LightningModule):
                     center=torch.where(use, knob.center, box.center),
                     size=torch.where(use, knob.size, box.size),
                 )
-            out = self._checkpointed(self.model.segment, x, canvas, t, box, patch_box)
+            if self.stage == "box":
+                out = self.model.box_only(box)
+                written = torch.zeros_like(canvas[:, 0])  # every image takes ground truth below
+            else:
+                out = self._checkpointed(self.model.segment, x, canvas, t, box, patch_box)
+                written = out.mask.detach()
             outs.append(out)
-            written = out.mask.detach()
             if knob is not None:
                 written = torch.where(knob.use_mask[:, None, None], knob.mask, written)
             canvas = torch.maximum(canvas, written[:, None])  # eq. (1), no gradient across steps
@@ -218,35 +238,35 @@ class SegmenterModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         outs = self._rollout(batch)
+        hp = self.hparams
+        scores = torch.stack([o.score for o in outs], 1)
         soft_boxes = (
             None if outs[0].soft_box is None else torch.stack([o.soft_box for o in outs], 1)
         )
-        terms = segmenter_losses(
-            torch.stack([o.mask for o in outs], 1),
-            torch.stack([o.score for o in outs], 1),
-            soft_boxes,
-            batch["masks"],
-            batch["boxes"],
-            batch["num_instances"],
-            lambda_box=self.hparams.lambda_box,
-            lambda_score=self.hparams.lambda_score,
-            min_pad=self.hparams.box_min_pad,
-        )
+        weights = {"lambda_box": hp.lambda_box, "lambda_score": hp.lambda_score}
+        if self.stage == "box":
+            terms = box_stage_losses(
+                soft_boxes, scores, batch["boxes"], batch["num_instances"],
+                min_pad=hp.box_min_pad, **weights,
+            )  # fmt: skip
+        else:
+            terms = segmenter_losses(
+                torch.stack([o.mask for o in outs], 1),
+                scores,
+                soft_boxes,
+                batch["masks"],
+                batch["boxes"],
+                batch["num_instances"],
+                min_pad=hp.box_min_pad,
+                **weights,
+            )
         self._check_finite(terms)
         n = batch["image"].shape[0]
         self.log_dict(
             {f"train/{k}": v for k, v in terms.items() if k != "match"}, prog_bar=True, batch_size=n
         )
-        hp = self.hparams
-        if hp.mask_knob_offset is not None:
-            p = knob_probability(
-                self.global_step,
-                torch.tensor(0),
-                hp.mask_knob_offset,
-                hp.knob_decay,
-                hp.knob_decay_steps,
-            )
-            self.log("train/p_gt_mask_t0", p, batch_size=n)
+        if self._trainer is not None:  # the current stage's learning rate
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return terms["loss"]
 
     def configure_gradient_clipping(
@@ -323,7 +343,9 @@ class SegmenterModule(L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        opt = torch.optim.Adam(decay_groups(self, hp.weight_decay), lr=hp.lr, eps=1e-7)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_steps, gamma=hp.lr_decay)
+        hp = {**self.hparams, **self.optim_overrides}  # the bootstrap stage's settings win
+        opt = torch.optim.Adam(decay_groups(self, hp["weight_decay"]), lr=hp["lr"], eps=1e-7)
+        sched = torch.optim.lr_scheduler.StepLR(
+            opt, step_size=hp["lr_decay_steps"], gamma=hp["lr_decay"]
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -67,7 +67,7 @@ class TimestepConvStack(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)  # see RecurrentSegmenter: ~1.5x on CPU
         outs = []
         for conv, norm, pool in zip(self.convs, self.norms[t], self.pools, strict=True):
-            x = torch.relu(norm(conv(x)))
+            x = torch.relu_(norm(conv(x)))
             if pool > 1:
                 x = nn.functional.max_pool2d(x, pool)
             outs.append(x)
@@ -107,7 +107,7 @@ class TimestepDeconvStack(nn.Module):
         for deconv, norm, skip in zip(self.deconvs, self.norms[t], skips, strict=True):
             if skip is not None:
                 x = torch.cat([x, skip], dim=1)
-            x = torch.relu(norm(deconv(x)))
+            x = torch.relu_(norm(deconv(x)))
         return x
 
 
@@ -235,11 +235,12 @@ class SegmentationNetwork(nn.Module):
 class StepOutput:
     """One step of the recurrent segmenter for B images (all float32).
 
-    mask: (B, H, W) y_t in (0, 1) (eq. 19); soft_box: (B, H, W) b_t (eq. 25) or None without a
-    box network; score: (B,) s_t in (0, 1) (eq. 20); box: the :class:`BoxState` used.
+    mask: (B, H, W) y_t in (0, 1) (eq. 19), or None in the bootstrap box stage (no segmentation,
+    :meth:`RecurrentSegmenter.box_only`); soft_box: (B, H, W) b_t (eq. 25) or None without a box
+    network; score: (B,) s_t in (0, 1) (eq. 20); box: the :class:`BoxState` used.
     """
 
-    mask: Tensor
+    mask: Tensor | None
     soft_box: Tensor | None
     score: Tensor
     box: BoxState
@@ -330,6 +331,7 @@ class RecurrentSegmenter(nn.Module):
             * (self.patch_size[0] // attn_stride)
             * (self.patch_size[1] // attn_stride)
         )
+        self.core_features = core  # size of the flattened v_t
         self.score_head = nn.Linear((hidden if box_network else 0) + core, 1)  # eq. (20)
         if not box_network:
             # Whole-image attention: re-projection density is (h/H)(w/W); start gamma_out at e^2
@@ -400,18 +402,25 @@ class RecurrentSegmenter(nn.Module):
             look.gains[:, 2, None, None] * reproject(y_tilde, f_y, f_x)[:, 0] - BETA
         )  # eq. (19)
         soft_box = None
-        if self.box_net is not None:
-            if patch_box is not None:
-                f_y, f_x = filterbank(
-                    box.center, box.size, box.var, self.image_size, self.patch_size
-                )
-            ones = y_tilde.new_ones(y_tilde.shape[0], 1, *self.patch_size)
-            soft_box = torch.sigmoid(
-                box.gains[:, 1, None, None] * reproject(ones, f_y, f_x)[:, 0] - BETA
-            )  # eq. (25)
-        features = v.flatten(1) if box.z is None else torch.cat([box.z, v.flatten(1)], 1)
-        score = torch.sigmoid(self.score_head(features))[:, 0]  # eq. (20)
-        return StepOutput(mask, soft_box, score, box)
+        if self.box_net is not None:  # eq. (25), from the predicted box even under teacher forcing
+            soft_box = self.soft_box(box, (f_y, f_x) if patch_box is None else None)
+        return StepOutput(mask, soft_box, self.score(box.z, v), box)
+
+    def score(self, z: Tensor | None, v: Tensor | None) -> Tensor:
+        """s_t = sigmoid(w^T [z_t, v_t] + b) (eq. 20), (B,) in (0, 1).
+
+        ``z`` is None without a box network. ``v`` None (the bootstrap box stage, before the
+        segmentation network is trained) reads zeros in its place, so only the box network's part
+        of the head is used and trained, like the reference's box-only score head.
+        """
+        if v is None:
+            v = z.new_zeros(z.shape[0], self.core_features)
+        features = v.flatten(1) if z is None else torch.cat([z, v.flatten(1)], 1)
+        return torch.sigmoid(self.score_head(features))[:, 0]  # eq. (20)
+
+    def box_only(self, box: BoxState) -> StepOutput:
+        """The bootstrap box stage's step (reference 1.3): soft box and score, no segmentation."""
+        return StepOutput(None, self.soft_box(box), self.score(box.z, None), box)
 
     def soft_box(self, box: BoxState, filters: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """b_t = sigmoid(gamma_box F_Y 1 F_X^T - beta) (eq. 25), (B, H, W) in (0, 1).

@@ -57,9 +57,7 @@ def _full_graph_loss(module: SegmenterModule, batch: dict) -> torch.Tensor:
 def test_checkpointed_steps_give_the_full_graph_gradient_and_one_bn_update(monkeypatch) -> None:
     torch.manual_seed(0)
     batch = tiny_batch()
-    module = SegmenterModule(
-        image_size=[32, 32], max_instances=3, net=TINY_NET, mask_knob_offset=None
-    )
+    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
     monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
     module.train()
@@ -88,9 +86,7 @@ def test_two_images_overfit(monkeypatch) -> None:
     # 0.6 (from about +0.7: random scores and near-zero IoUs, towards -2: perfect IoU and scores).
     torch.manual_seed(0)
     batch = tiny_batch(2)
-    module = SegmenterModule(
-        image_size=[32, 32], max_instances=3, net=TINY_NET, mask_knob_offset=None
-    )
+    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
     monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
     optimizer = torch.optim.Adam(module.parameters(), lr=3e-3, eps=1e-7)

@@ -1,0 +1,140 @@
+"""Bootstrap training in named stages (paper 2.6; reference 1.1 and 1.3).
+
+The authors trained the box network first (ground-truth canvas at every step, box and score losses,
+no segmentation network) and then the whole model from those weights. Here the two are stages of one
+run: at each configured switch the module's ``stage`` changes and the optimizer and learning-rate
+schedule are rebuilt from the new stage's settings (a fresh Adam, as in a new run).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.strategies import DDPStrategy
+
+log = logging.getLogger(__name__)
+
+OPTIM_KEYS = ("lr", "lr_decay", "lr_decay_steps", "weight_decay")
+STAGE_KEYS = {"name", "steps", *OPTIM_KEYS}
+
+
+class BootstrapStages(L.Callback):
+    """Runs the configured stages in order, switching at global steps.
+
+    Args:
+        stages: each a mapping with ``name`` (a stage the module supports: ``box`` or ``full``),
+            ``steps`` (its length in optimizer steps; ``None`` for the last, which runs to the
+            end) and optionally ``lr``, ``lr_decay``, ``lr_decay_steps``, ``weight_decay``
+            overriding the module's settings during that stage.
+
+    Stages the module cannot run (the box stage of a model without a box network) are skipped
+    with a warning, so one configuration serves every ablation. Under DDP, parameters idle in a
+    stage (the segmentation network during the box stage) are declared with
+    ``find_unused_parameters=True``.
+
+    State (saved in checkpoints): the current stage and the step at which it started, so a run
+    resumed with ``ckpt_path=`` continues in the same stage.
+    """
+
+    def __init__(self, stages: Sequence[dict[str, Any]]) -> None:
+        if not stages:
+            raise ValueError("callbacks.bootstrap.stages is empty: give at least one stage")
+        for i, spec in enumerate(stages):
+            unknown = set(spec) - STAGE_KEYS
+            if "name" not in spec or unknown:
+                raise ValueError(
+                    f"bootstrap stage {i} ({dict(spec)}): needs a name and only the keys "
+                    f"{sorted(STAGE_KEYS)}; unknown: {sorted(unknown)}"
+                )
+            steps = spec.get("steps")
+            last = i == len(stages) - 1
+            if not last and (not isinstance(steps, int) or steps < 1):
+                raise ValueError(
+                    f"bootstrap stage {i} ('{spec['name']}') needs steps >= 1 (only the last "
+                    f"stage may leave steps unset); got {steps!r}"
+                )
+        self.stages = [dict(spec) for spec in stages]
+        self.plan = self.stages  # the stages this module supports (set in setup)
+        self.index = 0
+        self.start_step = 0
+
+    @property
+    def current(self) -> str:
+        """Name of the current stage."""
+        return self.plan[self.index]["name"]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not hasattr(pl_module, "supports_stage"):
+            log.info(
+                "bootstrap: %s has no training stages; nothing to do", type(pl_module).__name__
+            )
+            self.plan = []
+            return
+        names = [spec["name"] for spec in self.stages]
+        unknown = [n for n in names if n not in ("box", "full")]
+        if unknown:
+            raise ValueError(f"unknown bootstrap stage(s) {unknown}; known: box, full")
+        self.plan = [spec for spec in self.stages if pl_module.supports_stage(spec["name"])]
+        for spec in self.stages:
+            if spec not in self.plan:
+                log.warning(
+                    "bootstrap: this model cannot train a '%s' stage; skipped", spec["name"]
+                )
+        if not self.plan:
+            raise ValueError(f"none of the bootstrap stages {names} applies to this model")
+        if isinstance(trainer.strategy, DDPStrategy):
+            # Parameters idle in a stage would make DDP's gradient reduction wait forever.
+            trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
+        self._apply(pl_module)  # before the optimizer is built (or restored, then re-applied)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.plan:
+            self._apply(pl_module)  # the stage restored from a checkpoint, if any
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if not self.plan:
+            return
+        planned = [spec["name"] for spec in self.plan]
+        if state and (state["index"] >= len(planned) or planned[state["index"]] != state["stage"]):
+            raise ValueError(
+                f"the checkpoint was saved in bootstrap stage '{state['stage']}' (number "
+                f"{state['index']}), which this run's stages {planned} do not have at that place; "
+                "resume with the callbacks.bootstrap.stages the run was started with"
+            )
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.plan:
+            return
+        step = trainer.global_step
+        while (
+            self.index + 1 < len(self.plan)
+            and step >= self.start_step + self.plan[self.index]["steps"]
+        ):
+            self.start_step += self.plan[self.index]["steps"]
+            self.index += 1
+            self._apply(pl_module)
+            trainer.strategy.setup_optimizers(trainer)  # a fresh optimizer and schedule
+            log.info("bootstrap: stage '%s' from step %d", self.current, step)
+        pl_module.log("train/stage", float(self.index), batch_size=len(batch["image"]))
+
+    def _apply(self, pl_module: L.LightningModule) -> None:
+        spec = self.plan[self.index]
+        pl_module.stage = spec["name"]
+        pl_module.optim_overrides = {k: spec[k] for k in OPTIM_KEYS if spec.get(k) is not None}
+
+    def state_dict(self) -> dict[str, Any]:
+        stage = self.current if self.plan else None
+        return {"index": self.index, "start_step": self.start_step, "stage": stage}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.index, self.start_step = state_dict["index"], state_dict["start_step"]
