@@ -13,6 +13,7 @@ from tests.conftest import CONF
 
 GROUPS = [
     "module",
+    "model",
     "dataset",
     "trainer",
     "callbacks",
@@ -50,6 +51,32 @@ def test_default_run_is_synthetic_with_wandb_offline_and_csv(compose_train) -> N
     assert set(cfg.logger) == {"wandb", "csv"} and cfg.logger.wandb.offline is True
     assert cfg.dataset.max_instances == cfg.dataset.max_objects  # interpolated, not repeated
     assert list(cfg.module.image_size) == list(cfg.dataset.resolution)
+
+
+@pytest.mark.parametrize(
+    ("option", "key", "value"),
+    [
+        ("full", "module.net.glimpses", 5),
+        ("iter1", "module.net.glimpses", 1),
+        ("iter3", "module.net.glimpses", 3),
+        ("no_box_net", "module.net.box_network", False),
+        ("no_sched_samp", "callbacks.scheduled_sampling.enabled", False),
+        ("full", "callbacks.scheduled_sampling.enabled", True),
+    ],
+)
+def test_ablations_reach_the_module_and_callbacks(compose_train, option, key, value) -> None:
+    from omegaconf import OmegaConf
+
+    cfg = compose_train(f"model={option}")
+    assert OmegaConf.select(cfg, key) == value
+    # Everything else stays as in the full model.
+    full = compose_train("model=full")
+    changed = {
+        k
+        for k in full.module.net
+        if OmegaConf.select(cfg, f"module.net.{k}") != full.module.net[k]
+    }
+    assert changed <= {key.rsplit(".", 1)[1]}
 
 
 def test_output_folders_follow_task_and_timestamp() -> None:

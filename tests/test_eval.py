@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from recattend.report import metrics_table
 from recattend.tasks import eval as eval_task
 from recattend.tasks import train
-from recattend.utils.report import metrics_table
 from tests.test_train import TINY
 
 

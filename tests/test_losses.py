@@ -10,6 +10,7 @@ import torch
 
 from recattend.losses import (
     box_loss,
+    box_stage_losses,
     hungarian_match,
     matched_iou_loss,
     monotonic_score_loss,
@@ -190,6 +191,23 @@ def test_box_loss_perfect_boxes_and_gradient() -> None:
     assert grad is not None and torch.isfinite(grad).all()
     assert grad[0, 0].abs().sum() > 0 and grad[0, 1].abs().sum() > 0
     assert (grad[0, 2] == 0).all()  # prediction t >= n_b: no box loss
+
+
+def test_box_stage_losses_use_the_box_matching_for_the_scores() -> None:
+    # Soft boxes in swapped order are matched to both GT boxes (loss_box = -1); the score target
+    # is then [1, 1, 0]. Scores [0.9, 0.8, 0.3]: cummin [0.9, 0.8, 0.3], future max for t=2: 0.3.
+    # L_s = (-ln 0.9 - ln 0.8 - ln 0.7) / 3 = (0.10536 + 0.22314 + 0.35667) / 3 = 0.22839.
+    boxes, raster0, raster1 = _box_rasters()
+    soft_boxes = torch.stack([raster1, raster0, torch.zeros(32, 32)]).unsqueeze(0)
+    scores = torch.tensor([[0.9, 0.8, 0.3]])
+    terms = box_stage_losses(soft_boxes, scores, boxes, torch.tensor([2]), 1.0, 2.0, min_pad=2.0)
+    assert terms["loss_box"].item() == pytest.approx(-1.0, abs=1e-5)
+    assert terms["loss_score"].item() == pytest.approx(0.22839, abs=1e-4)
+    assert terms["loss"].item() == pytest.approx(-1.0 + 2 * 0.22839, abs=2e-4)
+    assert terms["match"][0].sum(1).tolist() == [1.0, 1.0, 0.0]
+    # No instances: nothing matched, all-zero score target, no box loss.
+    empty = box_stage_losses(soft_boxes, scores, torch.zeros(1, 3, 4), torch.tensor([0]))
+    assert empty["loss_box"].item() == 0.0 and empty["match"].sum() == 0
 
 
 def test_monotonic_score_loss_hand_worked() -> None:

@@ -104,7 +104,7 @@ def test_multirun_gives_one_folder_and_one_wandb_run_per_job(
         [
             "train.py",
             "-m",
-            "dataset.style=leaves,shapes",
+            "model=full,iter1",
             *TINY,
             "trainer.max_steps=2",
             "logger=wandb",
@@ -118,9 +118,16 @@ def test_multirun_gives_one_folder_and_one_wandb_run_per_job(
         assert (sweep / job / "metrics.json").is_file()
         runs = list((sweep / job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, runs
-    assert (sweep / "1" / ".hydra" / "overrides.yaml").read_text().count(
-        "dataset.style=shapes"
-    ) == 1
+        # One W&B group for the sweep, the job's overrides as the run name.
+        record = next(runs[0].glob("*.wandb")).read_bytes()
+        assert b"train-sweep" in record and f"model={['full', 'iter1'][int(job)]}".encode() in record
+    assert (sweep / "1" / ".hydra" / "overrides.yaml").read_text().count("model=iter1") == 1
+    # The Table 4-style report: one row per job, labelled by what differs between them.
+    report = run_cli(["-m", "recattend.report", str(sweep)], ROOT, offline_env)
+    assert report.returncode == 0, report.stderr
+    lines = report.stdout.splitlines()
+    assert lines[0].startswith("| run | SBD (%) | \\|DiC\\| |")
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| model=full", "| model=iter1"]
 
 
 @pytest.mark.slow
@@ -146,11 +153,20 @@ def test_multirun_refuses_subprocess_ddp(tmp_path: Path, offline_env: dict[str, 
 def test_two_process_cpu_ddp_fit_and_test(compose_train, tmp_path: Path) -> None:
     # The default loggers (W&B offline + CSV): the test stage's spawned processes append to the CSV
     # file that the fit's processes wrote.
-    cfg = compose_train(*TINY, "trainer=ddp_sim")
+    # Two steps per process: the box stage (segmentation network idle) then the full stage.
+    cfg = compose_train(
+        *TINY,
+        "trainer=ddp_sim",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "callbacks.bootstrap.stages.0.steps=1",
+    )
     train.run(cfg)
     assert "test/sbd" in json.loads((tmp_path / "metrics.json").read_text())
-    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"val/sbd", "test/sbd"} <= set(header)
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    assert {"val/sbd", "test/sbd"} <= set(rows[0])
+    stages = [(r["step"], r["train/stage"]) for r in rows if r["train/stage"]]
+    assert stages == [("0", "0.0"), ("1", "1.0")]
 
 
 @pytest.mark.slow

@@ -16,9 +16,9 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from recattend.callbacks import ProcessGroupTeardown
+from recattend.report import metrics_table
 from recattend.tasks.train import scalars
 from recattend.utils.config import instantiate_group, require_writable_dir
-from recattend.utils.report import metrics_table
 
 log = logging.getLogger(__name__)
 

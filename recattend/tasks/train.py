@@ -1,8 +1,8 @@
 """Training task: ``python train.py [overrides]`` or ``recattend-train [overrides]``.
 
-Order: start-up checks -> seed -> data -> module -> callbacks and loggers -> trainer -> fit ->
-test (best checkpoint if one was written) -> ``metrics.json`` in the run folder. W&B runs are
-finished in every case, so each job of a multirun gets its own run.
+Order: start-up checks -> seed -> data -> module (weights from ``init_from`` if set) -> callbacks
+and loggers -> trainer -> fit -> test (best checkpoint if one was written) -> ``metrics.json`` in
+the run folder. W&B runs are finished in every case, so each job of a multirun gets its own run.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recattend.callbacks import ProcessGroupTeardown
+from recattend.report import metrics_table
+from recattend.utils.checkpoint import load_weights
 from recattend.utils.config import check_multirun_strategy, instantiate_group, require_writable_dir
-from recattend.utils.report import metrics_table
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def run(cfg: DictConfig) -> float | None:
 
     datamodule: L.LightningDataModule = instantiate(cfg.dataset, _convert_="all")
     module: L.LightningModule = instantiate(cfg.module, _convert_="all")
+    if cfg.get("init_from"):
+        load_weights(module, cfg.init_from)
     callbacks = [*instantiate_group(cfg.get("callbacks")), ProcessGroupTeardown()]
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,0 +1,42 @@
+"""The sweep table of ``python -m recattend.report``, on a hand-made multirun folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recattend.report import main, sweep_table
+
+
+def _job(sweep: Path, num: int, overrides: list[str], metrics: dict | None) -> None:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_rows_are_labelled_by_the_overrides_that_differ(tmp_path: Path) -> None:
+    _job(tmp_path, 0, ["model=full", "seed=1"], {"test/sbd": 0.8, "test/sbd_std": 0.1})
+    _job(tmp_path, 1, ["model=iter1", "seed=1"], {"test/sbd": 0.75, "test/abs_dic": 0.5})
+    _job(tmp_path, 2, ["model=iter3", "seed=1"], None)  # crashed: no metrics.json, no row
+    _job(tmp_path, 10, ["model=no_box_net", "seed=1"], {"test/sbd": 0.5})
+    assert sweep_table(tmp_path).splitlines() == [
+        "| run | SBD (%) | \\|DiC\\| |",
+        "| --- | --- | --- |",
+        "| model=full | 80.0 (10.0) | - |",
+        "| model=iter1 | 75.0 | 0.5 |",
+        "| model=no_box_net | 50.0 | - |",  # job 10 after job 1: numeric order
+    ]
+
+
+def test_a_single_job_shows_all_its_overrides(tmp_path: Path) -> None:
+    _job(tmp_path, 0, ["model=full", "seed=1"], {"val/sbd": 0.8})
+    assert sweep_table(tmp_path, "val").splitlines()[2] == "| model=full seed=1 | 80.0 |"
+
+
+def test_a_folder_without_jobs_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no <job>/metrics.json under"):
+        main([str(tmp_path)])

@@ -1,0 +1,281 @@
+"""Bootstrap stages, scheduled sampling and their checkpointed state (paper 2.6, reference 1.3-1.4)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+from recattend.callbacks import BootstrapStages, ScheduledSampling
+from recattend.callbacks.sampling import knob_probability
+from recattend.data import SyntheticDataModule
+from recattend.lit import SegmenterModule
+from recattend.utils.checkpoint import load_weights
+from tests.models.test_segmenter_training import TINY_NET, tiny_batch
+
+
+def test_knob_probability_at_hand_picked_steps_and_timesteps() -> None:
+    t = torch.tensor([0, 1, 5, 19])
+    # Before the offset: base 1, so p = min(1, 1 + ln(1 + 3t)) = 1 everywhere.
+    assert knob_probability(100, t, 3000, 0.5, 700).tolist() == [1.0, 1.0, 1.0, 1.0]
+    # 700 steps past the offset: base 0.5. t=0: 0.5; t=1: 0.5 (1 + ln 4) = 1.193 -> 1;
+    # t=5: 0.5 (1 + ln 16) = 1.886 -> 1.
+    assert knob_probability(3700, t, 3000, 0.5, 700).tolist()[:3] == [0.5, 1.0, 1.0]
+    # 2100 steps past: base 0.125. t=1: 0.125 * 2.3863 = 0.29829; t=5: 0.125 * 3.7726 = 0.47157;
+    # t=19: 0.125 (1 + ln 58) = 0.125 * 5.0604 = 0.63255.
+    got = knob_probability(5100, t, 3000, 0.5, 700)
+    expected = [0.125, 0.125 * (1 + math.log(4)), 0.125 * (1 + math.log(16))]
+    expected.append(0.125 * (1 + math.log(58)))
+    torch.testing.assert_close(got, torch.tensor(expected))
+    # base scales the whole schedule: 0.5 * 0.125 at t=0.
+    assert knob_probability(5100, t[:1], 3000, 0.5, 700, base=0.5).item() == 0.0625
+
+
+def test_scheduled_sampling_probabilities_per_kind() -> None:
+    callback = ScheduledSampling(decay=0.5, decay_steps=10, box_offset=0, mask_offset=None)
+    probs = callback.probabilities(10, 3)
+    torch.testing.assert_close(probs["box"], torch.tensor([0.5, 1.0, 1.0]))
+    assert probs["mask"].tolist() == [0.0, 0.0, 0.0]  # offset None: never
+    off = ScheduledSampling(enabled=False, box_offset=0, mask_offset=0).probabilities(0, 2)
+    assert off["box"].tolist() == off["mask"].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="decay_steps"):
+        ScheduledSampling(decay_steps=0)
+
+
+def _canvases(module: SegmenterModule) -> list[torch.Tensor]:
+    """Record the canvas the box network reads at every step."""
+    seen: list[torch.Tensor] = []
+    locate = module.model.locate
+
+    def recording(x: torch.Tensor, canvas: torch.Tensor, t: int) -> Any:
+        seen.append(canvas.detach().clone())
+        return locate(x, canvas, t)
+
+    module.model.locate = recording
+    return seen
+
+
+def _quiet(module: SegmenterModule, monkeypatch) -> None:
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("stage", ["full", "box"])
+def test_canvas_receives_exactly_the_noised_ground_truth(monkeypatch, stage: str) -> None:
+    # Probability 1 (full stage) or the box stage: every step writes y* (1 - U(0, 0.3)) of one
+    # instance, so the canvas is 0 off the instances and in [0.7, 1] on those written.
+    torch.manual_seed(0)
+    batch = tiny_batch(2)
+    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    _quiet(module, monkeypatch)
+    module.train()
+    module.stage = stage
+    steps = module.model.steps
+    module.teacher_forcing = {"box": torch.zeros(steps), "mask": torch.ones(steps)}
+    canvases = _canvases(module)
+    module.training_step(batch, 0)
+    assert len(canvases) == steps and (canvases[0] == 0).all()
+    union = batch["masks"].amax(1)  # (B, H, W)
+    for before, after in zip(canvases, canvases[1:], strict=False):
+        written = after[:, 0]
+        assert (written[union == 0] == 0).all()  # nothing but ground truth
+        new = (after > before)[:, 0]
+        assert ((written[new] >= 0.7 - 1e-6) & (written[new] <= 1.0)).all()
+        # Each step adds (part of) exactly one instance per image: the pixels that changed lie
+        # inside a single ground-truth slot.
+        for b in range(2):
+            if new[b].any():
+                inside = [(batch["masks"][b, j].bool() | ~new[b]).all() for j in range(steps)]
+                assert any(inside)
+    assert (canvases[-1][:, 0][union > 0] > 0).any()
+
+
+def test_own_predictions_only_without_teacher_forcing(monkeypatch) -> None:
+    # Probability 0: the canvas holds the model's own (soft, nowhere exactly zero) masks.
+    torch.manual_seed(0)
+    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    _quiet(module, monkeypatch)
+    module.train()
+    canvases = _canvases(module)
+    module.training_step(tiny_batch(2), 0)
+    assert (canvases[1] > 0).all()
+
+
+def tiny_data(num_train: int = 8) -> SyntheticDataModule:
+    return SyntheticDataModule(
+        resolution=[32, 32],
+        max_instances=3,
+        batch_size=4,
+        num_train=num_train,
+        num_val=4,
+        num_test=4,
+        min_objects=1,
+        max_objects=3,
+        num_workers=0,
+        augment=None,
+    )
+
+
+class Probe(L.Callback):
+    """Records, at every training batch, the module's stage, forcing and optimizer lr."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        forcing = pl_module.teacher_forcing
+        self.seen.append(
+            {
+                "step": trainer.global_step - 1,
+                "stage": pl_module.stage,
+                "mask_p0": None if forcing is None else forcing["mask"][0].item(),
+                "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                "logged": set(trainer.callback_metrics),
+                "optimizer": id(trainer.optimizers[0]),
+            }
+        )
+
+
+def _trainer(tmp_path: Path, callbacks: list[L.Callback], max_steps: int) -> L.Trainer:
+    return L.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=callbacks,
+    )
+
+
+def _stages() -> list[dict[str, Any]]:
+    return [{"name": "box", "steps": 2, "lr": 0.01}, {"name": "full", "steps": None, "lr": 0.002}]
+
+
+def test_stage_switch_at_the_configured_step(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    probe = Probe()
+    sampling = ScheduledSampling(decay=0.5, decay_steps=1, mask_offset=1)
+    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    trainer = _trainer(tmp_path, [BootstrapStages(_stages()), sampling, probe], max_steps=4)
+    trainer.fit(module, datamodule=tiny_data(16))
+    stages = [s["stage"] for s in probe.seen]
+    assert stages == ["box", "box", "full", "full"]
+    # The box stage has no segmentation loss and no ground-truth schedule; the full stage has.
+    assert "train/loss_segm" not in probe.seen[1]["logged"]
+    assert "train/loss_segm" in probe.seen[2]["logged"]
+    assert probe.seen[0]["mask_p0"] is None
+    # The schedule counts from the start of the full stage (step 2): k = 0 -> 1, k = 1 -> 1
+    # (offset 1), k = 2 -> 0.5.
+    assert [s["mask_p0"] for s in probe.seen[2:]] == [1.0, 1.0]
+    assert sampling.start_step == 2
+    # A fresh optimizer with the stage's learning rate.
+    assert [s["lr"] for s in probe.seen] == pytest.approx([0.01, 0.01, 0.002, 0.002])
+    assert probe.seen[1]["optimizer"] != probe.seen[2]["optimizer"]
+
+
+def test_resume_continues_in_the_same_stage_and_schedule_point(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    first = _trainer(
+        tmp_path,
+        [BootstrapStages(_stages()), ScheduledSampling(decay=0.5, decay_steps=1, mask_offset=0)],
+        max_steps=3,
+    )
+    first.fit(
+        SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET),
+        datamodule=tiny_data(16),
+    )
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    state = torch.load(ckpt, weights_only=True)["callbacks"]
+    assert {"index": 1, "start_step": 2, "stage": "full"} in state.values()
+    assert {"start_step": 2} in state.values()
+
+    probe, bootstrap = Probe(), BootstrapStages(_stages())
+    sampling = ScheduledSampling(decay=0.5, decay_steps=1, mask_offset=0)
+    second = _trainer(tmp_path / "resumed", [bootstrap, sampling, probe], max_steps=5)
+    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    second.fit(module, datamodule=tiny_data(16), ckpt_path=ckpt)
+    assert [s["step"] for s in probe.seen] == [3, 4]
+    assert [s["stage"] for s in probe.seen] == ["full", "full"]
+    # Steps 3 and 4 are 1 and 2 steps into the schedule: p(t=0) = 0.5, 0.25.
+    assert [s["mask_p0"] for s in probe.seen] == [0.5, 0.25]
+    assert probe.seen[0]["lr"] == pytest.approx(0.002)
+
+
+def test_resume_with_other_stages_is_refused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    first = _trainer(tmp_path, [BootstrapStages(_stages())], max_steps=3)
+    first.fit(
+        SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET),
+        datamodule=tiny_data(16),
+    )
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    other = BootstrapStages([{"name": "full", "steps": None}])
+    second = _trainer(tmp_path / "resumed", [other], max_steps=5)
+    with pytest.raises(ValueError, match="bootstrap stage 'full'"):
+        second.fit(
+            SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET),
+            datamodule=tiny_data(16),
+            ckpt_path=ckpt,
+        )
+
+
+def test_model_without_box_network_skips_the_box_stage(tmp_path: Path, caplog) -> None:
+    torch.manual_seed(0)
+    probe = Probe()
+    module = SegmenterModule(
+        image_size=[32, 32], max_instances=3, net={**TINY_NET, "box_network": False}
+    )
+    trainer = _trainer(tmp_path, [BootstrapStages(_stages()), probe], max_steps=2)
+    trainer.fit(module, datamodule=tiny_data())
+    assert [s["stage"] for s in probe.seen] == ["full", "full"]
+    assert probe.seen[0]["lr"] == pytest.approx(0.002)  # the full stage's settings from the start
+    assert "cannot train a 'box' stage" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ([], "empty"),
+        ([{"name": "box"}, {"name": "full"}], "needs steps >= 1"),
+        ([{"name": "box", "steps": 2, "learning_rate": 1}], "unknown: \\['learning_rate'\\]"),
+    ],
+)
+def test_bad_stage_lists_are_refused(stages: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BootstrapStages(stages)
+
+
+def test_unknown_stage_name_is_refused(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, [BootstrapStages([{"name": "segm", "steps": None}])], 1)
+    with pytest.raises(ValueError, match="unknown bootstrap stage"):
+        trainer.fit(
+            SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET),
+            datamodule=tiny_data(),
+        )
+
+
+def test_box_stage_checkpoint_initialises_a_full_stage_run(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trainer = _trainer(tmp_path, [BootstrapStages([{"name": "box", "steps": None}])], 2)
+    trained = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    trainer.fit(trained, datamodule=tiny_data())
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    fresh = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    assert load_weights(fresh, ckpt) == []
+    for name, value in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+
+    wider = SegmenterModule(
+        image_size=[32, 32], max_instances=3, net={**TINY_NET, "hidden": 8}
+    )
+    shapes = r"model.box_net.lstm.weight_ih \(checkpoint \(64, 8\), model \(32, 8\)\)"
+    with pytest.raises(ValueError, match=shapes):
+        load_weights(wider, ckpt)
+    with pytest.raises(FileNotFoundError, match="init_from=.*missing.ckpt"):
+        load_weights(fresh, tmp_path / "missing.ckpt")
