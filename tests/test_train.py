@@ -120,7 +120,8 @@ def test_multirun_gives_one_folder_and_one_wandb_run_per_job(
         assert len(runs) == 1, runs
         # One W&B group for the sweep, the job's overrides as the run name.
         record = next(runs[0].glob("*.wandb")).read_bytes()
-        assert b"train-sweep" in record and f"model={['full', 'iter1'][int(job)]}".encode() in record
+        name = f"model={['full', 'iter1'][int(job)]}".encode()
+        assert b"train-sweep" in record and name in record
     assert (sweep / "1" / ".hydra" / "overrides.yaml").read_text().count("model=iter1") == 1
     # The Table 4-style report: one row per job, labelled by what differs between them.
     report = run_cli(["-m", "recattend.report", str(sweep)], ROOT, offline_env)

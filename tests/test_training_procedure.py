@@ -1,4 +1,4 @@
-"""Bootstrap stages, scheduled sampling and their checkpointed state (paper 2.6, reference 1.3-1.4)."""
+"""Bootstrap stages, scheduled sampling and their checkpointed state (paper 2.6)."""
 
 from __future__ import annotations
 
