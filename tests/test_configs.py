@@ -72,9 +72,7 @@ def test_ablations_reach_the_module_and_callbacks(compose_train, option, key, va
     # Everything else stays as in the full model.
     full = compose_train("model=full")
     changed = {
-        k
-        for k in full.module.net
-        if OmegaConf.select(cfg, f"module.net.{k}") != full.module.net[k]
+        k for k in full.module.net if OmegaConf.select(cfg, f"module.net.{k}") != full.module.net[k]
     }
     assert changed <= {key.rsplit(".", 1)[1]}
 

@@ -271,9 +271,7 @@ def test_box_stage_checkpoint_initialises_a_full_stage_run(tmp_path: Path) -> No
     for name, value in trained.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], value), name
 
-    wider = SegmenterModule(
-        image_size=[32, 32], max_instances=3, net={**TINY_NET, "hidden": 8}
-    )
+    wider = SegmenterModule(image_size=[32, 32], max_instances=3, net={**TINY_NET, "hidden": 8})
     shapes = r"model.box_net.lstm.weight_ih \(checkpoint \(64, 8\), model \(32, 8\)\)"
     with pytest.raises(ValueError, match=shapes):
         load_weights(wider, ckpt)
