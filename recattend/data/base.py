@@ -29,12 +29,17 @@ class RawSample(NamedTuple):
     Attributes:
         image: (H, W, 3) uint8 RGB at any size.
         masks: (N, H, W) bool instance masks in painter's order (later on top); N may be 0.
-        meta: facts kept for evaluation and export: at least ``id`` and ``orig_size`` (H, W).
+        meta: facts kept for evaluation and export: at least ``id`` and ``orig_size`` (H, W), and
+            for file datasets the ``image`` and ``label`` paths (full-resolution ground truth).
+        classes: (N,) int class of each instance (1..K) for multi-class data, else None.
+        semantic: (H, W) int per-pixel class (0 background, 1..K, < 255), else None.
     """
 
     image: np.ndarray
     masks: np.ndarray
     meta: dict[str, Any]
+    classes: np.ndarray | None = None
+    semantic: np.ndarray | None = None
 
 
 class InstanceDataset(Dataset):
@@ -63,13 +68,20 @@ class InstanceDataset(Dataset):
             self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
         h, w = raw.image.shape[:2]
         masks = np.asarray(raw.masks, dtype=np.uint8).reshape(-1, h, w)
-        if masks.shape[0]:
-            out = self.transform(image=raw.image, masks=masks)
-            image, masks = out["image"], np.asarray(out["masks"])
-        else:  # albumentations needs at least one mask; an empty image still goes through
-            out = self.transform(image=raw.image, masks=np.zeros((1, h, w), np.uint8))
-            image, masks = out["image"], np.zeros((0, *out["image"].shape[:2]), np.uint8)
-        return instance_targets(image, masks, self.max_instances, raw.meta)
+        n = masks.shape[0]
+        # The semantic map rides along as one more (nearest-neighbour) mask; albumentations needs
+        # at least one mask, so an image without instances or semantics gets a blank one.
+        extra = [raw.semantic.astype(np.uint8)] if raw.semantic is not None else []
+        if not n and not extra:
+            extra = [np.zeros((h, w), np.uint8)]
+        out = self.transform(
+            image=raw.image, masks=np.concatenate([masks, np.stack(extra)]) if extra else masks
+        )
+        image, transformed = out["image"], np.asarray(out["masks"])
+        semantic = transformed[n] if raw.semantic is not None else None
+        return instance_targets(
+            image, transformed[:n], self.max_instances, raw.meta, raw.classes, semantic
+        )
 
 
 class InstanceDataModule(L.LightningDataModule, ABC):
@@ -84,6 +96,8 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         pin_memory: pin host memory for faster host-to-GPU copies.
         augment: albumentations name -> kwargs, applied to the training split only
             (see :mod:`recattend.data.transforms`).
+        keep_aspect_ratio: fit images inside the resolution and zero-pad (True) rather than
+            stretch them to it (False, the reference's choice).
 
     Raises:
         ValueError: at construction, naming the ``dataset.*`` key and its constraint.
@@ -98,6 +112,7 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         num_workers: int = 0,
         pin_memory: bool = False,
         augment: Mapping[str, Mapping[str, Any] | None] | None = None,
+        keep_aspect_ratio: bool = False,
     ) -> None:
         super().__init__()
         if len(resolution) != 2 or any(int(s) < 1 for s in resolution):
@@ -114,7 +129,8 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         self.num_workers = int(num_workers)
         self.pin_memory = pin_memory
         self.augment = dict(augment or {})
-        build_transform(self.augment, self.resolution)  # fail at start-up, not in a worker
+        self.keep_aspect_ratio = keep_aspect_ratio
+        self._transform(True)  # fail at start-up, not in a worker
         self.datasets: dict[str, InstanceDataset] = {}
 
     @property
@@ -138,8 +154,14 @@ class InstanceDataModule(L.LightningDataModule, ABC):
                     f"{'train on' if split == 'train' else 'evaluate'}; check the dataset settings"
                 )
             augmented = split == "train" and bool(self.augment)
-            transform = build_transform(self.augment if augmented else None, self.resolution)
-            self.datasets[split] = InstanceDataset(source, self.max_instances, transform, augmented)
+            self.datasets[split] = InstanceDataset(
+                source, self.max_instances, self._transform(augmented), augmented
+            )
+
+    def _transform(self, augmented: bool) -> Any:
+        return build_transform(
+            self.augment if augmented else None, self.resolution, self.keep_aspect_ratio
+        )
 
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:

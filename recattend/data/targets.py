@@ -71,7 +71,12 @@ def tight_boxes(masks: np.ndarray) -> np.ndarray:
 
 
 def instance_targets(
-    image: np.ndarray, masks: np.ndarray, max_instances: int, meta: dict[str, Any]
+    image: np.ndarray,
+    masks: np.ndarray,
+    max_instances: int,
+    meta: dict[str, Any],
+    classes: np.ndarray | None = None,
+    semantic: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Build one sample of the batch contract from an image and its instance masks.
 
@@ -86,20 +91,22 @@ def instance_targets(
         masks: (N, H, W) binary instance masks, N >= 0, in painter's order (later on top).
         max_instances: slots for instances, T - 1 (>= 1).
         meta: per-sample facts passed through (id, source path, original size, ...).
+        classes: (N,) class of each instance (1..K), for multi-class data.
+        semantic: (H, W) per-pixel class map, for multi-class data.
 
     Returns:
         ``image`` float32 (3, H, W) in [0, 1]; ``masks`` float32 (T, H, W) in {0, 1};
         ``num_instances`` int64 scalar; ``boxes`` float32 (T, 4); ``foreground`` float32 (1, H, W);
-        ``angles`` int64 (H, W); ``meta`` the dict given.
+        ``angles`` int64 (H, W); ``meta`` the dict given; with ``classes``, ``instance_classes``
+        int64 (T,) in slot order (0 for empty slots); with ``semantic``, ``semantic`` int64 (H, W).
     """
     global _warned_truncation
     h, w = image.shape[:2]
     masks = np.asarray(masks, dtype=bool).reshape(-1, h, w)
     areas = masks.sum(axis=(1, 2))
-    masks = masks[areas > 0]
-    areas = areas[areas > 0]
-    order = np.argsort(-areas, kind="stable")
-    masks = masks[order]
+    present = areas > 0
+    order = np.argsort(-areas[present], kind="stable")
+    masks = masks[present][order]
     num = masks.shape[0]
     if num > max_instances and not _warned_truncation:
         _warned_truncation = True
@@ -114,7 +121,7 @@ def instance_targets(
     slots[: kept.shape[0]] = kept
     boxes = np.zeros((max_instances + 1, 4), dtype=np.float32)
     boxes[: kept.shape[0]] = tight_boxes(kept)
-    return {
+    sample = {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0,
         "masks": torch.from_numpy(slots),
         "num_instances": torch.tensor(num, dtype=torch.int64),
@@ -126,6 +133,14 @@ def instance_targets(
         "angles": torch.from_numpy(angle_classes(masks)),
         "meta": meta,
     }
+    if classes is not None:
+        slot_classes = np.zeros(max_instances + 1, dtype=np.int64)
+        kept_classes = np.asarray(classes, dtype=np.int64)[present][order][:max_instances]
+        slot_classes[: kept_classes.shape[0]] = kept_classes
+        sample["instance_classes"] = torch.from_numpy(slot_classes)
+    if semantic is not None:
+        sample["semantic"] = torch.from_numpy(np.asarray(semantic, dtype=np.int64))
+    return sample
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

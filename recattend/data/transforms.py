@@ -18,13 +18,16 @@ import cv2
 
 
 def build_transform(
-    augment: Mapping[str, Mapping[str, Any] | None] | None, resolution: tuple[int, int]
+    augment: Mapping[str, Mapping[str, Any] | None] | None,
+    resolution: tuple[int, int],
+    keep_aspect_ratio: bool = False,
 ) -> A.Compose:
     """Compose the configured augmentations followed by a resize to the network resolution.
 
     Geometric transforms are applied jointly to the image and to every instance mask (pass them
     as ``masks=`` of shape (N, H, W)); masks are resized with nearest neighbour and images with
-    bicubic interpolation, as the reference did.
+    bicubic interpolation, as the reference did. With ``keep_aspect_ratio`` the image is fitted
+    inside the resolution and zero-padded at the bottom and right instead of stretched.
 
     Raises:
         ValueError: a name that is not an albumentations transform, or arguments it rejects.
@@ -54,7 +57,15 @@ def build_transform(
                 f"dataset.augment.{name}: invalid arguments {dict(kwargs)}: {err}"
             ) from err
     height, width = resolution
-    steps.append(
-        A.Resize(height, width, interpolation=cv2.INTER_CUBIC, mask_interpolation=cv2.INTER_NEAREST)
-    )
+    interpolation = {"interpolation": cv2.INTER_CUBIC, "mask_interpolation": cv2.INTER_NEAREST}
+    if keep_aspect_ratio:  # fit inside, then zero-pad the bottom and right
+        steps.append(A.LongestMaxSize(max_size_hw=(height, width), **interpolation))
+        steps.append(
+            A.PadIfNeeded(
+                height, width, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0,
+                fill_mask=0,
+            )
+        )  # fmt: skip
+    else:
+        steps.append(A.Resize(height, width, **interpolation))
     return A.Compose(steps)

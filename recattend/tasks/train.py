@@ -35,6 +35,11 @@ def run(cfg: DictConfig) -> float | None:
         L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = instantiate(cfg.dataset, _convert_="all")
+    if cfg.get("test", False) and not getattr(datamodule, "labelled", lambda split: True)("test"):
+        raise ValueError(  # before training, so no work is lost at the end
+            "the test split has no labels (e.g. dataset.test_root is the unlabelled official "
+            "test set): run with test=false, or point dataset.test_root at a labelled folder"
+        )
     module: L.LightningModule = instantiate(cfg.module, _convert_="all")
     if cfg.get("init_from"):
         load_weights(module, cfg.init_from)
