@@ -11,8 +11,12 @@ the synthetic default (128x128, T = 11, batch 8) -- a fresh process measures:
 * ``matching_loss_share``: the share of training-step time spent in the losses (soft IoUs,
   Hungarian matching, score loss).
 
+Data loading: for each real dataset, a fixture in its official layout at the real image size
+(:mod:`recattend.data.fixtures`) is read through its DataModule with the dataset config's
+workers, resizing and augmentation; ``loading`` gives training images/s per dataset.
+
 Figures are printed and written to ``outputs/bench/latest.json``. Usage:
-``python -m recattend.tasks.bench [--steps N] [--out PATH]``.
+``python -m recattend.tasks.bench [--steps N] [--out PATH] [--skip-model] [--skip-loading]``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import multiprocessing as mp
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,13 @@ from typing import Any
 CONFIGS: dict[str, dict[str, Any]] = {
     "cvppp": {"resolution": [224, 224], "max_instances": 20, "batch_size": 5},
     "synthetic": {"resolution": [128, 128], "max_instances": 10, "batch_size": 8},
+}
+# Real image sizes (H, W) of the loading benchmark's fixtures.
+LOADING_SIZES = {
+    "cvppp": (530, 500),
+    "kitti": (375, 1242),
+    "cityscapes": (1024, 2048),
+    "coco": (480, 640),
 }
 # Training is measured twice: with per-step activation checkpointing (the default) and keeping all
 # T steps' graphs (module.checkpoint_steps=false); the second set of keys ends in "_all_graphs".
@@ -104,6 +116,37 @@ def measure(name: str, steps: int, checkpoint_steps: bool = True) -> dict[str, f
     }
 
 
+def measure_loading(name: str, images: int, folder: Path) -> float:
+    """Training images/s that ``dataset=<name>`` delivers from a fixture at real image sizes."""
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    from recattend.data import fixtures
+
+    size, root = LOADING_SIZES[name], folder / name
+    if name == "cvppp":
+        fixtures.write_cvppp(root, list(range(1, images + 1)), size)
+    elif name == "kitti":
+        ids = [f"{i:06d}" for i in range(images + 2)]
+        fixtures.write_kitti(root, {"train": ids[:-2], "val": ids[-2:-1], "test": ids[-1:]}, size)
+    elif name == "cityscapes":
+        fixtures.write_cityscapes(root, "train", {"aachen": images}, size)
+        fixtures.write_cityscapes(root, "val", {"frankfurt": 1}, size)
+    else:
+        fixtures.write_coco(root, "train2017", images, size)
+        fixtures.write_coco(root, "val2017", 1, size)
+    with initialize_config_module("recattend.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"dataset={name}", f"dataset.root={root}"])
+    datamodule = instantiate(cfg.dataset, _convert_="all")
+    loader = datamodule.train_dataloader()
+    for _ in loader:  # warm-up: workers start, files enter the page cache
+        pass
+    start, count = time.perf_counter(), 0
+    for batch in loader:
+        count += len(batch["image"])
+    return round(count / (time.perf_counter() - start), 1)
+
+
 def _worker(name: str, steps: int, checkpoint_steps: bool, queue: mp.Queue) -> None:
     queue.put(measure(name, steps, checkpoint_steps))
 
@@ -123,14 +166,28 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per figure")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/latest.json"))
+    parser.add_argument("--skip-model", action="store_true", help="only the loading figures")
+    parser.add_argument("--skip-loading", action="store_true", help="only the model figures")
+    parser.add_argument("--images", type=int, default=24, help="fixture images per dataset")
     args = parser.parse_args(argv)
-    results = {}
-    for name in CONFIGS:
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results: dict[str, Any] = {}
+    for name in [] if args.skip_model else CONFIGS:
         results[name] = _in_fresh_process(name, args.steps, checkpoint_steps=True)
         all_graphs = _in_fresh_process(name, args.steps, checkpoint_steps=False)
         results[name]["train_images_per_s_all_graphs"] = all_graphs["train_images_per_s"]
         results[name]["peak_train_memory_gib_all_graphs"] = all_graphs["peak_train_memory_gib"]
         print(f"{name:10s} " + "  ".join(f"{k}={v}" for k, v in results[name].items()), flush=True)
+    if not args.skip_loading:
+        with tempfile.TemporaryDirectory() as folder:
+            results["loading"] = {
+                name: measure_loading(name, args.images, Path(folder)) for name in LOADING_SIZES
+            }
+        print(
+            "loading (train images/s) "
+            + "  ".join(f"{k}={v}" for k, v in results["loading"].items())
+        )
+    results = {**previous, **results}  # a partial run keeps the other figures
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {args.out}")

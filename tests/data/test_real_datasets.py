@@ -261,3 +261,25 @@ def test_check_command_lists_counts_and_problems(tmp_path: Path, capsys) -> None
     write_cvppp(good, PLANTS[:3])
     assert check_main(["dataset=cvppp", f"dataset.root={good}"]) == 0
     assert "no problems found" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_training_runs_on_a_cvppp_layout_folder(compose_train, tmp_path: Path) -> None:
+    import json
+
+    from recattend.tasks import train
+
+    write_cvppp(tmp_path / "A1", PLANTS)
+    cfg = compose_train(
+        "dataset=cvppp",
+        f"dataset.root={tmp_path / 'A1'}",
+        "dataset.resolution=[64,64]",
+        "dataset.num_workers=0",
+        "dataset.batch_size=4",
+        "trainer.max_steps=2",
+        "trainer.accelerator=cpu",
+        "logger=csv",
+    )
+    train.run(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/sbd"] <= 1.0 and "train/loss_box" in metrics
