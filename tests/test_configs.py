@@ -61,6 +61,8 @@ def test_default_run_is_synthetic_with_wandb_offline_and_csv(compose_train) -> N
         ("iter3", "module.net.glimpses", 3),
         ("no_box_net", "module.net.box_network", False),
         ("no_sched_samp", "callbacks.scheduled_sampling.enabled", False),
+        ("no_angle", "module.preprocessor.angles", False),
+        ("no_pre_proc", "module.preprocessor.enabled", False),
         ("full", "callbacks.scheduled_sampling.enabled", True),
     ],
 )

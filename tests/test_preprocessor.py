@@ -108,6 +108,19 @@ def test_losses_by_hand() -> None:
     )
 
 
+def test_semantic_variant_uses_cross_entropy_and_needs_a_semantic_map() -> None:
+    # Background + 2 classes, uniform logits except class 2 at pixel (0, 0) with logit 3:
+    # CE there is -log(e^3 / (e^3 + 2)); elsewhere ln 3. Mean over the 4 pixels.
+    module = PreprocessorModule(image_size=[8, 8], net={"num_classes": 2, "angles": False})
+    out = {"semantic": torch.zeros(1, 3, 2, 2)}
+    out["semantic"][0, 2, 0, 0] = 3.0
+    batch = {**_batch(), "semantic": torch.tensor([[[2, 0], [1, 0]]])}
+    expected = (-math.log(math.e**3 / (math.e**3 + 2)) + 3 * math.log(3)) / 4
+    assert math.isclose(module.losses(out, batch)["loss_fg"].item(), expected, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="needs a dataset with a semantic map"):
+        module.losses(out, _batch())
+
+
 def test_angle_loss_ignores_background_pixels() -> None:
     module = PreprocessorModule(image_size=[8, 8])
     out = {"foreground": torch.zeros(1, 1, 2, 2), "angles": torch.randn(1, 8, 2, 2)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -85,8 +86,17 @@ class PreprocessorModule(L.LightningModule):
     def losses(
         self, out: dict[str, torch.Tensor], batch: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
-        """``loss_fg``, ``loss_angle`` and their sum ``loss`` for one batch."""
-        loss_fg = F.binary_cross_entropy_with_logits(out["foreground"], batch["foreground"])
+        """``loss_fg`` (foreground BCE, or semantic cross-entropy for the multi-class variant),
+        ``loss_angle`` and their sum ``loss`` for one batch."""
+        if "semantic" in out:
+            if "semantic" not in batch:
+                raise ValueError(
+                    "module.net.num_classes > 0 needs a dataset with a semantic map (cityscapes, "
+                    "coco); this one has none: set module.net.num_classes=0"
+                )
+            loss_fg = F.cross_entropy(out["semantic"], batch["semantic"])
+        else:
+            loss_fg = F.binary_cross_entropy_with_logits(out["foreground"], batch["foreground"])
         terms = {"loss_fg": loss_fg, "loss": loss_fg}
         if "angles" in out:
             target = batch["angles"]
@@ -111,7 +121,7 @@ class PreprocessorModule(L.LightningModule):
         n = len(batch["image"])
         self.log_dict({f"{split}/{k}": v for k, v in terms.items()}, batch_size=n, sync_dist=True)
         metrics = self.metrics[split]
-        metrics["fg_iou"](out["foreground"].sigmoid(), batch["foreground"].long())
+        metrics["fg_iou"](foreground_probability(out), batch["foreground"].long())
         self.log(f"{split}/fg_iou", metrics["fg_iou"], batch_size=n, prog_bar=True)
         if "angles" in out:
             metrics["angle_acc"](out["angles"], batch["angles"])
@@ -120,11 +130,11 @@ class PreprocessorModule(L.LightningModule):
     def figure(self, batch: dict[str, Any]) -> np.ndarray:
         """Figure 3 rows: input, foreground probability, colour-coded angle map."""
         out = self(batch["image"])
-        fg = out["foreground"].sigmoid()[:, 0]
+        fg = foreground_probability(out)[:, 0]
         angles = (
             out["angles"].softmax(1)
             if "angles" in out
-            else torch.zeros_like(out["foreground"]).expand(-1, 8, -1, -1)
+            else torch.zeros_like(fg)[:, None].expand(-1, 8, -1, -1)
         )
         return stack_rows(
             [figure3_row(img, fg[i], angles[i]) for i, img in enumerate(batch["image"])]
@@ -145,6 +155,45 @@ class PreprocessorModule(L.LightningModule):
             opt = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_steps, gamma=hp.lr_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def foreground_probability(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, 1, H, W) foreground probability: sigmoid of the foreground logit, or 1 - p(background)
+    of the semantic classes."""
+    if "semantic" in out:
+        return 1 - out["semantic"].softmax(1)[:, :1]
+    return out["foreground"].sigmoid()
+
+
+def load_preprocessor(
+    path: str | Path, key: str = "model.preprocessor.ckpt_path"
+) -> tuple[Preprocessor, dict[str, Any]]:
+    """The :class:`Preprocessor` of a ``module=preprocessor`` checkpoint (``weights_only=True``),
+    with the keyword arguments that build it.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a pre-processor checkpoint.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{key}={path}: no such file; train one with `python train.py module=preprocessor "
+            "dataset=...` and pass its checkpoints/last.ckpt"
+        )
+    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
+    weights = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
+    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    if not weights or "image_size" not in hparams:
+        raise ValueError(
+            f"{key}={path} is not a pre-processor checkpoint (module=preprocessor): it has no "
+            "'net.*' weights and pre-processor hyper-parameters"
+        )
+    config = dict(hparams.get("net") or {})
+    net = Preprocessor(**config)
+    net.load_state_dict(weights)
+    return net, config
 
 
 def _round_up(size: int, multiple: int) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from recattend.lit.optim import decay_groups
+from recattend.lit.preprocessor import load_preprocessor
 from recattend.losses import (
     box_stage_losses,
     pad_boxes,
@@ -44,9 +46,12 @@ from recattend.losses import (
 )
 from recattend.metrics import DifferenceInCount, SymmetricBestDice
 from recattend.models.filterbank import box_edges_to_center_size
+from recattend.models.preprocessor import Preprocessor
 from recattend.models.segmenter import BoxState, RecurrentSegmenter, StepOutput
 from recattend.postprocess import label_map
 from recattend.visualise import figure1_grid, stack_rows
+
+log = logging.getLogger(__name__)
 
 # Noise on the ground truth fed back (reference 1.4): masks are y* (1 - U(0, 0.3)); boxes are padded
 # by a ratio ~ U(0.1, 0.3) of their size (at least box_min_pad) and shifted by U(-0.05, 0.05) size.
@@ -96,7 +101,15 @@ class SegmenterModule(L.LightningModule):
         image_size: network input (H, W) (``${dataset.resolution}``).
         max_instances: instance slots (``${dataset.max_instances}``); the model runs T = this + 1
             steps (the paper's maximum number of objects plus one).
-        net: keyword arguments of :class:`~recattend.models.segmenter.RecurrentSegmenter`.
+        net: keyword arguments of :class:`~recattend.models.segmenter.RecurrentSegmenter`; its
+            ``in_channels`` counts the image's channels, the pre-processor's are added to it.
+        preprocessor: the FCN pre-processor feeding the segmenter (paper section 2), or None:
+            ``ckpt_path`` (a ``module=preprocessor`` checkpoint; None: raw pixels only),
+            ``angles`` (use its angle maps; False for the ``no_angle`` ablation), ``finetune``
+            (train it with the segmenter; default frozen, in evaluation mode), ``enabled``
+            (False for ``no_pre_proc``). Its outputs join the image as x. The network's own
+            settings are stored here too (``net``), so a segmenter checkpoint rebuilds it without
+            the pre-processor's file.
         lr, lr_decay, lr_decay_steps: Adam (eps 1e-7 as the reference) with a staircase decay.
         weight_decay: L2 on weight matrices and kernels (not biases, BatchNorm or gains).
         grad_clip: element-wise gradient clipping to [-grad_clip, grad_clip] (the reference: 1).
@@ -115,6 +128,7 @@ class SegmenterModule(L.LightningModule):
         image_size: Sequence[int],
         max_instances: int,
         net: dict[str, Any] | None = None,
+        preprocessor: dict[str, Any] | None = None,
         lr: float = 1e-3,
         lr_decay: float = 0.9,
         lr_decay_steps: int = 5000,
@@ -129,9 +143,10 @@ class SegmenterModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = RecurrentSegmenter(
-            image_size=image_size, steps=max_instances + 1, **(net or {})
-        )
+        self.preprocessor, extra_channels = self._build_preprocessor(preprocessor)
+        net = dict(net or {})
+        net["in_channels"] = net.get("in_channels", 3) + extra_channels
+        self.model = RecurrentSegmenter(image_size=image_size, steps=max_instances + 1, **net)
         # Every BatchNorm, found once: the recomputation of each step freezes their statistics.
         self._norms = [
             m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -141,6 +156,49 @@ class SegmenterModule(L.LightningModule):
         self.teacher_forcing: dict[str, Tensor] | None = None  # set by ScheduledSampling
         self.val_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
         self.test_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
+
+    # ------------------------------------------------------------------------------------- inputs
+    def _build_preprocessor(
+        self, settings: dict[str, Any] | None
+    ) -> tuple[Preprocessor | None, int]:
+        settings = dict(settings or {})
+        if not settings.get("enabled", True) or not (
+            settings.get("ckpt_path") or "net" in settings
+        ):
+            if settings and not settings.get("angles", True):
+                log.warning("model=no_angle without model.preprocessor.ckpt_path: raw pixels only")
+            return None, 0
+        if "net" in settings:  # rebuilt from a segmenter checkpoint; weights come with it
+            preprocessor = Preprocessor(**settings["net"])
+        else:
+            preprocessor, config = load_preprocessor(settings["ckpt_path"])
+            self.hparams["preprocessor"] = {**settings, "net": config}
+        angles = settings.get("angles", True)
+        if angles and not preprocessor.angles:
+            raise ValueError(
+                f"model.preprocessor.ckpt_path={settings.get('ckpt_path')} has no angle head, but "
+                f"the segmenter expects its {preprocessor.feature_channels(True)} channels "
+                "(foreground + 8 angles): use model=no_angle (foreground only) or a pre-processor "
+                "trained with module.net.angles=true"
+            )
+        if not settings.get("finetune", False):
+            preprocessor.requires_grad_(False).eval()  # and kept in eval mode by train()
+        return preprocessor, preprocessor.feature_channels(angles)
+
+    def inputs(self, image: Tensor) -> Tensor:
+        """x of the paper: the image, then the pre-processor's maps when there is one."""
+        if self.preprocessor is None:
+            return image
+        settings = self.hparams.preprocessor
+        with torch.set_grad_enabled(torch.is_grad_enabled() and settings.get("finetune", False)):
+            features = self.preprocessor.features(image, settings.get("angles", True))
+        return torch.cat([image, features], 1)
+
+    def train(self, mode: bool = True) -> SegmenterModule:
+        super().train(mode)
+        if self.preprocessor is not None and not self.hparams.preprocessor.get("finetune", False):
+            self.preprocessor.eval()  # frozen: its BatchNorm keeps the trained statistics
+        return self
 
     # ----------------------------------------------------------------------------------- training
     def supports_stage(self, stage: str) -> bool:
@@ -203,7 +261,7 @@ class SegmenterModule(L.LightningModule):
 
     def _rollout(self, batch: dict[str, Any]) -> list[StepOutput]:
         """All T training steps with teacher forcing (eq. 1: canvas = max of masks so far)."""
-        x = batch["image"]
+        x = self.inputs(batch["image"])
         steps = self.model.steps
         box_masks = padded_box_masks(
             batch["boxes"],
@@ -295,7 +353,7 @@ class SegmenterModule(L.LightningModule):
     # --------------------------------------------------------------------------------- evaluation
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         """Inference with per-image stopping: see :meth:`RecurrentSegmenter.predict`."""
-        return self.model.predict(image, threshold=self.hparams.stop_score)
+        return self.model.predict(self.inputs(image), threshold=self.hparams.stop_score)
 
     def figure(self, batch: dict[str, Any]) -> np.ndarray:
         """Figure 1-style grids of the batch's images (:func:`recattend.visualise.figure1_grid`)."""

@@ -128,3 +128,27 @@ class Preprocessor(nn.Module):
         if self.angles:
             out["angles"] = h[:, fg_channels:]
         return out
+
+    def feature_channels(self, angles: bool = True) -> int:
+        """Channels :meth:`features` returns."""
+        return (self.num_classes + 1 if self.num_classes else 1) + (
+            NUM_ANGLE_CLASSES if angles else 0
+        )
+
+    def features(self, x: torch.Tensor, angles: bool = True) -> torch.Tensor:
+        """The segmenter's extra input channels (paper: the 9-channel pre-processed image).
+
+        (B, C, H, W) -> (B, :meth:`feature_channels`, H, W) probabilities: the foreground
+        probability (or the K + 1 semantic class probabilities), then, with ``angles``, the 8
+        angle-class probabilities.
+
+        Raises:
+            ValueError: ``angles`` requested from a network without an angle head.
+        """
+        if angles and not self.angles:
+            raise ValueError("this pre-processor has no angle head")
+        out = self(x)
+        channels = [out["semantic"].softmax(1) if self.num_classes else out["foreground"].sigmoid()]
+        if angles:
+            channels.append(out["angles"].softmax(1))
+        return torch.cat(channels, 1)

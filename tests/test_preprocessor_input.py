@@ -1,0 +1,107 @@
+"""The pre-processor's maps as the segmenter's input (paper section 2; no_angle, no_pre_proc)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from recattend.lit import PreprocessorModule, SegmenterModule
+from tests.models.test_segmenter_training import TINY_NET, tiny_batch
+from tests.test_training_procedure import tiny_data
+
+SMALL_FCN = dict(
+    encoder_channels=[4, 4],
+    encoder_pools=[2, 2],
+    decoder_channels=[4],
+    decoder_unpools=[2, 2],
+    decoder_skips=[False, True],
+)
+
+
+def _preprocessor_ckpt(tmp_path: Path, angles: bool = True) -> Path:
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_steps=1, accelerator="cpu", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    module = PreprocessorModule(image_size=[32, 32], net={**SMALL_FCN, "angles": angles})
+    trainer.fit(module, datamodule=tiny_data())
+    return next((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+def _segmenter(**preprocessor) -> SegmenterModule:
+    return SegmenterModule(
+        image_size=[32, 32], max_instances=3, net=TINY_NET, preprocessor=preprocessor
+    )
+
+
+def _first_conv_inputs(module: SegmenterModule) -> int:
+    return module.model.box_net.cnn.convs[0].in_channels  # x plus the canvas
+
+
+def test_checkpoint_adds_nine_channels_or_one_without_angles(tmp_path: Path) -> None:
+    ckpt = _preprocessor_ckpt(tmp_path)
+    assert _first_conv_inputs(_segmenter()) == 3 + 1
+    full = _segmenter(ckpt_path=str(ckpt))
+    assert _first_conv_inputs(full) == 3 + 9 + 1
+    assert _first_conv_inputs(_segmenter(ckpt_path=str(ckpt), angles=False)) == 3 + 1 + 1
+    assert _first_conv_inputs(_segmenter(ckpt_path=str(ckpt), enabled=False)) == 3 + 1
+    x = full.inputs(tiny_batch(2)["image"])
+    assert x.shape == (2, 12, 32, 32)
+    # Foreground probability, then 8 angle probabilities summing to one.
+    assert ((x[:, 3] >= 0) & (x[:, 3] <= 1)).all()
+    torch.testing.assert_close(x[:, 4:].sum(1), torch.ones(2, 32, 32))
+    # The same weights as the checkpoint's.
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
+    for name, value in full.preprocessor.state_dict().items():
+        assert torch.equal(saved[f"net.{name}"], value), name
+
+
+def test_frozen_by_default_fine_tunable_by_flag(monkeypatch, tmp_path: Path) -> None:
+    ckpt = _preprocessor_ckpt(tmp_path)
+    batch = tiny_batch(2)
+    for finetune in (False, True):
+        module = _segmenter(ckpt_path=str(ckpt), finetune=finetune)
+        monkeypatch.setattr(module, "log", lambda *a, **k: None)
+        monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
+        module.train()
+        assert module.preprocessor.training is finetune  # frozen: evaluation mode
+        module.training_step(batch, 0).backward()
+        grads = [p.grad for p in module.preprocessor.parameters()]
+        if finetune:
+            assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+        else:
+            assert all(g is None for g in grads)
+            assert not any(p.requires_grad for p in module.preprocessor.parameters())
+
+
+def test_segmenter_checkpoint_rebuilds_without_the_preprocessor_file(tmp_path: Path) -> None:
+    ckpt = _preprocessor_ckpt(tmp_path / "pre")
+    trainer = L.Trainer(
+        default_root_dir=tmp_path / "seg", max_steps=1, accelerator="cpu", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    module = _segmenter(ckpt_path=str(ckpt))
+    trainer.fit(module, datamodule=tiny_data())
+    ckpt.unlink()  # e.g. evaluated on another machine
+    saved = next((tmp_path / "seg" / "checkpoints").glob("*.ckpt"))
+    loaded = SegmenterModule.load_from_checkpoint(saved, weights_only=True)
+    image = tiny_batch(1)["image"]
+    module.eval()
+    loaded.eval()
+    torch.testing.assert_close(loaded.inputs(image), module.inputs(image))
+
+
+def test_missing_or_mismatched_checkpoints_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="model.preprocessor.ckpt_path=.*nope.ckpt"):
+        _segmenter(ckpt_path=str(tmp_path / "nope.ckpt"))
+    no_angles = _preprocessor_ckpt(tmp_path / "fg", angles=False)
+    with pytest.raises(ValueError, match="has no angle head.*expects its 9 channels.*no_angle"):
+        _segmenter(ckpt_path=str(no_angles))
+    assert _first_conv_inputs(_segmenter(ckpt_path=str(no_angles), angles=False)) == 3 + 1 + 1
+    segmenter_run = tmp_path / "seg.ckpt"
+    torch.save({"state_dict": {"model.x": torch.zeros(1)}, "hyper_parameters": {}}, segmenter_run)
+    with pytest.raises(ValueError, match="is not a pre-processor checkpoint"):
+        _segmenter(ckpt_path=str(segmenter_run))
