@@ -74,3 +74,32 @@ def label_map(masks: Tensor, scores: Tensor, threshold: float = 0.3) -> Tensor:
     present.scatter_(1, raw, True)
     present[:, 0] = False
     return _consecutive_ids(present).gather(1, raw).view(b, h, w)
+
+
+def full_resolution_labels(
+    masks: Tensor, scores: Tensor, size: tuple[int, int], threshold: float = 0.3
+) -> tuple[Tensor, Tensor]:
+    """One image's label map at its original size, and each instance's score.
+
+    The reference order (metrics.md, post-processing): the soft masks are upsampled bilinearly to
+    ``size``, then :func:`label_map` weights them by their scores, keeps one label per pixel and
+    thresholds.
+
+    Args:
+        masks: (T, h, w) float soft masks in [0, 1] at network resolution.
+        scores: (T,) float scores in [0, 1].
+        size: the original (H, W).
+        threshold: see :func:`label_map`.
+
+    Returns:
+        (H, W) int64 labels (0 = background, 1..K) and (K,) float scores: instance k's is the
+        score s_t of the timestep it came from.
+    """
+    up = torch.nn.functional.interpolate(
+        masks[None].float(), size=tuple(size), mode="bilinear", align_corners=False
+    )
+    labels = label_map(up, scores[None], threshold)[0]
+    timestep = (up[0] * scores[:, None, None]).argmax(0)
+    # Instances are numbered in timestep order, so the k-th kept timestep is instance k.
+    kept = torch.unique(timestep[labels > 0], sorted=True)
+    return labels, scores[kept]

@@ -8,7 +8,7 @@ import numpy as np
 from torch import Tensor
 
 # 20 distinct colours (instances by step, angle classes), RGB.
-_PALETTE = np.array(
+PALETTE = np.array(
     [
         [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
         [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
@@ -68,7 +68,7 @@ def figure1_grid(
         rows.append(np.repeat((mask * 255).astype(np.uint8)[..., None], 3, axis=2))
         labels[mask > 0.5] = t + 1
         so_far = rgb // 3
-        so_far[labels > 0] = _PALETTE[(labels[labels > 0] - 1) % len(_PALETTE)]
+        so_far[labels > 0] = PALETTE[(labels[labels > 0] - 1) % len(PALETTE)]
         rows.append(so_far)
         columns.append(np.concatenate(rows, axis=0))
     return np.concatenate(columns, axis=1)
@@ -86,7 +86,7 @@ def figure3_row(image: Tensor, foreground: Tensor, angles: Tensor) -> np.ndarray
     """
     rgb = (image.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
     fg = foreground.clamp(0, 1).cpu().numpy()
-    colours = _PALETTE[angles.argmax(0).cpu().numpy()].astype(np.float32)
+    colours = PALETTE[angles.argmax(0).cpu().numpy()].astype(np.float32)
     return np.concatenate(
         [
             rgb,

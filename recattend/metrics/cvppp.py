@@ -1,4 +1,7 @@
-"""Official CVPPP leaf segmentation and counting metrics: SBD, DiC and |DiC| (metrics.md).
+"""CVPPP leaf segmentation and counting metrics (metrics.md).
+
+Official definitions: SBD, DiC, |DiC| and the CVPPP 2017 scorer's FgBgDice. Also rec-attend's own
+SBD variant (the authors' evaluation code), to compare with the paper's validation numbers.
 
 Every image gets its own value, kept in a list state gathered with ``cat`` under DDP, so each image
 counts exactly once and ``compute()`` reports the mean and population standard deviation over
@@ -10,14 +13,31 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from recattend.metrics.overlap import instance_overlaps
+from recattend.metrics.overlap import _ratio, instance_overlaps
 from recattend.postprocess import relabel_consecutive
 
 _LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _best_match(scores: Tensor) -> Tensor:
+    """Best score of each row: max_b scores[a, b], and 0 for every row when there is no column.
+
+    Shared by every "max over the other side's instances" of the instance metrics (BD, coverage):
+    a max over no instance is 0, as is the score of any pair with an empty instance.
+
+    Args:
+        scores: (A, B) float pairwise scores (Dice or IoU), all >= 0.
+
+    Returns:
+        (A,) tensor of scores' dtype.
+    """
+    # A zero column makes the max over no column 0 (scores are >= 0, so it changes no other max).
+    return F.pad(scores, (0, 1)).amax(dim=1)
 
 
 def best_dice(dice: Tensor) -> Tensor:
@@ -31,9 +51,8 @@ def best_dice(dice: Tensor) -> Tensor:
     Returns:
         0-d float tensor in [0, 1].
     """
-    if dice.numel() == 0:
-        return dice.new_zeros(())
-    return dice.amax(dim=1).mean()
+    best = _best_match(dice)
+    return best.sum() / max(best.numel(), 1)
 
 
 def symmetric_best_dice(pred: Tensor, target: Tensor) -> Tensor:
@@ -52,6 +71,66 @@ def symmetric_best_dice(pred: Tensor, target: Tensor) -> Tensor:
     """
     dice = instance_overlaps(relabel_consecutive(pred), relabel_consecutive(target)).dice()
     return torch.minimum(best_dice(dice), best_dice(dice.T))
+
+
+def recattend_sbd(pred: Tensor, target: Tensor) -> Tensor:
+    """rec-attend's own SBD of one image (authors' evaluation code, not the official SBD).
+
+    With outputs y_1..y_T in model order, ground-truth instances g_1..g_N and N' = max(N, 1)::
+
+        SBD_recattend = min((1/N') Σ_{t<N'} max_j Dice(y_t, g_j),
+                            (1/N') Σ_{j<N'} max_t Dice(g_j, y_t))
+
+    Only the first N' outputs count in the first term, so the value depends on the output order
+    and differs from the official SBD whenever #pred != #gt (e.g. an extra output after the N'-th
+    is ignored here but halves the official BD(pred, gt) of a one-instance image).
+
+    ``pred`` is NOT renumbered: its ids are the model's timestep slots, id t + 1 = output y_t
+    (t = 0..T-1), and an id absent from the map is an empty output that still takes its slot.
+    Renumbering would move later outputs into the first N' slots and change the score. Empty
+    outputs after the largest id present score 0 in both terms, so they need not be represented.
+    Note that :func:`recattend.postprocess.label_map` skips timesteps left without a pixel when
+    it numbers instances: its output is the right input only when no output before the N'-th
+    is empty; otherwise pass the map labelled timestep + 1 before that renumbering.
+
+    ``target`` is renumbered to consecutive ids. The authors sort the GT by area, largest first,
+    so that their first N' GT slots are exactly the non-empty instances of a padded stack; after
+    renumbering every GT instance is non-empty and N' = N (or there is none), so both terms run
+    over all of them and their order does not change the value: no sort is needed.
+
+    Images with no GT score 0 whatever the prediction (N' = 1 and the max over no GT is 0).
+
+    Args:
+        pred: (H, W) integer label map of outputs in model order, 0 = background, id t + 1 =
+            output t (keep ids small: the overlap histogram has one row per id up to the max).
+        target: (H, W) integer ground-truth label map, 0 = background, any instance ids.
+
+    Returns:
+        0-d float32 tensor in [0, 1].
+    """
+    dice = instance_overlaps(pred, relabel_consecutive(target)).dice()  # (T, N)
+    slots = max(dice.shape[1], 1)
+    # Rows past the last id present are empty outputs: scoring 0, they add nothing to the sums.
+    outputs_to_gt = _best_match(dice[:slots]).sum()
+    gt_to_outputs = _best_match(dice.T).sum()
+    return torch.minimum(outputs_to_gt, gt_to_outputs) / slots
+
+
+def foreground_dice(pred: Tensor, target: Tensor) -> Tensor:
+    """FgBgDice of one image (CVPPP 2017 scorer): Dice(pred > 0, target > 0).
+
+    Instance ids do not matter, only foreground versus background. 0 when both are empty
+    (metrics.md: 0 when the denominator is 0).
+
+    Args:
+        pred: (H, W) integer predicted label map, 0 = background.
+        target: (H, W) integer ground-truth label map of the same shape, 0 = background.
+
+    Returns:
+        0-d float32 tensor in [0, 1].
+    """
+    pred_fg, target_fg = pred > 0, target > 0
+    return _ratio(2 * (pred_fg & target_fg).sum(), pred_fg.sum() + target_fg.sum())
 
 
 def count_instances(labels: Tensor) -> Tensor:
@@ -144,3 +223,59 @@ class DifferenceInCount(Metric):
         """Mean and population std of DiC and |DiC| over all images seen (all ranks)."""
         dic = dim_zero_cat(self.dic)
         return _mean_std("dic", dic) | _mean_std("abs_dic", dic.abs())
+
+
+class RecAttendSBD(Metric):
+    """rec-attend's own SBD variant, per image, then mean and population std over images.
+
+    ``update(pred, target)`` takes (B, H, W) integer label maps (0 = background): ``pred`` with id
+    t + 1 = the model's output t, absent ids being empty outputs (not renumbered), ``target`` with
+    any ids; see :func:`recattend_sbd`. Use it to compare with the paper's own validation numbers,
+    :class:`SymmetricBestDice` for published tables. ``compute()`` (after at least one image)
+    returns ``{"sbd_recattend", "sbd_recattend_std"}`` as 0-d float32 tensors in [0, 1].
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("sbd_recattend", default=[], dist_reduce_fx="cat")
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add the rec-attend SBD of each image of a batch of (B, H, W) integer label maps."""
+        _check_label_maps(pred, target)
+        sbd = [recattend_sbd(p, t) for p, t in zip(pred, target, strict=True)]
+        self.sbd_recattend.append(torch.stack(sbd))
+
+    def compute(self) -> dict[str, Tensor]:
+        """Mean and population std of the rec-attend SBD over all images seen (all ranks)."""
+        return _mean_std("sbd_recattend", dim_zero_cat(self.sbd_recattend))
+
+
+class ForegroundDice(Metric):
+    """FgBgDice = Dice(pred > 0, target > 0), per image, then mean and population std over images.
+
+    ``update(pred, target)`` takes (B, H, W) integer label maps (0 = background); see
+    :func:`foreground_dice`. ``compute()`` (after at least one image) returns
+    ``{"fg_dice", "fg_dice_std"}`` as 0-d float32 tensors in [0, 1].
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("fg_dice", default=[], dist_reduce_fx="cat")
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add the foreground Dice of each image of a batch of (B, H, W) integer label maps."""
+        _check_label_maps(pred, target)
+        dice = [foreground_dice(p, t) for p, t in zip(pred, target, strict=True)]
+        self.fg_dice.append(torch.stack(dice))
+
+    def compute(self) -> dict[str, Tensor]:
+        """Mean and population std of the foreground Dice over all images seen (all ranks)."""
+        return _mean_std("fg_dice", dim_zero_cat(self.fg_dice))

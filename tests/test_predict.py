@@ -1,0 +1,130 @@
+"""predict.py on a folder of images, and the export writers it uses."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from recattend.export import coco_results, overlay, write_label_png
+from recattend.lit import SegmenterModule
+from recattend.tasks import predict
+from tests.models.test_segmenter_training import TINY_NET
+from tests.test_training_procedure import tiny_data
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    trainer = L.Trainer(
+        default_root_dir=folder, max_steps=2, accelerator="cpu", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    # threshold 0: every pixel goes to some instance, so the outputs are never trivially empty.
+    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET, threshold=0.0)
+    trainer.fit(module, datamodule=tiny_data())
+    return next((folder / "checkpoints").glob("*.ckpt"))
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from tests.conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("predict", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def _inputs(folder: Path) -> None:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / "a.png")
+    rgba = rng.integers(0, 255, (48, 30, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(folder / "b.png")
+    (folder / "notes.txt").write_text("not an image")
+    data = (folder / "a.png").read_bytes()
+    (folder / "broken.png").write_bytes(data[: len(data) // 3])
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(folder / "huge.png")
+
+
+def test_predicts_every_image_and_lists_the_rest(checkpoint: Path, tmp_path: Path) -> None:
+    _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    cfg = _compose(
+        f"ckpt_path='{checkpoint}'", f"input={tmp_path / 'in'}", f"output={out}",
+        "coco_json=true", "max_pixels=5000", "progress=false", "device=cpu",
+    )  # fmt: skip
+    counts = predict.run(cfg)
+    assert set(counts) == {"a.png", "b.png"}
+    for name, size in (("a", (40, 50)), ("b", (48, 30))):
+        labels = np.asarray(Image.open(out / f"{name}_labels.png"))
+        assert labels.shape == size  # back at the image's own size
+        assert labels.max() == counts[f"{name}.png"] and labels.max() >= 1
+        assert np.asarray(Image.open(out / f"{name}_overlay.png")).shape == (*size, 3)
+    rows = list(csv.reader((out / "counts.csv").open()))
+    assert rows[0] == ["image", "instances"] and len(rows) == 3
+    skipped = {Path(r[0]).name: r[1] for r in list(csv.reader((out / "skipped.csv").open()))[1:]}
+    assert set(skipped) == {"notes.txt", "broken.png", "huge.png"}
+    assert "max_pixels=5000" in skipped["huge.png"]
+    results = json.loads((out / "results.json").read_text())
+    assert {r["image_id"] for r in results} == {"a", "b"}
+    first = [r for r in results if r["image_id"] == "a"]
+    labels = np.asarray(Image.open(out / "a_labels.png"))
+    for k, entry in enumerate(first, start=1):
+        assert (mask_utils.decode(entry["segmentation"]).astype(bool) == (labels == k)).all()
+        assert 0.0 <= entry["score"] <= 1.0
+
+
+def test_unwritable_output_fails_before_any_work(checkpoint: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = _compose(f"ckpt_path='{checkpoint}'", f"input={tmp_path}", f"output={blocker}/out")
+    with pytest.raises(PermissionError, match="output: cannot write to"):
+        predict.run(cfg)
+    cfg = _compose(f"ckpt_path='{checkpoint}'", f"input={tmp_path / 'nope'}", f"output={tmp_path}")
+    with pytest.raises(FileNotFoundError, match="input=.*nope: no such file or folder"):
+        predict.run(cfg)
+
+
+def test_label_png_is_16_bit_beyond_255_instances(tmp_path: Path) -> None:
+    labels = np.arange(300, dtype=np.int64).reshape(15, 20)
+    write_label_png(labels, tmp_path / "many.png")
+    image = Image.open(tmp_path / "many.png")
+    assert image.mode in ("I;16", "I") and (np.asarray(image) == labels).all()
+    write_label_png(labels % 200, tmp_path / "few.png")
+    assert Image.open(tmp_path / "few.png").mode == "L"
+
+
+def test_overlay_tints_instances_and_outlines_them() -> None:
+    image = np.zeros((40, 40, 3), np.uint8)
+    labels = np.zeros((40, 40), np.int64)
+    labels[10:30, 10:30] = 1
+    out = overlay(image, labels)
+    assert (out[20, 20] > 0).any()  # tinted inside
+    assert (out[10, 20] == 255).all()  # outline on the instance's edge
+    assert (out[35, 35] == 0).all()  # background untouched (away from the count text)
+
+
+def test_coco_results_round_trip_and_skip_empty_ids() -> None:
+    labels = np.zeros((6, 7), np.int64)
+    labels[1:3, 1:4] = 1
+    labels[4:6, 2:7] = 3  # id 2 absent
+    entries = coco_results(labels, [0.9, 0.5, 0.7], image_id=42)
+    assert [e["score"] for e in entries] == [0.9, 0.7]
+    for entry, k in zip(entries, (1, 3), strict=True):
+        assert entry["image_id"] == 42 and entry["category_id"] == 1
+        assert isinstance(entry["segmentation"]["counts"], str)
+        assert (mask_utils.decode(entry["segmentation"]).astype(bool) == (labels == k)).all()
