@@ -8,6 +8,8 @@ loses its pixels to the threshold, as in the authors' code.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -42,6 +44,28 @@ def relabel_consecutive(labels: Tensor) -> Tensor:
     return _consecutive_ids(ids != 0)[inverse]
 
 
+def timestep_labels(masks: Tensor, scores: Tensor, threshold: float = 0.3) -> Tensor:
+    """The winning timestep of every pixel, before renumbering: t + 1 where output t has the
+    largest score-weighted value and that value is > ``threshold``, else 0.
+
+    Ids are the model's output slots (absent ids are empty outputs), which is what rec-attend's own
+    SBD variant scores; :func:`label_map` renumbers them 1..K.
+
+    Args:
+        masks: (B, T, H, W) float soft masks in [0, 1]; scores: (B, T) float in [0, 1].
+
+    Returns:
+        (B, H, W) int64 in 0..T.
+    """
+    if masks.dim() != 4 or scores.shape != masks.shape[:2]:
+        raise ValueError(
+            f"expected masks (B, T, H, W) and scores (B, T), got {tuple(masks.shape)} and "
+            f"{tuple(scores.shape)}"
+        )
+    best, timestep = (masks * scores[:, :, None, None]).max(dim=1)
+    return torch.where(best > threshold, timestep + 1, 0)
+
+
 def label_map(masks: Tensor, scores: Tensor, threshold: float = 0.3) -> Tensor:
     """One instance label per pixel from the soft masks y_t and scores s_t of every timestep.
 
@@ -60,46 +84,46 @@ def label_map(masks: Tensor, scores: Tensor, threshold: float = 0.3) -> Tensor:
     Returns:
         (B, H, W) int64 label map on the masks' device: 0 = background, instances 1..K per image.
     """
-    if masks.dim() != 4 or scores.shape != masks.shape[:2]:
-        raise ValueError(
-            f"expected masks (B, T, H, W) and scores (B, T), got {tuple(masks.shape)} and "
-            f"{tuple(scores.shape)}"
-        )
+    raw = timestep_labels(masks, scores, threshold)
     b, t, h, w = masks.shape
-    best, timestep = (masks * scores[:, :, None, None]).max(dim=1)
-    # Label t + 1 for timestep t, 0 for background: one histogram row per image then says which
-    # timesteps kept a pixel, and a cumulative sum numbers them in timestep order.
-    raw = torch.where(best > threshold, timestep + 1, 0).view(b, h * w)
+    raw = raw.view(b, h * w)
+    # One histogram row per image says which timesteps kept a pixel, and a cumulative sum
+    # numbers them in timestep order.
     present = torch.zeros(b, t + 1, dtype=torch.bool, device=masks.device)
     present.scatter_(1, raw, True)
     present[:, 0] = False
     return _consecutive_ids(present).gather(1, raw).view(b, h, w)
 
 
+class FullResolution(NamedTuple):
+    """Post-processed outputs of one image at its original size.
+
+    labels: (H, W) int64, 0 = background, instances 1..K in timestep order; timesteps: (H, W)
+    int64, the output slot t + 1 of each pixel (see :func:`timestep_labels`); scores: (K,) float,
+    instance k's score s_t.
+    """
+
+    labels: Tensor
+    timesteps: Tensor
+    scores: Tensor
+
+
 def full_resolution_labels(
     masks: Tensor, scores: Tensor, size: tuple[int, int], threshold: float = 0.3
-) -> tuple[Tensor, Tensor]:
-    """One image's label map at its original size, and each instance's score.
-
-    The reference order (metrics.md, post-processing): the soft masks are upsampled bilinearly to
-    ``size``, then :func:`label_map` weights them by their scores, keeps one label per pixel and
-    thresholds.
+) -> FullResolution:
+    """One image's post-processed outputs at its original size (metrics.md, post-processing):
+    the soft masks are upsampled bilinearly to ``size``, then weighted by their scores, one label
+    per pixel kept and thresholded.
 
     Args:
         masks: (T, h, w) float soft masks in [0, 1] at network resolution.
         scores: (T,) float scores in [0, 1].
         size: the original (H, W).
         threshold: see :func:`label_map`.
-
-    Returns:
-        (H, W) int64 labels (0 = background, 1..K) and (K,) float scores: instance k's is the
-        score s_t of the timestep it came from.
     """
     up = torch.nn.functional.interpolate(
         masks[None].float(), size=tuple(size), mode="bilinear", align_corners=False
     )
-    labels = label_map(up, scores[None], threshold)[0]
-    timestep = (up[0] * scores[:, None, None]).argmax(0)
-    # Instances are numbered in timestep order, so the k-th kept timestep is instance k.
-    kept = torch.unique(timestep[labels > 0], sorted=True)
-    return labels, scores[kept]
+    timesteps = timestep_labels(up, scores[None], threshold)[0]
+    kept = torch.unique(timesteps[timesteps > 0], sorted=True) - 1
+    return FullResolution(relabel_consecutive(timesteps), timesteps, scores[kept])

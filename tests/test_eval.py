@@ -52,3 +52,32 @@ def test_eval_without_a_checkpoint_file_says_so(compose_train, tmp_path: Path) -
     cfg = compose_train(f"ckpt_path={tmp_path}/missing.ckpt", config_name="eval")
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         eval_task.run(cfg)
+
+
+def test_eval_on_a_cvppp_layout_scores_at_the_original_resolution(
+    compose_train, tmp_path: Path
+) -> None:
+    import csv
+
+    from recattend.data.fixtures import write_cvppp
+
+    truth = write_cvppp(tmp_path / "A1", [1, 2, 4, 7, 9, 10, 13, 15, 16, 20], size=(96, 104))
+    data = [
+        "dataset=cvppp",
+        f"dataset.root={tmp_path / 'A1'}",
+        "dataset.resolution=[64,64]",
+        "dataset.num_workers=0",
+        "dataset.batch_size=2",
+    ]
+    train.run(compose_train(*data, "trainer.max_steps=1", "test=false", "logger=none"))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    cfg = compose_train(*data, f"ckpt_path={ckpt}", "trainer.accelerator=cpu", config_name="eval")
+    metrics = eval_task.run(cfg)
+    rows = list(csv.DictReader((tmp_path / "per_image.csv").open()))
+    assert len(rows) == 2  # the val split: 2 of 10 plants
+    for row in rows:
+        assert (int(row["height"]), int(row["width"])) == (96, 104)  # not the network's 64x64
+        assert int(row["gt_count"]) == len(truth[row["id"]])
+        assert 0.0 <= float(row["sbd"]) <= 1.0
+    mean = sum(float(r["sbd"]) for r in rows) / 2
+    assert abs(metrics["test/sbd"] - mean) < 1e-6

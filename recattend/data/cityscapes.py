@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from recattend.data.base import RawSample
-from recattend.data.files import Entry, FileDataModule, layout_error, read_rgb
+from recattend.data.files import Entry, FileDataModule, Instances, layout_error
 
 SOURCE = "https://www.cityscapes-dataset.com (registration; leftImg8bit_trainvaltest and gtFine)"
 EXAMPLES = (
@@ -89,16 +88,7 @@ class CityscapesDataModule(FileDataModule):
             raise layout_error("Cityscapes", self.root, EXAMPLES, SOURCE, f"no images in {images}")
         return entries
 
-    def read(self, entry: Entry) -> RawSample:
-        image = read_rgb(entry.image)
+    def read_instances(self, entry: Entry) -> Instances:
         with Image.open(entry.label) as label:
             label.load()
-            ids = np.asarray(label)
-        masks, classes, semantic = decode_instance_ids(ids)
-        meta = {
-            "id": entry.id,
-            "image": str(entry.image),
-            "label": str(entry.label),
-            "orig_size": image.shape[:2],
-        }
-        return RawSample(image, masks, meta, classes, semantic)
+            return decode_instance_ids(np.asarray(label))

@@ -21,8 +21,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from recattend.data.base import RawSample
-from recattend.data.files import Entry, FileDataModule, layout_error, read_rgb
+from recattend.data.files import Entry, FileDataModule, Instances, layout_error
 
 SOURCE = "https://cocodataset.org/#download (2017 train/val images and annotations)"
 EXAMPLES = ("annotations/instances_train2017.json", "train2017/000000000009.jpg")
@@ -91,19 +90,14 @@ class COCODataModule(FileDataModule):
                 "size": (info["height"], info["width"]),
                 "segmentations": [a["segmentation"] for a in instances],
                 "classes": [wanted[a["category_id"]] for a in instances],
-                "image_id": image_id,
+                "meta": {"image_id": image_id},
             }
             path = self.root / name / info["file_name"]
             entries.append(Entry(str(image_id), path, annotations, extra))
         return entries
 
-    def read(self, entry: Entry) -> RawSample:
-        image = read_rgb(entry.image)
+    def read_instances(self, entry: Entry) -> Instances:
         h, w = entry.extra["size"]
-        if image.shape[:2] != (h, w):
-            raise ValueError(
-                f"image is {image.shape[0]}x{image.shape[1]}, its annotations say {h}x{w}"
-            )
         masks = np.zeros((len(entry.extra["segmentations"]), h, w), dtype=bool)
         for i, segmentation in enumerate(entry.extra["segmentations"]):
             masks[i] = segmentation_mask(segmentation, h, w)
@@ -111,11 +105,4 @@ class COCODataModule(FileDataModule):
         semantic = np.zeros((h, w), np.int64)
         for mask, cls in zip(masks, classes, strict=True):  # painter's order, as the masks
             semantic[mask] = cls
-        meta = {
-            "id": entry.id,
-            "image_id": entry.extra["image_id"],
-            "image": str(entry.image),
-            "label": str(entry.label),
-            "orig_size": (h, w),
-        }
-        return RawSample(image, masks, meta, classes, semantic)
+        return masks, classes, semantic

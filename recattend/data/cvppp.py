@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from recattend.data.base import RawSample
-from recattend.data.files import Entry, FileDataModule, colour_instances, layout_error, read_rgb
+from recattend.data.files import Entry, FileDataModule, Instances, colour_instances, layout_error
 
 SOURCE = "https://www.plant-phenotyping.org/CVPPP2017 (registration; the LSC training set, A1)"
 EXAMPLES = ("plant001_rgb.png", "plant001_label.png", "A1.csv")
@@ -98,19 +97,8 @@ class CVPPPDataModule(FileDataModule):
             return any(self.test_root.glob("plant*_label.png"))
         return True
 
-    def read(self, entry: Entry) -> RawSample:
-        image = read_rgb(entry.image)
-        has_label = entry.label is not None and entry.label.exists()
-        masks = (
-            read_label(entry.label) if has_label else np.zeros((0, *image.shape[:2]), dtype=bool)
-        )
-        meta = {
-            "id": entry.id,
-            "image": str(entry.image),
-            "label": str(entry.label) if has_label else None,
-            "orig_size": image.shape[:2],
-        }
-        return RawSample(image, masks, meta)
+    def read_instances(self, entry: Entry) -> Instances:
+        return read_label(entry.label), None, None
 
     def expected_count(self, entry: Entry) -> int | None:
         """The leaf count ``A1.csv`` (beside the images) gives for ``entry``, if any."""

@@ -26,6 +26,9 @@ from PIL import Image
 
 from recattend.data.base import InstanceDataModule, RawSample
 
+# A sample's ground truth: (N, H, W) bool masks, (N,) int classes or None, (H, W) semantic or None.
+Instances = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+
 log = logging.getLogger(__name__)
 
 ON_BAD_FILE = ("skip", "fail")
@@ -182,14 +185,54 @@ class FileDataModule(InstanceDataModule):
             raise ValueError("dataset.root is not set: point it at the dataset folder")
         self.root = Path(root).expanduser()
         self.on_bad_file = on_bad_file
+        self._extras: dict[str, dict[str, Any]] = {}  # per sample id, e.g. COCO annotations
 
     def entries(self, split: str) -> list[Entry]:
         """The samples of ``split`` ("train", "val" or "test"), unchecked."""
         raise NotImplementedError
 
-    def read(self, entry: Entry) -> RawSample:
-        """Decode one entry (may raise ``READ_ERRORS``)."""
+    def read_instances(self, entry: Entry) -> Instances:
+        """Decode one entry's ground truth (may raise ``READ_ERRORS``)."""
         raise NotImplementedError
+
+    def read(self, entry: Entry) -> RawSample:
+        """Decode one entry: the image and, when it has a label, its instances.
+
+        Raises:
+            ValueError: the label's size differs from the image's (or any of ``READ_ERRORS``).
+        """
+        image = read_rgb(entry.image)
+        labelled = entry.label is not None and entry.label.exists()
+        if labelled:
+            masks, classes, semantic = self.read_instances(entry)
+        else:
+            masks, classes, semantic = np.zeros((0, *image.shape[:2]), bool), None, None
+        if masks.shape[1:] != image.shape[:2]:
+            raise ValueError(
+                f"the label is {masks.shape[1]}x{masks.shape[2]} but the image is "
+                f"{image.shape[0]}x{image.shape[1]}"
+            )
+        meta = {
+            "id": entry.id,
+            "image": str(entry.image),
+            "label": str(entry.label) if labelled else None,
+            "orig_size": image.shape[:2],
+            **entry.extra.get("meta", {}),
+        }
+        return RawSample(image, masks, meta, classes, semantic)
+
+    def original_target(self, meta: dict[str, Any]) -> np.ndarray:
+        """The ground truth of a sample at its original resolution, as an (H, W) int32 label map
+        (0 background, instances 1..N in reading order, later ones on top), read again from its
+        file so that training batches never carry it."""
+        entry = Entry(
+            meta["id"], Path(meta["image"]), Path(meta["label"]), self._extras.get(meta["id"], {})
+        )
+        masks = self.read_instances(entry)[0]
+        labels = np.zeros(masks.shape[1:], np.int32)
+        for k, mask in enumerate(masks, start=1):
+            labels[mask] = k
+        return labels
 
     def labelled(self, split: str) -> bool:
         """Whether ``split`` has ground truth (an unlabelled test folder serves prediction)."""
@@ -207,6 +250,7 @@ class FileDataModule(InstanceDataModule):
                 "labelled data or run with test=false"
             )
         good, problems = scan(self.entries(split), self.labelled(split))
+        self._extras.update({e.id: e.extra for e in good if e.extra})
         if problems:
             listing = "\n  ".join(problems[:10]) + (
                 f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""

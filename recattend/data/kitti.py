@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from recattend.data.base import RawSample
-from recattend.data.files import Entry, FileDataModule, colour_instances, layout_error, read_rgb
+from recattend.data.files import Entry, FileDataModule, Instances, colour_instances, layout_error
 
 SOURCE = (
     "the authors of Zhang et al., 'Instance-level segmentation for autonomous driving with deep "
@@ -45,15 +44,7 @@ class KITTIDataModule(FileDataModule):
             for i in ids
         ]
 
-    def read(self, entry: Entry) -> RawSample:
-        image = read_rgb(entry.image)
+    def read_instances(self, entry: Entry) -> Instances:
         with Image.open(entry.label) as label:
             label.load()
-            colours = np.asarray(label.convert("RGB"))
-        meta = {
-            "id": entry.id,
-            "image": str(entry.image),
-            "label": str(entry.label),
-            "orig_size": image.shape[:2],
-        }
-        return RawSample(image, colour_instances(colours), meta)
+            return colour_instances(np.asarray(label.convert("RGB"))), None, None

@@ -24,9 +24,11 @@ the module:
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -44,11 +46,18 @@ from recattend.losses import (
     segmenter_losses,
     soft_iou,
 )
-from recattend.metrics import DifferenceInCount, SymmetricBestDice
+from recattend.metrics import (
+    count_instances,
+    coverage_scores,
+    foreground_dice,
+    instance_metrics,
+    recattend_sbd,
+    symmetric_best_dice,
+)
 from recattend.models.filterbank import box_edges_to_center_size
 from recattend.models.preprocessor import Preprocessor
 from recattend.models.segmenter import BoxState, RecurrentSegmenter, StepOutput
-from recattend.postprocess import label_map
+from recattend.postprocess import full_resolution_labels, relabel_consecutive, timestep_labels
 from recattend.visualise import figure1_grid, stack_rows
 
 log = logging.getLogger(__name__)
@@ -154,8 +163,8 @@ class SegmenterModule(L.LightningModule):
         self.stage = "full"  # training stage, set by BootstrapStages (module docstring)
         self.optim_overrides: dict[str, float] = {}  # the stage's lr settings, idem
         self.teacher_forcing: dict[str, Tensor] | None = None  # set by ScheduledSampling
-        self.val_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
-        self.test_metrics = nn.ModuleDict({"sbd": SymmetricBestDice(), "dic": DifferenceInCount()})
+        self.test_rows: list[dict[str, Any]] = []  # per test image, for per_image.csv
+        self.val_metrics, self.test_metrics = instance_metrics(), instance_metrics()
 
     # ------------------------------------------------------------------------------------- inputs
     def _build_preprocessor(
@@ -373,11 +382,63 @@ class SegmenterModule(L.LightningModule):
         )
 
     def _evaluate(self, batch: dict[str, Any], metrics: nn.ModuleDict, split: str) -> None:
+        """Validation scores at network resolution; the test split at the ground truth's original
+        resolution when the data can read it again (file datasets), with one row per image in
+        ``test_rows``."""
         out = self(batch["image"])
-        pred = label_map(out["masks"], out["scores"], self.hparams.threshold)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        threshold = self.hparams.threshold
+        if split == "test" and hasattr(datamodule, "original_target"):
+            for i, meta in enumerate(batch["meta"]):
+                target = torch.from_numpy(datamodule.original_target(meta)).to(self.device)
+                result = full_resolution_labels(
+                    out["masks"][i], out["scores"][i], tuple(target.shape), threshold
+                )
+                self._score(metrics, [meta], result.timesteps[None], target[None])
+            return
+        timesteps = timestep_labels(out["masks"], out["scores"], threshold)
         target = gt_label_map(batch["masks"])
-        metrics["sbd"].update(pred, target)
-        metrics["dic"].update(pred, target, batch["num_instances"])
+        self._score(metrics, batch["meta"], timesteps, target, batch["num_instances"], split)
+
+    def _score(
+        self,
+        metrics: nn.ModuleDict,
+        metas: list[dict[str, Any]],
+        timesteps: Tensor,
+        target: Tensor,
+        counts: Tensor | None = None,
+        split: str = "test",
+    ) -> None:
+        """Update every metric with (B, H, W) timestep maps and ground-truth label maps.
+
+        ``counts`` (B,) are the true instance counts when ``target`` may hold fewer (the batch
+        contract keeps at most T - 1 instances); DiC uses them.
+        """
+        pred = torch.stack([relabel_consecutive(t) for t in timesteps])
+        if counts is None:
+            counts = torch.stack([count_instances(g) for g in target])
+        for name, metric in metrics.items():
+            if name == "dic":
+                metric.update(pred, target, counts)
+            else:
+                metric.update(timesteps if name == "sbd_recattend" else pred, target)
+        if split != "test":
+            return
+        for meta, t, p, g, n in zip(metas, timesteps, pred, target, counts, strict=True):
+            coverage = coverage_scores(p, g)
+            self.test_rows.append(
+                {
+                    "id": meta["id"],
+                    "height": int(g.shape[0]),
+                    "width": int(g.shape[1]),
+                    "sbd": float(symmetric_best_dice(p, g)),
+                    "sbd_recattend": float(recattend_sbd(t, g)),
+                    "fg_dice": float(foreground_dice(p, g)),
+                    "pred_count": int(count_instances(p)),
+                    "gt_count": int(n),
+                    **{k: float(v) for k, v in coverage._asdict().items()},
+                }
+            )
 
     def _log_metrics(self, metrics: nn.ModuleDict, split: str) -> None:
         values = {}
@@ -394,11 +455,30 @@ class SegmenterModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
 
+    def on_test_epoch_start(self) -> None:
+        self.test_rows = []
+
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
+        self._write_rows()
+
+    def _write_rows(self) -> None:
+        """``per_image.csv`` in the run folder: every test image's scores (all ranks)."""
+        rows = self.test_rows
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, rows)
+            rows = [row for part in parts for row in part]
+        if self._trainer is None or not self.trainer.is_global_zero or not rows:
+            return
+        path = Path(self.trainer.default_root_dir) / "per_image.csv"
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(sorted(rows, key=lambda row: str(row["id"])))
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = {**self.hparams, **self.optim_overrides}  # the bootstrap stage's settings win

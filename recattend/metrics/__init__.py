@@ -4,21 +4,56 @@ Instance metrics share one pairwise-overlap helper (:mod:`recattend.metrics.over
 torchmetrics classes keep per-image values so mean and std are over images, also under DDP.
 """
 
+from torch import nn
+
+from recattend.metrics.cityscapes_ap import CityscapesAP, average_precision, match_image
 from recattend.metrics.cvppp import (
     DifferenceInCount,
+    ForegroundDice,
+    RecAttendSBD,
     SymmetricBestDice,
     best_dice,
     count_instances,
+    foreground_dice,
+    recattend_sbd,
     symmetric_best_dice,
 )
+from recattend.metrics.kitti import Coverage, CoverageScores, coverage_scores
 from recattend.metrics.overlap import Overlaps, instance_overlaps
 
+
+def instance_metrics() -> nn.ModuleDict:
+    """Every label-map metric, keyed as the module passes inputs: official SBD (``sbd``), DiC and
+    |DiC| (``dic``), rec-attend's SBD (``sbd_recattend``, on timestep maps), FgBgDice
+    (``fg_dice``) and the KITTI coverage scores (``coverage``: MWCov, MUCov, AvgFP, AvgFN)."""
+    return nn.ModuleDict(
+        {
+            "sbd": SymmetricBestDice(),
+            "dic": DifferenceInCount(),
+            "sbd_recattend": RecAttendSBD(),
+            "fg_dice": ForegroundDice(),
+            "coverage": Coverage(),
+        }
+    )
+
+
 __all__ = [
+    "CityscapesAP",
+    "Coverage",
+    "CoverageScores",
     "DifferenceInCount",
+    "ForegroundDice",
     "Overlaps",
+    "RecAttendSBD",
     "SymmetricBestDice",
+    "average_precision",
     "best_dice",
     "count_instances",
+    "coverage_scores",
+    "foreground_dice",
+    "instance_metrics",
     "instance_overlaps",
+    "match_image",
+    "recattend_sbd",
     "symmetric_best_dice",
 ]

@@ -106,10 +106,8 @@ def run(cfg: DictConfig) -> dict[str, int]:
         x = torch.from_numpy(resized).permute(2, 0, 1).float().div(255)[None].to(device)
         with torch.no_grad():
             out = module(x)
-        labels, scores = full_resolution_labels(
-            out["masks"][0], out["scores"][0], rgb.shape[:2], threshold
-        )
-        labels = labels.cpu().numpy()
+        result = full_resolution_labels(out["masks"][0], out["scores"][0], rgb.shape[:2], threshold)
+        labels, scores = result.labels.cpu().numpy(), result.scores
         write_label_png(labels, output / f"{path.stem}_labels.png")
         Image.fromarray(overlay(rgb, labels)).save(output / f"{path.stem}_overlay.png")
         counts[path.name] = int(labels.max(initial=0))

@@ -15,6 +15,7 @@ from recattend.metrics import (
     instance_overlaps,
     symmetric_best_dice,
 )
+from recattend.metrics.cvppp import ForegroundDice, RecAttendSBD, recattend_sbd
 
 
 def columns(*ids: int) -> torch.Tensor:
@@ -189,10 +190,11 @@ def _ddp_worker(rank: int, world_size: int, init_method: str, expected: dict[str
         pred, target = dataset()
         # Uneven shards (3 + 2 images) check that every image counts exactly once.
         shard = slice(0, 3) if rank == 0 else slice(3, 5)
-        sbd, dic = SymmetricBestDice(), DifferenceInCount()
-        for metric in (sbd, dic):
+        metrics = (SymmetricBestDice(), DifferenceInCount(), RecAttendSBD(), ForegroundDice())
+        got = {}
+        for metric in metrics:
             metric.update(pred[shard], target[shard])
-        got = {k: v.item() for k, v in (sbd.compute() | dic.compute()).items()}
+            got |= {k: v.item() for k, v in metric.compute().items()}
         assert got == pytest.approx(expected), (rank, got, expected)
     finally:
         # Gloo threads alive at exit abort the process (reference/platform.md, section 2 row 9).
@@ -202,7 +204,7 @@ def _ddp_worker(rank: int, world_size: int, init_method: str, expected: dict[str
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tmp_path) -> None:
-    expected = scores(*dataset())
+    expected = scores(*dataset()) | extra_scores(*dataset())
     init_method = f"file://{tmp_path / 'process_group'}"
     mp.spawn(_ddp_worker, args=(2, init_method, expected), nprocs=2, join=True)
 
@@ -214,3 +216,131 @@ def test_dic_counts_the_true_number_of_instances_when_given() -> None:
     metric.update(labels, labels, torch.tensor([5]))
     out = metric.compute()
     assert out["dic"].item() == -3.0 and out["abs_dic"].item() == 3.0
+
+
+# rec-attend's own SBD and FgBgDice. Pred ids of RecAttendSBD are timestep slots (id t + 1 =
+# output t): a gap is an empty output, so these cases are written in model order.
+
+
+def extra_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """rec-attend SBD and FgBgDice of a (B, H, W) batch in one update, as plain floats."""
+    sbd, fg = RecAttendSBD(), ForegroundDice()
+    sbd.update(pred, target)
+    fg.update(pred, target)
+    return {k: v.item() for k, v in (sbd.compute() | fg.compute()).items()}
+
+
+def extra_one(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """(SBD_recattend, FgBgDice) of one image; every std over a single image is 0."""
+    out = extra_scores(pred[None], target[None])
+    assert out["sbd_recattend_std"] == 0 and out["fg_dice_std"] == 0
+    return out["sbd_recattend"], out["fg_dice"]
+
+
+def test_extra_perfect_prediction() -> None:
+    # N' = 2; y1 = g1, y2 = g2: both terms (1 + 1) / 2 = 1. Foreground identical: Dice 1.
+    assert extra_one(GT_TWO, GT_TWO) == pytest.approx((1, 1))
+
+
+def test_extra_two_instances_merged_into_one() -> None:
+    # y1 on all 16 px: Dice(y1, g1) = 6/7, Dice(y1, g2) = 2/5 (see the official case); N' = 2.
+    # Outputs -> GT over slots t < 2: (max(6/7, 2/5) + 0 [y2 empty]) / 2 = 3/7.
+    # GT -> outputs: (6/7 + 2/5) / 2 = 22/35. SBD_recattend = min(3/7, 22/35) = 3/7 = 15/35,
+    # below the official 22/35 (#pred 1 != #gt 2).
+    # Foreground: 16 px on both sides, FgBgDice = 1 (instances do not matter).
+    sbd, fg = extra_one(columns(1, 1, 1, 1), GT_TWO)
+    assert sbd == pytest.approx(3 / 7) and fg == pytest.approx(1)
+    assert symmetric_best_dice(columns(1, 1, 1, 1), GT_TWO).item() == pytest.approx(22 / 35)
+
+
+def test_extra_dropped_instance() -> None:
+    # y1 = g1, g2 missed; N' = 2. Outputs -> GT: (1 + 0) / 2; GT -> outputs: (1 + 0) / 2.
+    # SBD_recattend = 1/2. FgBgDice = 2*12 / (12 + 16) = 6/7.
+    assert extra_one(GT_ONE, GT_TWO) == pytest.approx((1 / 2, 6 / 7))
+
+
+def test_extra_empty_prediction() -> None:
+    # Every output empty: both terms 0. FgBgDice = 0 / (0 + 16) = 0.
+    assert extra_one(EMPTY, GT_TWO) == (0, 0)
+
+
+def test_extra_empty_ground_truth() -> None:
+    # No GT: N' = 1 and the max over no GT is 0, so SBD_recattend = 0 whatever the prediction.
+    # FgBgDice: 0 / (12 + 0) = 0, and 0/0 := 0 when both are empty.
+    assert extra_one(GT_ONE, EMPTY) == (0, 0)
+    assert extra_one(EMPTY, EMPTY) == (0, 0)
+
+
+def test_extra_false_positive_output() -> None:
+    # GT g1 only, N' = 1. Official SBD = 1/2 (test_extra_false_positive).
+    # FP output last (y1 = g1, y2 on column 3): only slot t = 0 counts, Dice(y1, g1) = 1;
+    # GT -> outputs max(1, 0) = 1: SBD_recattend = 1. FgBgDice = 2*12 / (16 + 12) = 6/7.
+    assert extra_one(columns(1, 1, 1, 2), GT_ONE) == pytest.approx((1, 6 / 7))
+    # FP output first (y1 on column 3, y2 = g1): slot t = 0 holds the FP, max_j Dice(y1, g_j) = 0,
+    # so SBD_recattend = min(0, 1) = 0; the official SBD does not depend on order (1/2 again).
+    assert extra_one(columns(2, 2, 2, 1), GT_ONE) == pytest.approx((0, 6 / 7))
+    assert symmetric_best_dice(columns(2, 2, 2, 1), GT_ONE).item() == pytest.approx(1 / 2)
+
+
+def test_extra_three_outputs_two_gt_differs_from_official() -> None:
+    # GT: g1 on columns 0..1 (8 px), g2 on column 2 (4 px); outputs y1 = g1, y2 = g2, y3 on
+    # column 3 (background). Official: BD(pred, gt) = (1 + 1 + 0) / 3 = 2/3, BD(gt, pred) = 1,
+    # SBD = 2/3. rec-attend: N' = 2 ignores y3: (1 + 1) / 2 = 1 both ways, SBD_recattend = 1.
+    pred, target = columns(1, 1, 2, 3), columns(1, 1, 2, 0)
+    assert recattend_sbd(pred, target).item() == pytest.approx(1)
+    assert symmetric_best_dice(pred, target).item() == pytest.approx(2 / 3)
+
+
+def test_extra_ground_truth_ids_do_not_change_scores() -> None:
+    # Dropped case with GT ids offset by +100 (101, 102): 1/2 and 6/7 as above. Unrenumbered,
+    # N' would be 102 and the score 1/102.
+    assert extra_one(GT_ONE, columns(101, 101, 101, 102)) == pytest.approx((1 / 2, 6 / 7))
+    # GT order does not matter (both terms use all N GT instances): merged case with g1, g2
+    # swapped (g1 = column 3, g2 = columns 0..2) still gives 3/7.
+    assert extra_one(columns(1, 1, 1, 1), columns(2, 2, 2, 1)) == pytest.approx((3 / 7, 1))
+
+
+def test_extra_pred_ids_are_slots_not_renumbered() -> None:
+    # Outputs y1 = g1, y2 empty (id 2 absent), y3 = g2; N' = 2.
+    # Outputs -> GT over t < 2: (1 + 0) / 2 = 1/2; GT -> outputs: (1 + 1) / 2 = 1; SBD = 1/2.
+    # Renumbered ({1, 3} -> {1, 2}) it would be 1, as is the official SBD.
+    # FgBgDice only sees the foreground: ids with gaps and offsets (7, 9) give 1 here.
+    sbd, _ = extra_one(columns(1, 1, 1, 3), GT_TWO)
+    assert sbd == pytest.approx(1 / 2)
+    assert symmetric_best_dice(columns(1, 1, 1, 3), GT_TWO).item() == pytest.approx(1)
+    assert extra_one(columns(7, 7, 7, 9), GT_TWO * 100)[1] == pytest.approx(1)
+
+
+def test_extra_mean_and_population_std_over_images() -> None:
+    # Images: perfect, dropped, empty prediction (GT_TWO each).
+    # SBD_recattend 1, 1/2, 0: mean 1/2, std sqrt(((1/2)^2 + 0 + (1/2)^2) / 3) = sqrt(1/6).
+    # FgBgDice 1, 6/7, 0: mean 13/21; E[x^2] = (1 + 36/49) / 3 = 85/147 = 255/441,
+    # var = 255/441 - 169/441 = 86/441, std sqrt(86)/21.
+    pred = torch.stack([GT_TWO, GT_ONE, EMPTY])
+    target = torch.stack([GT_TWO, GT_TWO, GT_TWO])
+    assert extra_scores(pred, target) == pytest.approx(
+        {
+            "sbd_recattend": 1 / 2,
+            "sbd_recattend_std": math.sqrt(1 / 6),
+            "fg_dice": 13 / 21,
+            "fg_dice_std": math.sqrt(86) / 21,
+        }
+    )
+
+
+def test_extra_two_updates_equal_one_concatenated_update() -> None:
+    pred = torch.stack([GT_TWO, columns(1, 1, 1, 1), GT_ONE, EMPTY])
+    target = torch.stack([GT_TWO, GT_TWO, GT_TWO, EMPTY])
+    sbd, fg = RecAttendSBD(), ForegroundDice()
+    for metric in (sbd, fg):
+        metric.update(pred[:1], target[:1])
+        metric.update(pred[1:], target[1:])
+    accumulated = {k: v.item() for k, v in (sbd.compute() | fg.compute()).items()}
+    assert accumulated == pytest.approx(extra_scores(pred, target))
+
+
+def test_extra_update_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        RecAttendSBD().update(GT_TWO, GT_TWO)  # (H, W) without the batch dimension
+    with pytest.raises(ValueError, match="integer"):
+        ForegroundDice().update(GT_TWO[None].float(), GT_TWO[None])
