@@ -15,50 +15,74 @@ from pathlib import Path
 
 import yaml
 
-# (column title, mean key, std key, scale): CVPPP's Table 1 columns first, then the signed count.
+# (column title, mean key, std key, scale, decimals), in display order (the paper's precision).
 COLUMNS = (
-    ("SBD (%)", "sbd", "sbd_std", 100.0),
-    ("\\|DiC\\|", "abs_dic", "abs_dic_std", 1.0),
-    ("DiC", "dic", "dic_std", 1.0),
-    ("FG IoU (%)", "fg_iou", None, 100.0),
-    ("Angle acc. (%)", "angle_acc", None, 100.0),
+    ("SBD (%)", "sbd", "sbd_std", 100.0, 1),
+    ("\\|DiC\\|", "abs_dic", "abs_dic_std", 1.0, 1),
+    ("DiC", "dic", "dic_std", 1.0, 1),
+    ("SBD rec-attend (%)", "sbd_recattend", "sbd_recattend_std", 100.0, 1),
+    ("FgBgDice (%)", "fg_dice", "fg_dice_std", 100.0, 1),
+    ("MWCov (%)", "mwcov", "mwcov_std", 100.0, 1),
+    ("MUCov (%)", "mucov", "mucov_std", 100.0, 1),
+    ("AvgFP", "fp", "fp_std", 1.0, 3),
+    ("AvgFN", "fn", "fn_std", 1.0, 3),
+    ("AP (%)", "ap", None, 100.0, 1),
+    ("AP50% (%)", "ap50", None, 100.0, 1),
+    ("FG IoU (%)", "fg_iou", None, 100.0, 1),
+    ("Angle acc. (%)", "angle_acc", None, 100.0, 1),
 )
+# The paper's table layouts: which columns a dataset's table shows (``paper_table`` of its
+# DataModule); other metrics stay in metrics.json and per_image.csv.
+TABLES = {
+    "cvppp": ("sbd", "abs_dic", "dic"),  # Table 1
+    "kitti": ("mwcov", "mucov", "fp", "fn"),  # Table 2
+    "cityscapes": ("ap", "ap50"),  # Table 3
+    "preprocessor": ("fg_iou", "angle_acc"),
+}
 
 
-def metrics_table(metrics: Mapping[str, float | None], split: str, name: str) -> str:
+def metrics_table(
+    metrics: Mapping[str, float | None], split: str, name: str, table: str | None = None
+) -> str:
     """A markdown table of ``<split>/<metric>`` values as mean (std), one row named ``name``.
 
-    Columns appear only for metrics present; SBD is official CVPPP (relabelled), in percent.
+    Columns appear only for metrics present, limited to the paper ``table``'s when one is named
+    (:data:`TABLES`); SBD is official CVPPP (relabelled), in percent.
     """
-    return rows_table([(name, metrics)], split)
+    return rows_table([(name, metrics)], split, table)
 
 
-def rows_table(rows: Sequence[tuple[str, Mapping[str, float | None]]], split: str) -> str:
-    """A markdown table with one row per (name, metrics); a column per metric any row has.
-
-    A row without a value shows "-".
-    """
-    columns = [
+def rows_table(
+    rows: Sequence[tuple[str, Mapping[str, float | None]]], split: str, table: str | None = None
+) -> str:
+    """A markdown table with one row per (name, metrics); a column per metric any row has
+    (among the paper ``table``'s columns when one is named). A row without a value shows "-"."""
+    if table is not None and table not in TABLES:
+        raise ValueError(f"unknown table '{table}'; known: {sorted(TABLES)}")
+    present = [
         column
         for column in COLUMNS
         if any(metrics.get(f"{split}/{column[1]}") is not None for _, metrics in rows)
     ]
+    # The paper table's columns, or every metric present when none of them was measured.
+    columns = [c for c in present if c[1] in TABLES.get(table or "", ())] or present
     lines = [["run", *(title for title, *_ in columns)], ["---"] * (len(columns) + 1)]
     for name, metrics in rows:
         cells = [name]
-        for _, mean_key, std_key, scale in columns:
+        for _, mean_key, std_key, scale, digits in columns:
             mean = metrics.get(f"{split}/{mean_key}")
             std = metrics.get(f"{split}/{std_key}") if std_key else None
             cells.append(
                 "-"
                 if mean is None
-                else f"{mean * scale:.1f}" + ("" if std is None else f" ({std * scale:.1f})")
+                else f"{mean * scale:.{digits}f}"
+                + ("" if std is None else f" ({std * scale:.{digits}f})")
             )
         lines.append(cells)
     return "\n".join("| " + " | ".join(row) + " |" for row in lines)
 
 
-def sweep_table(sweep_dir: str | Path, split: str = "test") -> str:
+def sweep_table(sweep_dir: str | Path, split: str = "test", table: str | None = None) -> str:
     """The table of a multirun folder: one row per job that wrote ``metrics.json``.
 
     Rows are labelled by the overrides that differ between jobs (all of a job's overrides when
@@ -86,7 +110,7 @@ def sweep_table(sweep_dir: str | Path, split: str = "test") -> str:
     for job, job_overrides in zip(jobs, overrides, strict=True):
         label = " ".join(o for o in job_overrides if o not in shared) or job.name
         rows.append((label, json.loads((job / "metrics.json").read_text())))
-    return rows_table(rows, split)
+    return rows_table(rows, split, table)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -95,9 +119,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("sweep_dir", type=Path, help="the multirun folder (holds 0/, 1/, ...)")
     parser.add_argument("--split", default="test", help="metric prefix to report (default test)")
+    parser.add_argument("--table", choices=sorted(TABLES), help="only this paper table's columns")
     args = parser.parse_args(argv)
     try:
-        print(sweep_table(args.sweep_dir, args.split))
+        print(sweep_table(args.sweep_dir, args.split, args.table))
     except FileNotFoundError as err:
         sys.exit(f"error: {err}")
 

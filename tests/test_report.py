@@ -40,3 +40,24 @@ def test_a_single_job_shows_all_its_overrides(tmp_path: Path) -> None:
 def test_a_folder_without_jobs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no <job>/metrics.json under"):
         main([str(tmp_path)])
+
+
+def test_paper_tables_pick_their_columns() -> None:
+    from recattend.report import metrics_table
+
+    metrics = {
+        "test/sbd": 0.5, "test/abs_dic": 1.0, "test/mwcov": 0.8, "test/mucov": 0.669,
+        "test/fp": 0.764, "test/fn": 0.201, "test/fp_std": 0.5,
+    }  # fmt: skip
+    assert metrics_table(metrics, "test", "ours", "kitti").splitlines() == [
+        "| run | MWCov (%) | MUCov (%) | AvgFP | AvgFN |",
+        "| --- | --- | --- | --- | --- |",
+        "| ours | 80.0 | 66.9 | 0.764 (0.500) | 0.201 |",
+    ]
+    assert metrics_table(metrics, "test", "ours", "cvppp").splitlines()[0] == (
+        "| run | SBD (%) | \\|DiC\\| |"
+    )
+    # A table none of whose metrics was measured falls back to everything present.
+    assert "MWCov" in metrics_table(metrics, "test", "ours", "cityscapes")
+    with pytest.raises(ValueError, match="unknown table 'table5'"):
+        metrics_table(metrics, "test", "ours", "table5")

@@ -67,6 +67,8 @@ class CityscapesDataModule(FileDataModule):
         **kwargs: :class:`~recattend.data.files.FileDataModule` arguments (root, resolution, ...).
     """
 
+    paper_table = "cityscapes"  # the results table eval prints (recattend.report.TABLES)
+
     def __init__(self, *, splits: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.splits = {"train": "train", "val": "val", "test": "val", **(splits or {})}

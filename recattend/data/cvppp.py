@@ -59,6 +59,8 @@ class CVPPPDataModule(FileDataModule):
         **kwargs: :class:`~recattend.data.files.FileDataModule` arguments (root, resolution, ...).
     """
 
+    paper_table = "cvppp"  # the results table eval prints (recattend.report.TABLES)
+
     def __init__(
         self,
         *,

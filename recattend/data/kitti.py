@@ -32,6 +32,8 @@ class KITTIDataModule(FileDataModule):
         **kwargs: :class:`~recattend.data.files.FileDataModule` arguments (root, resolution, ...).
     """
 
+    paper_table = "kitti"  # the results table eval prints (recattend.report.TABLES)
+
     def entries(self, split: str) -> list[Entry]:
         listing, labels = SPLIT_FILES[split]
         path = self.root / listing

@@ -234,6 +234,8 @@ class SyntheticDataModule(InstanceDataModule):
         **kwargs: the :class:`InstanceDataModule` arguments (resolution, max_instances, ...).
     """
 
+    paper_table = "cvppp"  # the results table eval prints (recattend.report.TABLES)
+
     def __init__(
         self,
         *,

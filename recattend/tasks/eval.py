@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from recattend.callbacks import ProcessGroupTeardown
 from recattend.report import metrics_table
-from recattend.tasks.train import scalars
+from recattend.tasks.train import paper_table, scalars
 from recattend.utils.config import instantiate_group, require_writable_dir
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
         (output_dir / "metrics.json").write_text(
             json.dumps(metrics, indent=2, sort_keys=True) + "\n"
         )
-        print(metrics_table(metrics, "test", ckpt.name))
+        print(metrics_table(metrics, "test", ckpt.name, paper_table(module, datamodule)))
         log.info("outputs in %s", output_dir)
     return metrics
 

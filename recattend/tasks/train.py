@@ -68,10 +68,18 @@ def run(cfg: DictConfig) -> float | None:
             json.dumps(metrics, indent=2, sort_keys=True) + "\n"
         )
         if cfg.get("test", False):
-            print(metrics_table(metrics, "test", str(cfg.get("task_name", "train"))))
+            name = str(cfg.get("task_name", "train"))
+            print(metrics_table(metrics, "test", name, paper_table(module, datamodule)))
         log.info("outputs in %s", output_dir)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def paper_table(module: L.LightningModule, datamodule: L.LightningDataModule) -> str | None:
+    """The paper table to print: the pre-processor's own, else the dataset's (``paper_table``)."""
+    if type(module).__name__ == "PreprocessorModule":
+        return "preprocessor"
+    return getattr(datamodule, "paper_table", None)
 
 
 def scalars(values: dict[str, Any]) -> dict[str, float | None]:
