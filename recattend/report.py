@@ -28,6 +28,8 @@ COLUMNS = (
     ("AvgFN", "fn", "fn_std", 1.0, 3),
     ("AP (%)", "ap", None, 100.0, 1),
     ("AP50% (%)", "ap50", None, 100.0, 1),
+    ("AP75 (%)", "ap75", None, 100.0, 1),
+    ("AR100 (%)", "ar100", None, 100.0, 1),
     ("FG IoU (%)", "fg_iou", None, 100.0, 1),
     ("Angle acc. (%)", "angle_acc", None, 100.0, 1),
 )
@@ -37,6 +39,7 @@ TABLES = {
     "cvppp": ("sbd", "abs_dic", "dic"),  # Table 1
     "kitti": ("mwcov", "mucov", "fp", "fn"),  # Table 2
     "cityscapes": ("ap", "ap50"),  # Table 3
+    "coco": ("ap", "ap50", "ap75", "ar100"),
     "preprocessor": ("fg_iou", "angle_acc"),
 }
 

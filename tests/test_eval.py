@@ -81,3 +81,24 @@ def test_eval_on_a_cvppp_layout_scores_at_the_original_resolution(
         assert 0.0 <= float(row["sbd"]) <= 1.0
     mean = sum(float(r["sbd"]) for r in rows) / 2
     assert abs(metrics["test/sbd"] - mean) < 1e-6
+
+
+def test_eval_on_a_coco_layout_reports_segm_ap(compose_train, tmp_path: Path, capsys) -> None:
+    from recattend.data.fixtures import write_coco
+
+    write_coco(tmp_path / "coco", "train2017", images=6, size=(64, 64))
+    write_coco(tmp_path / "coco", "val2017", images=3, size=(64, 64))
+    data = [
+        "dataset=coco",
+        f"dataset.root={tmp_path / 'coco'}",
+        "dataset.resolution=[64,64]",
+        "dataset.num_workers=0",
+        "dataset.batch_size=2",
+    ]
+    train.run(compose_train(*data, "trainer.max_steps=1", "test=false", "logger=none"))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    cfg = compose_train(*data, f"ckpt_path={ckpt}", "trainer.accelerator=cpu", config_name="eval")
+    metrics = eval_task.run(cfg)
+    assert {"test/ap", "test/ap50", "test/ap75", "test/ar100"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("test/ap", "test/ap50", "test/ar100"))
+    assert "| AP (%) | AP50% (%) | AP75 (%) | AR100 (%) |" in capsys.readouterr().out

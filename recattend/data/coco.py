@@ -13,7 +13,10 @@ val -> val2017, test -> val2017: test-dev labels are not public).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +25,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from recattend.data.files import Entry, FileDataModule, Instances, layout_error
+from recattend.metrics.coco import coco_segm_ap
+
+log = logging.getLogger(__name__)
 
 SOURCE = "https://cocodataset.org/#download (2017 train/val images and annotations)"
 EXAMPLES = ("annotations/instances_train2017.json", "train2017/000000000009.jpg")
@@ -41,12 +47,16 @@ def segmentation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
 class COCODataModule(FileDataModule):
     """``dataset=coco`` (module docstring).
 
+    :meth:`coco_evaluate` scores COCO results of the test split with pycocotools (segm AP).
+
     Args:
         categories: category names to segment (e.g. ``[zebra]``, ``[person]``).
         keep_empty: keep images without an instance of the chosen categories.
         splits: our split -> official name (``train2017``, ``val2017``, ...).
         **kwargs: :class:`~recattend.data.files.FileDataModule` arguments (root, resolution, ...).
     """
+
+    paper_table = "coco"  # the results table eval prints (recattend.report.TABLES)
 
     def __init__(
         self,
@@ -62,6 +72,7 @@ class COCODataModule(FileDataModule):
         self.categories = list(categories)
         self.keep_empty = keep_empty
         self.splits = {"train": "train2017", "val": "val2017", "test": "val2017", **(splits or {})}
+        self._category_ids: list[int] = []
 
     def entries(self, split: str) -> list[Entry]:
         name = self.splits[split]
@@ -79,6 +90,7 @@ class COCODataModule(FileDataModule):
                 f"its categories are {sorted(by_name)}"
             )
         wanted = {by_name[c]: i + 1 for i, c in enumerate(self.categories)}
+        self._category_ids = list(wanted)
         entries = []
         for image_id in sorted(coco.getImgIds()):
             info = coco.loadImgs(image_id)[0]
@@ -95,6 +107,27 @@ class COCODataModule(FileDataModule):
             path = self.root / name / info["file_name"]
             entries.append(Entry(str(image_id), path, annotations, extra))
         return entries
+
+    def coco_evaluate(self, results: list[dict[str, Any]]) -> dict[str, float]:
+        """Segm AP, AP50, AP75, AR100 of class-agnostic results on the test split.
+
+        The segmenter does not classify, so with one chosen category (zebra) every result is that
+        category; with several categories nothing is computed (a warning says so).
+        """
+        if len(self.categories) != 1:
+            log.warning("COCO AP needs one category (class-agnostic segmenter); not computed")
+            return {}
+        annotations = self.root / "annotations" / f"instances_{self.splits['test']}.json"
+        with contextlib.redirect_stdout(io.StringIO()):
+            ground_truth = COCO(str(annotations))
+        image_ids = sorted({int(r["image_id"]) for r in results} | self._test_image_ids())
+        results = [{**r, "category_id": self._category_ids[0]} for r in results]
+        return coco_segm_ap(ground_truth, results, image_ids, self._category_ids)
+
+    def _test_image_ids(self) -> set[int]:
+        source = self.datasets.get("test")
+        entries = source.source.entries if source is not None else self.entries("test")
+        return {int(e.extra["meta"]["image_id"]) for e in entries}
 
     def read_instances(self, entry: Entry) -> Instances:
         h, w = entry.extra["size"]

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from recattend.export import coco_results
 from recattend.lit.optim import decay_groups
 from recattend.lit.preprocessor import load_preprocessor
 from recattend.losses import (
@@ -164,6 +165,7 @@ class SegmenterModule(L.LightningModule):
         self.optim_overrides: dict[str, float] = {}  # the stage's lr settings, idem
         self.teacher_forcing: dict[str, Tensor] | None = None  # set by ScheduledSampling
         self.test_rows: list[dict[str, Any]] = []  # per test image, for per_image.csv
+        self.test_detections: list[dict[str, Any]] = []  # COCO results of the test split
         self.val_metrics, self.test_metrics = instance_metrics(), instance_metrics()
 
     # ------------------------------------------------------------------------------------- inputs
@@ -395,6 +397,11 @@ class SegmenterModule(L.LightningModule):
                     out["masks"][i], out["scores"][i], tuple(target.shape), threshold
                 )
                 self._score(metrics, [meta], result.timesteps[None], target[None])
+                if "image_id" in meta:  # COCO: results for pycocotools (class-agnostic)
+                    labels = result.labels.cpu().numpy()
+                    self.test_detections += coco_results(
+                        labels, result.scores.tolist(), meta["image_id"]
+                    )
             return
         timesteps = timestep_labels(out["masks"], out["scores"], threshold)
         target = gt_label_map(batch["masks"])
@@ -457,21 +464,23 @@ class SegmenterModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_rows = []
+        self.test_detections: list[dict[str, Any]] = []
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
+        detections = _gather(self.test_detections)
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if hasattr(datamodule, "coco_evaluate"):  # also with no detection at all: AP 0
+            scores = datamodule.coco_evaluate(detections)
+            self.log_dict({f"test/{k}": v for k, v in scores.items()}, sync_dist=False)
         self._write_rows()
 
     def _write_rows(self) -> None:
         """``per_image.csv`` in the run folder: every test image's scores (all ranks)."""
-        rows = self.test_rows
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, rows)
-            rows = [row for part in parts for row in part]
+        rows = _gather(self.test_rows)
         if self._trainer is None or not self.trainer.is_global_zero or not rows:
             return
         path = Path(self.trainer.default_root_dir) / "per_image.csv"
@@ -487,3 +496,12 @@ class SegmenterModule(L.LightningModule):
             opt, step_size=hp["lr_decay_steps"], gamma=hp["lr_decay"]
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _gather(items: list[Any]) -> list[Any]:
+    """Every rank's items, concatenated, under DDP (the items themselves otherwise)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return items
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, items)
+    return [item for part in parts for item in part]
