@@ -101,3 +101,41 @@ def coco_results(
 def write_json(entries: list[dict[str, Any]], path: Path) -> None:
     """Write a list of results as JSON."""
     path.write_text(json.dumps(entries))
+
+
+def write_cityscapes_results(
+    labels: np.ndarray,
+    scores: Sequence[float],
+    label_ids: Sequence[int],
+    stem: str,
+    folder: Path,
+) -> Path:
+    """One image's instances in the result format the official ``cityscapesscripts`` evaluator
+    reads (``csEvalInstanceLevelSemanticLabeling`` with ``CITYSCAPES_RESULTS=folder``).
+
+    Writes ``<folder>/<stem>_pred.txt`` with one line per instance,
+    ``masks/<stem>_<k>.png <labelId> <confidence>`` (the mask path relative to the txt file), and
+    each mask as an 8-bit PNG, non-zero on the instance.
+
+    Args:
+        labels: (H, W) label map at the image's original size, instances 1..K.
+        scores: confidence of instance k at index k - 1.
+        label_ids: Cityscapes label id (24 person ... 33 bicycle) of instance k at index k - 1.
+        stem: ``<city>_<seq>_<frame>`` of the image.
+        folder: the results folder.
+
+    Returns:
+        The txt file.
+    """
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k in range(1, int(labels.max(initial=0)) + 1):
+        mask = labels == k
+        if not mask.any():
+            continue
+        relative = f"masks/{stem}_{k:03d}.png"
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / relative)
+        lines.append(f"{relative} {int(label_ids[k - 1])} {float(scores[k - 1]):.6f}")
+    path = folder / f"{stem}_pred.txt"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path

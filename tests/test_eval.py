@@ -102,3 +102,47 @@ def test_eval_on_a_coco_layout_reports_segm_ap(compose_train, tmp_path: Path, ca
     assert {"test/ap", "test/ap50", "test/ap75", "test/ar100"} <= set(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("test/ap", "test/ap50", "test/ar100"))
     assert "| AP (%) | AP50% (%) | AP75 (%) | AR100 (%) |" in capsys.readouterr().out
+
+
+def test_cityscapes_test_split_gets_classes_postprocessing_and_ap(tmp_path: Path) -> None:
+    import math
+
+    import lightning as L
+    import torch
+
+    from recattend.data import CityscapesDataModule
+    from recattend.data.fixtures import write_cityscapes
+    from recattend.lit import PreprocessorModule, SegmenterModule
+    from tests.models.test_segmenter_training import TINY_NET
+    from tests.test_preprocessor_input import SMALL_FCN
+
+    root = tmp_path / "cityscapes"
+    write_cityscapes(root, "train", {"aachen": 3}, size=(64, 128))
+    write_cityscapes(root, "val", {"frankfurt": 2}, size=(64, 128))
+    data = CityscapesDataModule(
+        root=root, resolution=[32, 64], max_instances=6, batch_size=2, num_workers=0
+    )
+
+    def trainer(folder: str) -> L.Trainer:
+        return L.Trainer(
+            default_root_dir=tmp_path / folder, max_steps=1, accelerator="cpu", logger=False,
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        )  # fmt: skip
+
+    torch.manual_seed(0)
+    trainer("fcn").fit(
+        PreprocessorModule(image_size=[32, 64], net={**SMALL_FCN, "num_classes": 8}), data
+    )
+    fcn = next((tmp_path / "fcn" / "checkpoints").glob("*.ckpt"))
+    segmenter = SegmenterModule(
+        image_size=[32, 64], max_instances=6, net=TINY_NET, threshold=0.0,
+        preprocessor={"ckpt_path": str(fcn), "angles": True},
+        postprocess={"foreground": True, "min_size": 10},
+    )  # fmt: skip
+    assert segmenter.model.box_net.cnn.convs[0].in_channels == 3 + 9 + 8 + 1  # 9 classes, 8 angles
+    run = trainer("seg")
+    metrics = run.test(segmenter, datamodule=data)[0]
+    assert {"test/ap", "test/ap50", "test/ap_car", "test/sbd", "test/mwcov"} <= set(metrics)
+    assert 0.0 <= metrics["test/ap"] <= 1.0 and not math.isnan(metrics["test/ap50"])
+    assert math.isnan(metrics["test/ap_train"])  # no GT train in the fixture: skipped
+    assert (tmp_path / "seg" / "per_image.csv").is_file()

@@ -97,3 +97,36 @@ def test_relabel_consecutive(labels: list[list[int]], expected: list[list[int]])
     out = relabel_consecutive(torch.tensor(labels, dtype=torch.int32))
     assert out.dtype == torch.int64
     assert out.tolist() == expected
+
+
+def test_refine_labels_dilates_ands_and_drops_small_ones_by_hand() -> None:
+    from recattend.postprocess import refine_labels
+
+    labels = torch.zeros(6, 8, dtype=torch.int64)
+    labels[1:3, 1:3] = 4  # 4 pixels
+    labels[4, 6] = 9  # 1 pixel
+    # 3x3 dilation grows instance 4 to rows 0..3, cols 0..3 (16 px) and 9 to rows 3..5, cols 5..7.
+    grown, kept = refine_labels(labels, dilate=3)
+    assert kept.tolist() == [4, 9]
+    assert int((grown == 1).sum()) == 16 and int((grown == 2).sum()) == 9
+    # AND with a foreground that covers only the left half keeps instance 4's 16 px, drops 9.
+    foreground = torch.zeros(6, 8)
+    foreground[:, :4] = 0.9
+    anded, kept = refine_labels(labels, foreground, dilate=3)
+    assert kept.tolist() == [4]
+    assert int(anded.max()) == 1 and int((anded == 1).sum()) == 16
+    # min_size 4 removes both (4 px and 1 px, "at most"), 3 keeps the 4-pixel one.
+    assert int(refine_labels(labels, min_size=4)[0].max()) == 0
+    small, _ = refine_labels(labels, min_size=3)
+    assert int(small.max()) == 1 and int((small == 1).sum()) == 4
+    with pytest.raises(ValueError, match="odd"):
+        refine_labels(labels, dilate=4)
+
+
+def test_majority_class_per_instance() -> None:
+    from recattend.postprocess import majority_class
+
+    labels = torch.tensor([[1, 1, 1, 2], [0, 3, 3, 2]])
+    semantic = torch.tensor([[3, 3, 5, 0], [1, 0, 0, 0]])
+    # Instance 1: classes 3, 3, 5 -> 3. Instance 2: all background -> 0. Instance 3: background.
+    assert majority_class(labels, semantic).tolist() == [3, 0, 0]

@@ -128,3 +128,22 @@ def test_coco_results_round_trip_and_skip_empty_ids() -> None:
         assert entry["image_id"] == 42 and entry["category_id"] == 1
         assert isinstance(entry["segmentation"]["counts"], str)
         assert (mask_utils.decode(entry["segmentation"]).astype(bool) == (labels == k)).all()
+
+
+def test_cityscapes_results_follow_the_official_format(tmp_path: Path) -> None:
+    from recattend.export import write_cityscapes_results
+
+    labels = np.zeros((8, 16), np.int64)
+    labels[1:4, 2:6] = 1
+    labels[5:8, 9:15] = 2
+    stem = "frankfurt_000000_000294"
+    txt = write_cityscapes_results(labels, [0.9, 0.25], [26, 24], stem, tmp_path)
+    assert txt == tmp_path / f"{stem}_pred.txt"
+    lines = txt.read_text().splitlines()
+    assert lines == [
+        f"masks/{stem}_001.png 26 0.900000",
+        f"masks/{stem}_002.png 24 0.250000",
+    ]
+    for k, line in enumerate(lines, start=1):
+        mask = np.asarray(Image.open(tmp_path / line.split()[0]))
+        assert mask.dtype == np.uint8 and ((mask > 0) == (labels == k)).all()

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from recattend.data.files import Entry, FileDataModule, Instances, layout_error
@@ -89,6 +90,20 @@ class CityscapesDataModule(FileDataModule):
         if not entries:
             raise layout_error("Cityscapes", self.root, EXAMPLES, SOURCE, f"no images in {images}")
         return entries
+
+    def original_instance_ids(self, meta: dict[str, Any]) -> np.ndarray:
+        """The raw instanceIds map of a sample at full resolution (for Cityscapes AP)."""
+        with Image.open(meta["label"]) as label:
+            label.load()
+            return np.asarray(label).astype(np.int64)
+
+    @staticmethod
+    def label_ids(train_ids: torch.Tensor) -> torch.Tensor:
+        """Train ids 1..8 -> Cityscapes label ids (24 person ... 33 bicycle); 0 stays 0."""
+        lookup = torch.zeros(len(CLASS_NAMES) + 1, dtype=torch.int64, device=train_ids.device)
+        for label_id, train_id in INSTANCE_CLASSES.items():
+            lookup[train_id] = label_id
+        return lookup[train_ids]
 
     def read_instances(self, entry: Entry) -> Instances:
         with Image.open(entry.label) as label:

@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from recattend.export import coco_results
 from recattend.lit.optim import decay_groups
-from recattend.lit.preprocessor import load_preprocessor
+from recattend.lit.preprocessor import foreground_probability, load_preprocessor
 from recattend.losses import (
     box_stage_losses,
     pad_boxes,
@@ -48,6 +48,7 @@ from recattend.losses import (
     soft_iou,
 )
 from recattend.metrics import (
+    CityscapesAP,
     count_instances,
     coverage_scores,
     foreground_dice,
@@ -58,7 +59,14 @@ from recattend.metrics import (
 from recattend.models.filterbank import box_edges_to_center_size
 from recattend.models.preprocessor import Preprocessor
 from recattend.models.segmenter import BoxState, RecurrentSegmenter, StepOutput
-from recattend.postprocess import full_resolution_labels, relabel_consecutive, timestep_labels
+from recattend.postprocess import (
+    FullResolution,
+    full_resolution_labels,
+    majority_class,
+    refine_labels,
+    relabel_consecutive,
+    timestep_labels,
+)
 from recattend.visualise import figure1_grid, stack_rows
 
 log = logging.getLogger(__name__)
@@ -127,6 +135,12 @@ class SegmenterModule(L.LightningModule):
         box_min_pad: minimum padding (px) of ground-truth boxes for the soft box loss and the
             boxes fed by teacher forcing.
         threshold: post-processing threshold on score-weighted masks (reference: 0.3).
+        postprocess: the authors' dataset-specific clean-up of the test split's label maps
+            (:func:`~recattend.postprocess.refine_labels`): ``dilate`` (KITTI 5),
+            ``foreground`` (AND with the pre-processor's foreground: KITTI, Cityscapes; skipped
+            with a warning without a pre-processor),
+            ``min_size`` (Cityscapes 1200). With a semantic pre-processor, each instance also
+            takes its majority class and Cityscapes AP is computed.
         stop_score: inference stops an image once its score drops below this (paper: 0.5).
         checkpoint_steps: recompute each step in the backward pass (memory of one step) instead of
             keeping all T steps' activations (about a quarter faster, T times the memory).
@@ -148,6 +162,7 @@ class SegmenterModule(L.LightningModule):
         lambda_score: float = 1.0,
         box_min_pad: float = 20.0,
         threshold: float = 0.3,
+        postprocess: dict[str, Any] | None = None,
         stop_score: float = 0.5,
         checkpoint_steps: bool = True,
     ) -> None:
@@ -167,6 +182,19 @@ class SegmenterModule(L.LightningModule):
         self.test_rows: list[dict[str, Any]] = []  # per test image, for per_image.csv
         self.test_detections: list[dict[str, Any]] = []  # COCO results of the test split
         self.val_metrics, self.test_metrics = instance_metrics(), instance_metrics()
+        self.cityscapes_ap = CityscapesAP()  # updated only on Cityscapes with semantic classes
+        unknown = set(postprocess or {}) - {"dilate", "foreground", "min_size"}
+        if unknown:
+            raise ValueError(
+                f"module.postprocess: unknown keys {sorted(unknown)}; known: dilate, foreground, "
+                "min_size"
+            )
+        if (postprocess or {}).get("foreground") and self.preprocessor is None:
+            log.warning(
+                "module.postprocess.foreground=true but there is no pre-processor: the AND with "
+                "its foreground is skipped. The authors' pipeline trains one first (python "
+                "train.py module=preprocessor dataset=...) and passes model.preprocessor.ckpt_path"
+            )
 
     # ------------------------------------------------------------------------------------- inputs
     def _build_preprocessor(
@@ -393,14 +421,24 @@ class SegmenterModule(L.LightningModule):
         if split == "test" and hasattr(datamodule, "original_target"):
             for i, meta in enumerate(batch["meta"]):
                 target = torch.from_numpy(datamodule.original_target(meta)).to(self.device)
-                result = full_resolution_labels(
-                    out["masks"][i], out["scores"][i], tuple(target.shape), threshold
+                size = tuple(target.shape)
+                result = full_resolution_labels(out["masks"][i], out["scores"][i], size, threshold)
+                labels, scores, classes = self._refine(result, batch["image"][i], size)
+                self._score(
+                    metrics, [meta], result.timesteps[None], target[None], pred=labels[None]
                 )
-                self._score(metrics, [meta], result.timesteps[None], target[None])
                 if "image_id" in meta:  # COCO: results for pycocotools (class-agnostic)
-                    labels = result.labels.cpu().numpy()
                     self.test_detections += coco_results(
-                        labels, result.scores.tolist(), meta["image_id"]
+                        labels.cpu().numpy(), scores.tolist(), meta["image_id"]
+                    )
+                if classes is not None and hasattr(datamodule, "original_instance_ids"):
+                    ids = torch.arange(1, len(scores) + 1, device=labels.device)
+                    gt_ids = torch.from_numpy(datamodule.original_instance_ids(meta))
+                    self.cityscapes_ap.update(
+                        [labels[None] == ids[:, None, None]],
+                        [datamodule.label_ids(classes)],
+                        [scores],
+                        [gt_ids.to(labels.device)],
                     )
             return
         timesteps = timestep_labels(out["masks"], out["scores"], threshold)
@@ -415,13 +453,16 @@ class SegmenterModule(L.LightningModule):
         target: Tensor,
         counts: Tensor | None = None,
         split: str = "test",
+        pred: Tensor | None = None,
     ) -> None:
         """Update every metric with (B, H, W) timestep maps and ground-truth label maps.
 
         ``counts`` (B,) are the true instance counts when ``target`` may hold fewer (the batch
-        contract keeps at most T - 1 instances); DiC uses them.
+        contract keeps at most T - 1 instances); DiC uses them. ``pred`` is the final label map
+        (default: the timesteps renumbered); rec-attend's SBD always reads the timesteps.
         """
-        pred = torch.stack([relabel_consecutive(t) for t in timesteps])
+        if pred is None:
+            pred = torch.stack([relabel_consecutive(t) for t in timesteps])
         if counts is None:
             counts = torch.stack([count_instances(g) for g in target])
         for name, metric in metrics.items():
@@ -447,6 +488,36 @@ class SegmenterModule(L.LightningModule):
                 }
             )
 
+    def _refine(
+        self, result: FullResolution, image: Tensor, size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Apply ``postprocess`` to one image's full-resolution labels.
+
+        Returns the label map, each instance's score and, with a semantic pre-processor, each
+        instance's class (train id 1..K) or None.
+        """
+        settings = self.hparams.postprocess or {}
+        semantic_net = self.preprocessor is not None and self.preprocessor.num_classes > 0
+        if not settings and not semantic_net:
+            return result.labels, result.scores, None
+        foreground = semantic = None
+        if self.preprocessor is not None:
+            maps = self.preprocessor(image[None])
+            probability = torch.nn.functional.interpolate(
+                foreground_probability(maps), size=size, mode="bilinear", align_corners=False
+            )[0, 0]
+            foreground = probability if settings.get("foreground") else None
+            if semantic_net:
+                semantic = torch.nn.functional.interpolate(
+                    maps["semantic"].softmax(1), size=size, mode="bilinear", align_corners=False
+                )[0].argmax(0)
+        labels, kept = refine_labels(
+            result.labels, foreground, settings.get("dilate", 0), settings.get("min_size", 0)
+        )
+        scores = result.scores[kept - 1]
+        classes = None if semantic is None else majority_class(labels, semantic)
+        return labels, scores, classes
+
     def _log_metrics(self, metrics: nn.ModuleDict, split: str) -> None:
         values = {}
         for metric in metrics.values():
@@ -471,6 +542,10 @@ class SegmenterModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
+        if self.cityscapes_ap.update_count:
+            ap = self.cityscapes_ap.compute()
+            self.log_dict({f"test/{k}": v for k, v in ap.items()}, sync_dist=False)
+            self.cityscapes_ap.reset()
         detections = _gather(self.test_detections)
         datamodule = getattr(self._trainer, "datamodule", None)
         if hasattr(datamodule, "coco_evaluate"):  # also with no detection at all: AP 0
@@ -484,6 +559,7 @@ class SegmenterModule(L.LightningModule):
         if self._trainer is None or not self.trainer.is_global_zero or not rows:
             return
         path = Path(self.trainer.default_root_dir) / "per_image.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
