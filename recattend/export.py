@@ -120,7 +120,8 @@ def write_cityscapes_results(
     Args:
         labels: (H, W) label map at the image's original size, instances 1..K.
         scores: confidence of instance k at index k - 1.
-        label_ids: Cityscapes label id (24 person ... 33 bicycle) of instance k at index k - 1.
+        label_ids: Cityscapes label id (24 person ... 33 bicycle) of instance k at index k - 1;
+            0 (no class) leaves the instance out.
         stem: ``<city>_<seq>_<frame>`` of the image.
         folder: the results folder.
 
@@ -131,7 +132,7 @@ def write_cityscapes_results(
     lines = []
     for k in range(1, int(labels.max(initial=0)) + 1):
         mask = labels == k
-        if not mask.any():
+        if not mask.any() or not label_ids[k - 1]:  # empty, or no class (label id 0): no line
             continue
         relative = f"masks/{stem}_{k:03d}.png"
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / relative)

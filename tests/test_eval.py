@@ -141,7 +141,19 @@ def test_cityscapes_test_split_gets_classes_postprocessing_and_ap(tmp_path: Path
     )  # fmt: skip
     assert segmenter.model.box_net.cnn.convs[0].in_channels == 3 + 9 + 8 + 1  # 9 classes, 8 angles
     run = trainer("seg")
+    segmenter.export_dir = tmp_path / "exported"
     metrics = run.test(segmenter, datamodule=data)[0]
+    stems = sorted(p.name[: -len("_leftImg8bit.png")] for p in root.glob("leftImg8bit/val/*/*.png"))
+    assert sorted(p.stem for p in (tmp_path / "exported" / "labels").glob("*.png")) == stems
+    for (
+        stem
+    ) in stems:  # the official result format: <stem>_pred.txt, "<mask png> <labelId> <score>"
+        for line in (
+            (tmp_path / "exported" / "cityscapes" / f"{stem}_pred.txt").read_text().splitlines()
+        ):
+            mask, label_id, score = line.split()
+            assert (tmp_path / "exported" / "cityscapes" / mask).is_file()
+            assert int(label_id) in (24, 25, 26, 27, 28, 31, 32, 33) and 0 <= float(score) <= 1
     assert {"test/ap", "test/ap50", "test/ap_car", "test/sbd", "test/mwcov"} <= set(metrics)
     assert 0.0 <= metrics["test/ap"] <= 1.0 and not math.isnan(metrics["test/ap50"])
     assert math.isnan(metrics["test/ap_train"])  # no GT train in the fixture: skipped

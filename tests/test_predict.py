@@ -137,7 +137,8 @@ def test_cityscapes_results_follow_the_official_format(tmp_path: Path) -> None:
     labels[1:4, 2:6] = 1
     labels[5:8, 9:15] = 2
     stem = "frankfurt_000000_000294"
-    txt = write_cityscapes_results(labels, [0.9, 0.25], [26, 24], stem, tmp_path)
+    labels[0, 0] = 3  # an instance without a class (label id 0): left out
+    txt = write_cityscapes_results(labels, [0.9, 0.25, 0.5], [26, 24, 0], stem, tmp_path)
     assert txt == tmp_path / f"{stem}_pred.txt"
     lines = txt.read_text().splitlines()
     assert lines == [

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from recattend.export import coco_results
+from recattend.export import coco_results, write_cityscapes_results, write_label_png
 from recattend.lit.optim import decay_groups
 from recattend.lit.preprocessor import foreground_probability, load_preprocessor
 from recattend.losses import (
@@ -181,6 +181,7 @@ class SegmenterModule(L.LightningModule):
         self.teacher_forcing: dict[str, Tensor] | None = None  # set by ScheduledSampling
         self.test_rows: list[dict[str, Any]] = []  # per test image, for per_image.csv
         self.test_detections: list[dict[str, Any]] = []  # COCO results of the test split
+        self.export_dir: Path | None = None  # set by eval.py export=true: test predictions go here
         self.val_metrics, self.test_metrics = instance_metrics(), instance_metrics()
         self.cityscapes_ap = CityscapesAP()  # updated only on Cityscapes with semantic classes
         unknown = set(postprocess or {}) - {"dilate", "foreground", "min_size"}
@@ -431,6 +432,8 @@ class SegmenterModule(L.LightningModule):
                     self.test_detections += coco_results(
                         labels.cpu().numpy(), scores.tolist(), meta["image_id"]
                     )
+                if self.export_dir is not None:
+                    self._export(meta, labels, scores, classes, datamodule)
                 if classes is not None and hasattr(datamodule, "original_instance_ids"):
                     ids = torch.arange(1, len(scores) + 1, device=labels.device)
                     gt_ids = torch.from_numpy(datamodule.original_instance_ids(meta))
@@ -486,6 +489,25 @@ class SegmenterModule(L.LightningModule):
                     "gt_count": int(n),
                     **{k: float(v) for k, v in coverage._asdict().items()},
                 }
+            )
+
+    def _export(
+        self,
+        meta: dict[str, Any],
+        labels: Tensor,
+        scores: Tensor,
+        classes: Tensor | None,
+        datamodule: Any,
+    ) -> None:
+        """One test image's label PNG, and its Cityscapes result files when it has classes."""
+        folder = Path(self.export_dir)
+        (folder / "labels").mkdir(parents=True, exist_ok=True)
+        array = labels.cpu().numpy()
+        write_label_png(array, folder / "labels" / f"{meta['id']}.png")
+        if classes is not None and hasattr(datamodule, "label_ids"):
+            label_ids = datamodule.label_ids(classes).tolist()
+            write_cityscapes_results(
+                array, scores.tolist(), label_ids, str(meta["id"]), folder / "cityscapes"
             )
 
     def _refine(

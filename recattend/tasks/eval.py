@@ -16,6 +16,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from recattend.callbacks import ProcessGroupTeardown
+from recattend.export import write_json
 from recattend.report import metrics_table
 from recattend.tasks.train import paper_table, scalars
 from recattend.utils.config import instantiate_group, require_writable_dir
@@ -39,7 +40,11 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=[ProcessGroupTeardown()], logger=loggers or False
     )
+    if cfg.get("export"):
+        module.export_dir = output_dir / "predictions"
     trainer.test(module, datamodule=datamodule)
+    if cfg.get("export") and module.test_detections and trainer.is_global_zero:
+        write_json(module.test_detections, output_dir / "predictions" / "coco_results.json")
     metrics = scalars(trainer.callback_metrics)
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(
