@@ -158,3 +158,22 @@ def test_cityscapes_test_split_gets_classes_postprocessing_and_ap(tmp_path: Path
     assert 0.0 <= metrics["test/ap"] <= 1.0 and not math.isnan(metrics["test/ap50"])
     assert math.isnan(metrics["test/ap_train"])  # no GT train in the fixture: skipped
     assert (tmp_path / "seg" / "per_image.csv").is_file()
+
+
+def test_a_checkpoint_of_another_module_names_the_mismatching_settings(tmp_path: Path) -> None:
+    import lightning as L
+
+    from recattend.lit import PreprocessorModule, SegmenterModule
+    from recattend.tasks.eval import load_module
+    from tests.models.test_segmenter_training import TINY_NET
+    from tests.test_training_procedure import tiny_data
+
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_steps=1, accelerator="cpu", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET), tiny_data())
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    with pytest.raises(ValueError, match=r"not hold a PreprocessorModule.*'max_instances'"):
+        load_module(PreprocessorModule, ckpt)
+    assert isinstance(load_module(SegmenterModule, ckpt), SegmenterModule)

@@ -6,12 +6,14 @@ test split, prints the paper-style table and writes ``metrics.json`` in the run 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
@@ -32,8 +34,7 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
         raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    module_cls = get_class(cfg.module._target_)
-    module = module_cls.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu")
+    module = load_module(get_class(cfg.module._target_), ckpt)
     datamodule = instantiate(cfg.dataset, _convert_="all")
     _check_compatible(module, datamodule, ckpt)
     loggers = instantiate_group(cfg.get("logger"))
@@ -53,6 +54,27 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
         print(metrics_table(metrics, "test", ckpt.name, paper_table(module, datamodule)))
         log.info("outputs in %s", output_dir)
     return metrics
+
+
+def load_module(module_cls: type[L.LightningModule], ckpt: Path) -> L.LightningModule:
+    """``module_cls`` from a checkpoint (``weights_only=True``), or an error naming what differs.
+
+    Raises:
+        ValueError: the checkpoint was written by another module (its hyper-parameters are not
+            this class's arguments) or its weights do not fit (names the tensors).
+    """
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    accepted = set(inspect.signature(module_cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(checkpoint.get("hyper_parameters", {})) - accepted)
+    if unknown:
+        raise ValueError(
+            f"{ckpt} does not hold a {module_cls.__name__}: its settings {unknown} are not this "
+            "module's; pick the checkpoint's module (e.g. module=preprocessor or module=segmenter)"
+        )
+    try:
+        return module_cls.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu")
+    except RuntimeError as err:  # state_dict size mismatch / missing keys
+        raise ValueError(f"{ckpt} does not fit {module_cls.__name__}: {err}") from err
 
 
 def _check_compatible(
