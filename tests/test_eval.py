@@ -54,6 +54,14 @@ def test_eval_without_a_checkpoint_file_says_so(compose_train, tmp_path: Path) -
         eval_task.run(cfg)
 
 
+def _train_one_step_then_eval(compose_train, tmp_path: Path, data: list[str]) -> dict:
+    """Train one step on ``data`` overrides, then evaluate last.ckpt on the same data."""
+    train.run(compose_train(*data, "trainer.max_steps=1", "test=false", "logger=none"))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    cfg = compose_train(*data, f"ckpt_path={ckpt}", "trainer.accelerator=cpu", config_name="eval")
+    return eval_task.run(cfg)
+
+
 def test_eval_on_a_cvppp_layout_scores_at_the_original_resolution(
     compose_train, tmp_path: Path
 ) -> None:
@@ -69,10 +77,7 @@ def test_eval_on_a_cvppp_layout_scores_at_the_original_resolution(
         "dataset.num_workers=0",
         "dataset.batch_size=2",
     ]
-    train.run(compose_train(*data, "trainer.max_steps=1", "test=false", "logger=none"))
-    ckpt = tmp_path / "checkpoints" / "last.ckpt"
-    cfg = compose_train(*data, f"ckpt_path={ckpt}", "trainer.accelerator=cpu", config_name="eval")
-    metrics = eval_task.run(cfg)
+    metrics = _train_one_step_then_eval(compose_train, tmp_path, data)
     rows = list(csv.DictReader((tmp_path / "per_image.csv").open()))
     assert len(rows) == 2  # the val split: 2 of 10 plants
     for row in rows:
@@ -95,10 +100,7 @@ def test_eval_on_a_coco_layout_reports_segm_ap(compose_train, tmp_path: Path, ca
         "dataset.num_workers=0",
         "dataset.batch_size=2",
     ]
-    train.run(compose_train(*data, "trainer.max_steps=1", "test=false", "logger=none"))
-    ckpt = tmp_path / "checkpoints" / "last.ckpt"
-    cfg = compose_train(*data, f"ckpt_path={ckpt}", "trainer.accelerator=cpu", config_name="eval")
-    metrics = eval_task.run(cfg)
+    metrics = _train_one_step_then_eval(compose_train, tmp_path, data)
     assert {"test/ap", "test/ap50", "test/ap75", "test/ar100"} <= set(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("test/ap", "test/ap50", "test/ar100"))
     assert "| AP (%) | AP50% (%) | AP75 (%) | AR100 (%) |" in capsys.readouterr().out

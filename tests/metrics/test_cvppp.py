@@ -6,8 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from recattend.metrics import (
     DifferenceInCount,
@@ -16,18 +14,13 @@ from recattend.metrics import (
     symmetric_best_dice,
 )
 from recattend.metrics.cvppp import ForegroundDice, RecAttendSBD, recattend_sbd
-
-
-def columns(*ids: int) -> torch.Tensor:
-    """(4, 4) int64 label map whose column c is ``ids[c]`` on every row (4 pixels per column)."""
-    return torch.tensor(ids, dtype=torch.int64).expand(4, 4).clone()
-
-
-# Ground truth: instance 1 on columns 0..2 (12 px), instance 2 on column 3 (4 px).
-GT_TWO = columns(1, 1, 1, 2)
-# Ground truth with instance 1 only (12 px), column 3 background.
-GT_ONE = columns(1, 1, 1, 0)
-EMPTY = columns(0, 0, 0, 0)
+from tests.metrics.labels import (
+    EMPTY,
+    GT_ONE,
+    GT_TWO,
+    check_ddp_matches_single_process,
+    columns,
+)
 
 
 def scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -177,36 +170,13 @@ def test_update_rejects_bad_inputs() -> None:
         DifferenceInCount().update(GT_TWO[None].float(), GT_TWO[None])
 
 
-def dataset() -> tuple[torch.Tensor, torch.Tensor]:
-    """Five (pred, target) images covering every case above."""
-    pred = torch.stack([GT_TWO, columns(1, 1, 1, 1), GT_ONE, columns(1, 1, 1, 2), EMPTY])
-    target = torch.stack([GT_TWO, GT_TWO, GT_TWO, GT_ONE, GT_TWO])
-    return pred, target
-
-
-def _ddp_worker(rank: int, world_size: int, init_method: str, expected: dict[str, float]) -> None:
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
-    try:
-        pred, target = dataset()
-        # Uneven shards (3 + 2 images) check that every image counts exactly once.
-        shard = slice(0, 3) if rank == 0 else slice(3, 5)
-        metrics = (SymmetricBestDice(), DifferenceInCount(), RecAttendSBD(), ForegroundDice())
-        got = {}
-        for metric in metrics:
-            metric.update(pred[shard], target[shard])
-            got |= {k: v.item() for k, v in metric.compute().items()}
-        assert got == pytest.approx(expected), (rank, got, expected)
-    finally:
-        # Gloo threads alive at exit abort the process (reference/platform.md, section 2 row 9).
-        dist.barrier()
-        dist.destroy_process_group()
+def _all_cvppp_metrics() -> tuple:
+    return (SymmetricBestDice(), DifferenceInCount(), RecAttendSBD(), ForegroundDice())
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tmp_path) -> None:
-    expected = scores(*dataset()) | extra_scores(*dataset())
-    init_method = f"file://{tmp_path / 'process_group'}"
-    mp.spawn(_ddp_worker, args=(2, init_method, expected), nprocs=2, join=True)
+    check_ddp_matches_single_process(_all_cvppp_metrics, tmp_path)
 
 
 def test_dic_counts_the_true_number_of_instances_when_given() -> None:

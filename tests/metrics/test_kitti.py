@@ -6,22 +6,15 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from recattend.metrics.kitti import Coverage, coverage_scores
-
-
-def columns(*ids: int) -> torch.Tensor:
-    """(4, 4) int64 label map whose column c is ``ids[c]`` on every row (4 pixels per column)."""
-    return torch.tensor(ids, dtype=torch.int64).expand(4, 4).clone()
-
-
-# Ground truth: G1 on columns 0..2 (12 px), G2 on column 3 (4 px); sum of GT areas 16.
-GT_TWO = columns(1, 1, 1, 2)
-# Ground truth with G1 only (12 px), column 3 background.
-GT_ONE = columns(1, 1, 1, 0)
-EMPTY = columns(0, 0, 0, 0)
+from tests.metrics.labels import (
+    EMPTY,
+    GT_ONE,
+    GT_TWO,
+    check_ddp_matches_single_process,
+    columns,
+)
 
 
 def scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -169,31 +162,10 @@ def test_update_rejects_bad_inputs() -> None:
         Coverage().update(GT_TWO[None].float(), GT_TWO[None])
 
 
-def dataset() -> tuple[torch.Tensor, torch.Tensor]:
-    """Five (pred, target) images covering every case above."""
-    pred = torch.stack([GT_TWO, columns(1, 1, 1, 1), GT_ONE, columns(1, 1, 1, 2), EMPTY])
-    target = torch.stack([GT_TWO, GT_TWO, GT_TWO, GT_ONE, GT_TWO])
-    return pred, target
-
-
-def _ddp_worker(rank: int, world_size: int, init_method: str, expected: dict[str, float]) -> None:
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
-    try:
-        pred, target = dataset()
-        # Uneven shards (3 + 2 images) check that every image counts exactly once.
-        shard = slice(0, 3) if rank == 0 else slice(3, 5)
-        metric = Coverage()
-        metric.update(pred[shard], target[shard])
-        got = {k: v.item() for k, v in metric.compute().items()}
-        assert got == pytest.approx(expected), (rank, got, expected)
-    finally:
-        # Gloo threads alive at exit abort the process (reference/platform.md, section 2 row 9).
-        dist.barrier()
-        dist.destroy_process_group()
+def _coverage_metric() -> tuple:
+    return (Coverage(),)
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tmp_path) -> None:
-    expected = scores(*dataset())
-    init_method = f"file://{tmp_path / 'process_group'}"
-    mp.spawn(_ddp_worker, args=(2, init_method, expected), nprocs=2, join=True)
+    check_ddp_matches_single_process(_coverage_metric, tmp_path)
