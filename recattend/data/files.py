@@ -16,6 +16,7 @@ rest the same way for all of them:
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,13 +188,13 @@ class FileDataModule(InstanceDataModule):
         self.on_bad_file = on_bad_file
         self._extras: dict[str, dict[str, Any]] = {}  # per sample id, e.g. COCO annotations
 
+    @abstractmethod
     def entries(self, split: str) -> list[Entry]:
         """The samples of ``split`` ("train", "val" or "test"), unchecked."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read_instances(self, entry: Entry) -> Instances:
         """Decode one entry's ground truth (may raise ``READ_ERRORS``)."""
-        raise NotImplementedError
 
     def read(self, entry: Entry) -> RawSample:
         """Decode one entry: the image and, when it has a label, its instances.

@@ -12,8 +12,8 @@ from tests.metrics.labels import (
     EMPTY,
     GT_ONE,
     GT_TWO,
-    check_ddp_matches_single_process,
     columns,
+    ddp_and_single_process_values,
 )
 
 
@@ -168,4 +168,6 @@ def _coverage_metric() -> tuple:
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tmp_path) -> None:
-    check_ddp_matches_single_process(_coverage_metric, tmp_path)
+    ranks, expected = ddp_and_single_process_values(_coverage_metric, tmp_path)
+    for got in ranks:
+        assert got == pytest.approx(expected)
