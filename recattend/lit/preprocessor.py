@@ -38,6 +38,7 @@ class PreprocessorModule(L.LightningModule):
         lr_decay: multiplicative decay applied every ``lr_decay_steps`` optimizer steps (staircase).
         lr_decay_steps: steps between decays.
         weight_decay: L2 on conv and deconv kernels (the reference: 5e-5).
+        compile: ``torch.compile`` the FCN (``model.compile=true``).
     """
 
     def __init__(
@@ -50,12 +51,15 @@ class PreprocessorModule(L.LightningModule):
         lr_decay: float = 0.96,
         lr_decay_steps: int = 5000,
         weight_decay: float = 5e-5,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"module.optimizer='{optimizer}' must be 'adam' or 'sgd'")
         self.net = Preprocessor(**(net or {}))
+        if compile:
+            self.net.compile()  # in place: the state_dict keys stay those of the eager network
         h, w = image_size
         stride = self.net.stride
         if h % stride or w % stride:

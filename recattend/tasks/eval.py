@@ -21,7 +21,8 @@ from recattend.callbacks import ProcessGroupTeardown
 from recattend.export import write_json
 from recattend.report import metrics_table
 from recattend.tasks.train import paper_table, scalars
-from recattend.utils.config import instantiate_group, require_writable_dir
+from recattend.utils.config import instantiate_group, instantiate_trainer, require_writable_dir
+from recattend.utils.loggers import finish_wandb, log_metrics_table
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,19 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
     datamodule = instantiate(cfg.dataset, _convert_="all")
     _check_compatible(module, datamodule, ckpt)
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(
+    trainer: L.Trainer = instantiate_trainer(
         cfg.trainer, callbacks=[ProcessGroupTeardown()], logger=loggers or False
     )
     if cfg.get("export"):
         module.export_dir = output_dir / "predictions"
-    trainer.test(module, datamodule=datamodule)
+    try:
+        trainer.test(module, datamodule=datamodule)
+        metrics = scalars(trainer.callback_metrics)
+        log_metrics_table(trainer.loggers, metrics)
+    finally:
+        finish_wandb()
     if cfg.get("export") and module.test_detections and trainer.is_global_zero:
         write_json(module.test_detections, output_dir / "predictions" / "coco_results.json")
-    metrics = scalars(trainer.callback_metrics)
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(
             json.dumps(metrics, indent=2, sort_keys=True) + "\n"

@@ -2,7 +2,12 @@
 
 Order: start-up checks -> seed -> data -> module (weights from ``init_from`` if set) -> callbacks
 and loggers -> trainer -> fit -> test (best checkpoint if one was written) -> ``metrics.json`` in
-the run folder. W&B runs are finished in every case, so each job of a multirun gets its own run.
+the run folder (and a W&B table). W&B runs are finished in every case, so each job of a multirun
+gets its own run.
+
+Resuming (``ckpt_path=last`` or a checkpoint path): Hydra's run folder is the resumed run's
+(:func:`recattend.utils.hydra.run_dir`), Lightning restores weights, optimiser, step and the
+callbacks' stage and schedule, and the W&B logger continues the run's W&B id.
 """
 
 from __future__ import annotations
@@ -10,19 +15,25 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recattend.callbacks import ProcessGroupTeardown
 from recattend.report import metrics_table
 from recattend.utils.checkpoint import load_weights
-from recattend.utils.config import check_multirun_strategy, instantiate_group, require_writable_dir
+from recattend.utils.config import (
+    check_multirun_strategy,
+    instantiate_group,
+    instantiate_trainer,
+    require_writable_dir,
+)
+from recattend.utils.loggers import finish_wandb, log_metrics_table, previous_wandb_id
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +42,7 @@ def run(cfg: DictConfig) -> float | None:
     """Train (and test) what ``cfg`` describes; returns ``cfg.optimized_metric`` if set."""
     output_dir = require_writable_dir(cfg.paths.output_dir, "paths.output_dir")
     check_multirun_strategy(cfg.trainer)
+    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -44,13 +56,17 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.get("init_from"):
         load_weights(module, cfg.init_from)
     callbacks = [*instantiate_group(cfg.get("callbacks")), ProcessGroupTeardown()]
+    if ckpt_path is not None:
+        _continue_wandb_run(cfg, output_dir)
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate_trainer(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False
+    )
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = scalars(trainer.callback_metrics)
         if cfg.get("test", False):
             # The best checkpoint only means something when a metric is monitored; otherwise the
@@ -61,8 +77,9 @@ def run(cfg: DictConfig) -> float | None:
                 log.info("testing the weights at the end of training")
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
             metrics.update(scalars(trainer.callback_metrics))
+        log_metrics_table(trainer.loggers, metrics)
     finally:
-        _finish_wandb()
+        finish_wandb()
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(
             json.dumps(metrics, indent=2, sort_keys=True) + "\n"
@@ -73,6 +90,41 @@ def run(cfg: DictConfig) -> float | None:
         log.info("outputs in %s", output_dir)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def resume_checkpoint(ckpt_path: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint a training run resumes from, checked before any work starts.
+
+    ``last`` is this run folder's ``checkpoints/last.ckpt`` (Hydra already chose the folder of
+    the most recent run that has one); any other value must be an existing file.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+    """
+    if not ckpt_path:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path}: no checkpoint at '{path}'. Use ckpt_path=last (the newest "
+            "run's last.ckpt, or this multirun job's when hydra.sweep.dir is the old sweep) or the "
+            "path of a .ckpt file"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    log.info("resuming %s at global step %d (epoch %d)", path, state["global_step"], state["epoch"])
+    return path
+
+
+def _continue_wandb_run(cfg: DictConfig, output_dir: Path) -> None:
+    """Give the W&B logger the resumed run's id (unless one was set), so it continues that run."""
+    wandb_cfg = OmegaConf.select(cfg, "logger.wandb")
+    if wandb_cfg is None or wandb_cfg.get("id"):
+        return
+    run_id = previous_wandb_id(output_dir / "wandb")
+    if run_id is not None:
+        with open_dict(wandb_cfg):
+            wandb_cfg.id, wandb_cfg.resume = run_id, "allow"
+        log.info("continuing W&B run %s", run_id)
 
 
 def paper_table(module: L.LightningModule, datamodule: L.LightningDataModule) -> str | None:
@@ -89,12 +141,6 @@ def scalars(values: dict[str, Any]) -> dict[str, float | None]:
         number = float(value.item() if isinstance(value, torch.Tensor) else value)
         out[key] = number if math.isfinite(number) else None
     return out
-
-
-def _finish_wandb() -> None:
-    wandb = sys.modules.get("wandb")  # only if a W&B logger was used
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
 
 
 main = hydra.main(version_base="1.3", config_path="pkg://recattend.conf", config_name="train")(run)

@@ -48,7 +48,8 @@ def check_multirun_strategy(trainer_cfg: DictConfig) -> None:
     Lightning's ``ddp`` (also what ``strategy: auto`` picks for several devices) re-executes
     ``sys.argv`` in each child rank, so inside ``-m`` every rank would relaunch the whole sweep
     (reference/platform.md section 4.3). ``ddp_spawn`` (or ``ddp_fork`` on CPU) starts the ranks
-    from the running job instead.
+    from the running job instead. Under ``hydra/launcher=slurm`` every rank is a SLURM task, so
+    any strategy is safe as long as the tasks per job equal devices x nodes.
     """
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
@@ -56,9 +57,88 @@ def check_multirun_strategy(trainer_cfg: DictConfig) -> None:
     single = devices in (1, "1") or (OmegaConf.is_list(devices) and len(devices) == 1)
     many = not single or trainer_cfg.get("num_nodes", 1) > 1
     strategy = str(trainer_cfg.get("strategy", "auto"))
+    launcher = HydraConfig.get().launcher
+    if "SlurmLauncher" in str(launcher.get("_target_", "")):
+        # hydra/launcher=slurm: SLURM starts one task per rank and Lightning joins them.
+        tasks = int(launcher.tasks_per_node) * int(launcher.nodes)
+        if many and tasks != int(resolved_devices(trainer_cfg)[1]):
+            raise ValueError(
+                f"hydra.launcher starts {tasks} SLURM tasks per job but trainer.devices x "
+                f"trainer.num_nodes asks for {resolved_devices(trainer_cfg)[1]} processes: keep "
+                "hydra.launcher.tasks_per_node=${trainer.devices} and "
+                "hydra.launcher.nodes=${trainer.num_nodes} (conf/hydra/launcher/slurm.yaml)"
+            )
+        return
     if many and not strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
         raise ValueError(
             f"trainer.strategy={strategy} with trainer.devices={devices} inside a multirun (-m) "
             "would relaunch the whole sweep from every rank. Use trainer.strategy=ddp_spawn (or "
             "ddp_fork on CPU), or a single device."
         )
+
+
+# Precisions the segmenter trains correctly with. Pure half precision ("16-true", "bf16-true")
+# is refused: the Gaussian filterbank evaluates exp(-(a - mu)^2 / 2 var) over whole image rows
+# (squared distances up to ~5e4 px^2 at 224 px) and the soft IoUs sum over H x W pixels, both
+# beyond a 8-bit (bf16) or 11-bit (fp16) mantissa; mixed precision keeps weights, reductions and
+# the losses in float32.
+PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "16-mixed")
+
+
+def resolved_devices(trainer_cfg: DictConfig) -> tuple[str, int]:
+    """The accelerator (``cpu`` or ``gpu``) and the world size (devices x nodes) the trainer
+    settings resolve to, as Lightning would pick them (``auto`` -> gpu when CUDA is available)."""
+    import torch
+
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    accelerator = "gpu" if accelerator == "cuda" else accelerator
+    available = torch.cuda.device_count() if accelerator == "gpu" else 1
+    devices = trainer_cfg.get("devices", 1)
+    if OmegaConf.is_list(devices) or isinstance(devices, list | tuple):
+        count = len(devices)
+    elif str(devices).strip() in ("auto", "-1"):
+        count = available
+    elif "," in str(devices):  # "0,1": device indices
+        count = len([d for d in str(devices).split(",") if d.strip()])
+    else:
+        count = int(devices)
+    return accelerator, count * int(trainer_cfg.get("num_nodes", 1) or 1)
+
+
+def trainer_settings(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """Checked Trainer arguments that need deciding before instantiation.
+
+    * ``sync_batchnorm: auto`` becomes true with more than one CUDA device: the per-timestep
+      BatchNorm statistics are then those of the global batch (the reference trained on one GPU
+      with the whole batch). PyTorch's SyncBatchNorm has no CPU (gloo) implementation, so an
+      explicit ``true`` with several CPU processes is an error.
+    * ``precision`` must be one of :data:`PRECISIONS`.
+
+    Raises:
+        ValueError: naming the setting and what to use instead.
+    """
+    accelerator, world = resolved_devices(trainer_cfg)
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"trainer.precision={precision} is not supported: pure half precision breaks the "
+            "Gaussian filterbank (squared pixel distances in exp) and the soft IoU sums over "
+            f"whole images. Use one of {list(PRECISIONS)}, e.g. trainer.precision=bf16-mixed"
+        )
+    sync = trainer_cfg.get("sync_batchnorm", "auto")
+    if sync == "auto":
+        sync = accelerator == "gpu" and world > 1
+    elif sync and accelerator != "gpu" and world > 1:
+        raise ValueError(
+            "trainer.sync_batchnorm=true needs CUDA devices: PyTorch's SyncBatchNorm has no CPU "
+            "implementation. Use trainer.sync_batchnorm=false (each process normalises with its "
+            "own batch) or trainer.sync_batchnorm=auto"
+        )
+    return {"sync_batchnorm": bool(sync)}
+
+
+def instantiate_trainer(trainer_cfg: DictConfig, **kwargs: Any) -> Any:
+    """``lightning.Trainer`` from ``cfg.trainer`` after :func:`trainer_settings`."""
+    return instantiate(trainer_cfg, **trainer_settings(trainer_cfg), **kwargs)

@@ -6,10 +6,14 @@ Resolvers (registered on import, which importing ``recattend.utils`` does):
   multirun, so a sweep's jobs are grouped together; otherwise ``<task_name>``.
 * ``${sweep_job_name:}``: the W&B run name, the job's overrides (``model=iter1``) inside a
   multirun; otherwise None (W&B picks one).
+* ``${run_dir:<runs folder>,<ckpt_path>,<train>}``: a single run's folder (``hydra.run.dir``):
+  the folder of the run being resumed, or a new one named by the launch (see :func:`run_dir`).
 """
 
 from __future__ import annotations
 
+import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,5 +58,45 @@ def sweep_job_name() -> str | None:
     return (job.job.override_dirname or str(job.job.num)) if job else None
 
 
+def launch_name() -> str:
+    """A new run folder's name, the same in every process of one launch.
+
+    Processes started together by torchrun or srun each compose the config themselves, and their
+    clocks may straddle a second: they use the launch's id (``torchrun-<TORCHELASTIC_RUN_ID>``,
+    ``slurm-<job>.<step>``) so all ranks write to one folder. A single process uses the time.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
+        return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        step = os.environ.get("SLURM_STEP_ID")
+        return f"slurm-{os.environ['SLURM_JOB_ID']}" + (f".{step}" if step else "")
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def run_dir(runs: str, ckpt_path: str | None = None, train: bool = False) -> str:
+    """``hydra.run.dir`` of a single run: a training run given a checkpoint continues in that
+    checkpoint's run folder, so checkpoints, CSV, learning curve and W&B run carry on.
+
+    * ``ckpt_path=last``: the run under ``runs`` whose ``checkpoints/last.ckpt`` was written most
+      recently (an error if there is none);
+    * ``ckpt_path=<run>/checkpoints/<file>.ckpt``: ``<run>``;
+    * otherwise (no checkpoint, a checkpoint kept elsewhere, or not training): a new folder
+      ``runs/<launch name>`` (:func:`launch_name`).
+    """
+    if train and ckpt_path == "last":
+        found = list(Path(runs).glob("*/checkpoints/last.ckpt"))
+        if not found:
+            raise ValueError(
+                f"ckpt_path=last: no run under '{runs}' has checkpoints/last.ckpt to resume. Pass "
+                "the checkpoint itself (ckpt_path=<run>/checkpoints/<file>.ckpt), or check "
+                "task_name and paths.log_dir (RECATTEND_OUTPUTS)"
+            )
+        return str(max(found, key=lambda p: p.stat().st_mtime).parent.parent)
+    if train and ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+        return str(Path(ckpt_path).absolute().parent.parent)
+    return str(Path(runs) / launch_name())
+
+
+OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name, replace=True)

@@ -1,4 +1,6 @@
-"""Lightning's CSV logger, made safe to append to an existing ``metrics.csv``.
+"""Logger helpers: a CSV logger safe to append to, and W&B run ids and tables.
+
+``CSVLogger``: Lightning's CSV logger, made safe to append to an existing ``metrics.csv``.
 
 Lightning 2.6's writer starts every process with an empty column list; when it later adds a column
 it rewrites the file with only the columns it knows, and rows written earlier by another process
@@ -11,9 +13,15 @@ its columns before each save, so old rows and columns are kept.
 from __future__ import annotations
 
 import csv
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
@@ -41,3 +49,51 @@ class CSVLogger(LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class WandbLogger(LightningWandbLogger):
+    """``lightning.pytorch.loggers.WandbLogger`` whose checkpoint artifacts work offline too.
+
+    Lightning refuses ``log_model`` with ``offline=True`` because nothing can be uploaded, but W&B
+    records offline artifacts (the checkpoint is staged in W&B's data folder) and ``wandb sync``
+    uploads them with the run. Offline with ``log_model`` therefore runs W&B in offline mode
+    itself (``mode="offline"``) instead of through Lightning's switch.
+    """
+
+    def __init__(self, *, offline: bool = False, log_model: bool | str = False, **kwargs: Any):
+        if offline and log_model:
+            offline, kwargs["mode"] = False, "offline"
+        super().__init__(offline=offline, log_model=log_model, **kwargs)
+
+
+# W&B run folders: offline-run-<YYYYmmdd_HHMMSS>-<id> (offline) or run-<...>-<id> (online).
+_WANDB_RUN = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-(\w+)$")
+
+
+def previous_wandb_id(wandb_dir: Path) -> str | None:
+    """The id of the newest W&B run recorded under ``wandb_dir`` (a run folder's ``wandb/``)."""
+    runs = [m for p in wandb_dir.glob("*run-*") if (m := _WANDB_RUN.match(p.name))]
+    return max(runs, key=lambda m: m.group(1)).group(2) if runs else None
+
+
+def log_metrics_table(loggers: Iterable[Any], metrics: Mapping[str, float | None]) -> None:
+    """Log the final ``<split>/<metric>`` values as one W&B table (key ``metrics_table``): a row
+    per split (train, val, test), a column per metric name. Loggers other than W&B are skipped."""
+    wandb_loggers = [logger for logger in loggers if isinstance(logger, LightningWandbLogger)]
+    if not wandb_loggers or not metrics:
+        return
+    found = {key.split("/", 1)[0] for key in metrics if "/" in key}
+    splits = [s for s in ("train", "val", "test") if s in found] + sorted(
+        found - {"train", "val", "test"}
+    )
+    names = sorted({key.split("/", 1)[1] for key in metrics if "/" in key})
+    rows = [[split, *(metrics.get(f"{split}/{name}") for name in names)] for split in splits]
+    for logger in wandb_loggers:
+        logger.log_table(key="metrics_table", columns=["split", *names], data=rows)
+
+
+def finish_wandb() -> None:
+    """End the W&B run if one is open, so the next job of a multirun starts its own."""
+    wandb = sys.modules.get("wandb")  # only if a W&B logger was used
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
