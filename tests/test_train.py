@@ -151,26 +151,6 @@ def test_multirun_refuses_subprocess_ddp(tmp_path: Path, offline_env: dict[str, 
 
 
 @pytest.mark.slow
-def test_two_process_cpu_ddp_fit_and_test(compose_train, tmp_path: Path) -> None:
-    # The default loggers (W&B offline + CSV): the test stage's spawned processes append to the CSV
-    # file that the fit's processes wrote.
-    # Two steps per process: the box stage (segmentation network idle) then the full stage.
-    cfg = compose_train(
-        *TINY,
-        "trainer=ddp_sim",
-        "trainer.max_epochs=2",
-        "trainer.log_every_n_steps=1",
-        "callbacks.bootstrap.stages.0.steps=1",
-    )
-    train.run(cfg)
-    assert "test/sbd" in json.loads((tmp_path / "metrics.json").read_text())
-    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
-    assert {"val/sbd", "test/sbd"} <= set(rows[0])
-    stages = [(r["step"], r["train/stage"]) for r in rows if r["train/stage"]]
-    assert stages == [("0", "0.0"), ("1", "1.0")]
-
-
-@pytest.mark.slow
 def test_installed_entry_point_finds_its_configs(
     tmp_path: Path, offline_env: dict[str, str]
 ) -> None:
