@@ -293,3 +293,28 @@ def test_compile_keeps_the_eager_results_and_checkpoint_names(tmp_path: Path) ->
     fcn_compiled.load_state_dict(fcn.state_dict())
     for key, value in fcn(image).items():
         torch.testing.assert_close(fcn_compiled(image)[key], value, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_cpu_devices_from_the_command_line(tmp_path: Path, offline_env: dict[str, str]) -> None:
+    # strategy=auto with 2 devices is Lightning's ddp: rank 1 re-executes the command line and
+    # must land in the same run folder (one folder, one metrics.json, both ranks' steps).
+    result = run_cli(
+        [
+            "train.py",
+            *TINY,
+            "trainer.devices=2",
+            "trainer.max_steps=2",
+            "callbacks.bootstrap.stages.0.steps=1",
+            f"paths.log_dir={tmp_path}",
+        ],
+        ROOT,
+        offline_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = tmp_path.glob("train/runs/*")
+    assert "test/sbd" in json.loads((folder / "metrics.json").read_text())
+    assert "distributed_backend=gloo" in result.stderr + result.stdout
+    assert "All distributed processes registered. Starting with 2 processes" in (
+        result.stderr + result.stdout
+    )

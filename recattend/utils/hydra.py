@@ -58,19 +58,25 @@ def sweep_job_name() -> str | None:
     return (job.job.override_dirname or str(job.job.num)) if job else None
 
 
+# When this process started: a run folder's time stamp. Fixed once, because the folder name is
+# resolved more than once per process (Hydra creates the folder; Lightning's DDP launcher reads
+# hydra.run.dir again to send ranks 1..N there), like Hydra's cached ${now:} resolver.
+_STARTED = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
 def launch_name() -> str:
     """A new run folder's name, the same in every process of one launch.
 
     Processes started together by torchrun or srun each compose the config themselves, and their
     clocks may straddle a second: they use the launch's id (``torchrun-<TORCHELASTIC_RUN_ID>``,
-    ``slurm-<job>.<step>``) so all ranks write to one folder. A single process uses the time.
+    ``slurm-<job>.<step>``) so all ranks write to one folder. A single process uses its start time.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
         return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
         step = os.environ.get("SLURM_STEP_ID")
         return f"slurm-{os.environ['SLURM_JOB_ID']}" + (f".{step}" if step else "")
-    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return _STARTED
 
 
 def run_dir(runs: str, ckpt_path: str | None = None, train: bool = False) -> str:
