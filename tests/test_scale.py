@@ -286,7 +286,7 @@ def test_compile_keeps_the_eager_results_and_checkpoint_names(tmp_path: Path) ->
     torch.testing.assert_close(got["masks"], expected["masks"], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-5, rtol=1e-4)
 
-    net = {"encoder_channels": [4, 4], "encoder_pools": [2, 2], "decoder_channels": [4, 4]}
+    net = {"encoder_channels": [4, 4], "encoder_pools": [2, 2], "decoder_channels": [4]}
     net |= {"decoder_unpools": [2, 2], "decoder_skips": [False, True]}
     fcn = PreprocessorModule(image_size=[32, 32], net=net).eval()
     fcn_compiled = PreprocessorModule(image_size=[32, 32], net=net, compile=True).eval()
