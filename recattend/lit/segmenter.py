@@ -6,8 +6,8 @@ the score loss. Keeping all T steps' graphs alive until the joint loss is known 
 one step's activations. Instead each step runs under activation checkpointing: its forward keeps
 only its inputs (the image and that step's canvas) and outputs, and the backward pass recomputes
 one step at a time. The gradient is exactly that of the joint loss (eq. 21), one backward call
-serves DDP as usual, and compute grows by one extra forward. BatchNorm running statistics are left
-untouched during the recomputation, so they are updated once per step as without checkpointing.
+serves DDP as usual, and compute grows by one extra forward. BatchNorm running statistics are
+restored after the recomputation, so they are updated once per step as without checkpointing.
 
 Training procedure (paper 2.6, reference 1.3-1.4), driven by two callbacks that set attributes of
 the module:
@@ -58,7 +58,13 @@ from recattend.metrics import (
 )
 from recattend.models.filterbank import box_edges_to_center_size
 from recattend.models.preprocessor import Preprocessor
-from recattend.models.segmenter import BoxState, RecurrentSegmenter, StepOutput
+from recattend.models.segmenter import (
+    BoxState,
+    RecurrentSegmenter,
+    StepOutput,
+    TimestepConvStack,
+    TimestepDeconvStack,
+)
 from recattend.postprocess import (
     FullResolution,
     full_resolution_labels,
@@ -86,16 +92,26 @@ def gt_label_map(masks: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def frozen_batchnorm_stats(norms: Sequence[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
-    """Batch statistics still normalise, but running averages of ``norms`` are left untouched."""
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
+def restored_batchnorm_stats(norms: Sequence[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """Batch statistics still normalise, but the running averages of ``norms`` and their batch
+    counters are put back afterwards, so a recomputation leaves them as the first pass did.
+
+    The recomputation runs exactly the computation of the first pass (switching momentum off
+    would not), which compiled step functions need: checkpointing checks that both save the same
+    tensors, and Dynamo would compile a second graph for another momentum.
+    """
+    saved = [
+        [b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in norms
+    ]
     try:
         yield
     finally:
-        for m, momentum in zip(norms, saved, strict=True):
-            m.momentum = momentum
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved, strict=True):
+                for live, kept in zip(
+                    (m.running_mean, m.running_var, m.num_batches_tracked), buffers, strict=True
+                ):
+                    live.copy_(kept)
 
 
 @dataclasses.dataclass
@@ -181,7 +197,13 @@ class SegmenterModule(L.LightningModule):
         self.model = RecurrentSegmenter(image_size=image_size, steps=max_instances + 1, **net)
         if compile:
             self._compile()
-        self._norms = self._batchnorms()  # frozen during each step's recomputation
+        # The per-timestep BatchNorm holders: step t's statistics are restored after its
+        # recomputation. (DDP's SyncBatchNorm conversion replaces their layers, not them.)
+        self._timestep_stacks = [
+            m
+            for m in self.model.modules()
+            if isinstance(m, TimestepConvStack | TimestepDeconvStack)
+        ]
         self.stage = "full"  # training stage, set by BootstrapStages (module docstring)
         self.optim_overrides: dict[str, float] = {}  # the stage's lr settings, idem
         self.teacher_forcing: dict[str, Tensor] | None = None  # set by ScheduledSampling
@@ -259,13 +281,6 @@ class SegmenterModule(L.LightningModule):
         return self
 
     # ----------------------------------------------------------------------------------- training
-    def _batchnorms(self) -> list[nn.modules.batchnorm._BatchNorm]:
-        return [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-    def on_fit_start(self) -> None:
-        # DDP with sync_batchnorm replaced the BatchNorm layers by SyncBatchNorm ones.
-        self._norms = self._batchnorms()
-
     def supports_stage(self, stage: str) -> bool:
         """Whether this model can train in ``stage`` (no box stage without a box network)."""
         return stage == "full" or (stage == "box" and self.model.box_net is not None)
@@ -312,16 +327,22 @@ class SegmenterModule(L.LightningModule):
         noise = 1 - GT_MASK_NOISE * torch.rand_like(batch["masks"][:, 0])
         return Knob(use_box, center, size, use_mask, batch["masks"][rows, m] * noise)
 
-    def _checkpointed(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Run ``function(*args)`` keeping only inputs and outputs; recompute it in backward
-        (unless ``checkpoint_steps`` is off)."""
+    def _checkpointed(
+        self, function: Callable[..., Any], x: Tensor, canvas: Tensor, t: int, *args: Any
+    ) -> Any:
+        """Run step t's ``function(x, canvas, t, *args)`` keeping only inputs and outputs;
+        recompute it in backward (unless ``checkpoint_steps`` is off)."""
         if not (self.hparams.checkpoint_steps and torch.is_grad_enabled()):
-            return function(*args)
+            return function(x, canvas, t, *args)
+        norms = [norm for stack in self._timestep_stacks for norm in stack.norms[t]]
         return checkpoint(
             function,
+            x,
+            canvas,
+            t,
             *args,
             use_reentrant=False,
-            context_fn=lambda: (contextlib.nullcontext(), frozen_batchnorm_stats(self._norms)),
+            context_fn=lambda: (contextlib.nullcontext(), restored_batchnorm_stats(norms)),
         )
 
     def _rollout(self, batch: dict[str, Any]) -> list[StepOutput]:
