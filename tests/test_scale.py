@@ -15,6 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from recattend.tasks import eval as eval_task
 from recattend.tasks import train
 from recattend.utils.config import check_multirun_strategy, resolved_devices, trainer_settings
 from recattend.utils.hydra import run_dir
@@ -226,18 +227,30 @@ def test_two_process_cpu_ddp_fit_and_test_never_abort(
     # file that the fit's processes wrote.
     # Two steps per process: the box stage (segmentation network idle) then the full stage.
     cfg = compose_train(
-        *(o for o in TINY if not o.startswith("trainer.max_epochs=")),
+        *(o for o in TINY if not o.startswith(("trainer.max_epochs=", "dataset.num_test="))),
+        "dataset.num_test=5",
         "trainer=ddp_sim",
         "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1",
         "callbacks.bootstrap.stages.0.steps=1",
     )
     train.run(cfg)
-    assert "test/sbd" in json.loads((tmp_path / "metrics.json").read_text())
+    two_processes = json.loads((tmp_path / "metrics.json").read_text())
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     assert {"val/sbd", "test/sbd"} <= set(rows[0])
     stages = [(r["step"], r["train/stage"]) for r in rows if r["train/stage"]]
     assert stages == [("0", "0.0"), ("1", "1.0")]
+    # 5 test images over 2 ranks: 3 + 2, none repeated, so the test metrics equal a
+    # single-process evaluation of the same weights.
+    cfg = compose_train(
+        *(o for o in TINY if not o.startswith("dataset.num_test=")),
+        "dataset.num_test=5",
+        f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+        config_name="eval",
+    )
+    one_process = eval_task.run(cfg)
+    for key in ("test/sbd", "test/abs_dic", "test/fg_dice", "test/mwcov"):
+        assert two_processes[key] == pytest.approx(one_process[key], abs=1e-6), key
 
 
 @pytest.mark.slow

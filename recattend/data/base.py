@@ -9,18 +9,36 @@ collation and loaders are common and live here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from recattend.data.targets import collate, instance_targets
 from recattend.data.transforms import build_transform
 
 SPLITS = ("train", "val", "test")
+
+
+class EvaluationSampler(DistributedSampler):
+    """Each image of an evaluation split exactly once over all DDP ranks: rank r takes images
+    r, r + world, ... (ranks may get one image fewer than others).
+
+    Lightning's default ``DistributedSampler`` pads the split to a multiple of the world size by
+    repeating images, which would count them twice in SBD, |DiC|, coverage and AP. The metrics
+    are torchmetrics states reduced over ranks, so uneven shares are fine.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        super().__init__(dataset, shuffle=False, drop_last=False)
+        self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class RawSample(NamedTuple):
@@ -166,8 +184,13 @@ class InstanceDataModule(L.LightningDataModule, ABC):
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        dataset = self.datasets[split]
+        # Under DDP the evaluation splits are split without padding (EvaluationSampler); the
+        # training split gets Lightning's shuffling DistributedSampler.
+        distributed = split != "train" and dist.is_available() and dist.is_initialized()
         return DataLoader(
-            self.datasets[split],
+            dataset,
+            sampler=EvaluationSampler(dataset) if distributed else None,
             batch_size=self.batch_size,
             shuffle=split == "train",
             drop_last=False,
