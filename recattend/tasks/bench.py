@@ -15,8 +15,14 @@ Data loading: for each real dataset, a fixture in its official layout at the rea
 (:mod:`recattend.data.fixtures`) is read through its DataModule with the dataset config's
 workers, resizing and augmentation; ``loading`` gives training images/s per dataset.
 
+DDP scaling (``--ddp``, also part of ``make bench``): the synthetic default trained by a Lightning
+Trainer on 1 and on 2 CPU processes (``ddp_spawn``, gloo; the per-process batch stays 8, so 2
+processes train a global batch of 16); ``ddp`` gives training images/s per world size, timed
+over full-stage steps after a warm-up.
+
 Figures are printed and written to ``outputs/bench/latest.json``. Usage:
-``python -m recattend.tasks.bench [--steps N] [--out PATH] [--skip-model] [--skip-loading]``.
+``python -m recattend.tasks.bench [--steps N] [--out PATH] [--skip-model] [--skip-loading]
+[--skip-ddp]``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import lightning as L
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "cvppp": {"resolution": [224, 224], "max_instances": 20, "batch_size": 5},
@@ -147,6 +155,65 @@ def measure_loading(name: str, images: int, folder: Path) -> float:
     return round(count / (time.perf_counter() - start), 1)
 
 
+class StepTimer(L.Callback):
+    """Writes training images/s over optimizer steps warmup .. warmup + steps to ``result``
+    (rank 0; DDP ranks move in lockstep)."""
+
+    def __init__(self, result: Path, warmup: int, steps: int) -> None:
+        self.result, self.warmup, self.steps = result, warmup, steps
+        self.start = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.is_global_zero:
+            batch = trainer.datamodule.batch_size
+            images = self.steps * batch * trainer.world_size
+            self.result.write_text(str(images / (time.perf_counter() - self.start)))
+
+
+def measure_ddp(devices: int, steps: int, warmup: int = 3) -> float:
+    """Training images/s of the synthetic default on ``devices`` CPU processes (all ranks)."""
+    import torch
+
+    from recattend.callbacks import ProcessGroupTeardown
+    from recattend.data import SyntheticDataModule
+    from recattend.lit import SegmenterModule
+
+    config = CONFIGS["synthetic"]
+    with tempfile.TemporaryDirectory() as folder:
+        result = Path(folder) / "images_per_s"
+
+        torch.manual_seed(0)
+        data = SyntheticDataModule(
+            resolution=config["resolution"],
+            max_instances=config["max_instances"],
+            batch_size=config["batch_size"],
+            num_train=config["batch_size"] * devices * (warmup + steps),
+            num_workers=1,
+        )
+        module = SegmenterModule(
+            image_size=config["resolution"], max_instances=config["max_instances"]
+        )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=devices,
+            strategy="ddp_spawn" if devices > 1 else "auto",
+            max_steps=warmup + steps,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[StepTimer(result, warmup, steps), ProcessGroupTeardown()],
+            default_root_dir=folder,
+        )
+        trainer.fit(module, datamodule=data)
+        return round(float(result.read_text()), 2)
+
+
 def _worker(name: str, steps: int, checkpoint_steps: bool, queue: mp.Queue) -> None:
     queue.put(measure(name, steps, checkpoint_steps))
 
@@ -169,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--skip-model", action="store_true", help="only the loading figures")
     parser.add_argument("--skip-loading", action="store_true", help="only the model figures")
     parser.add_argument("--images", type=int, default=24, help="fixture images per dataset")
+    parser.add_argument("--skip-ddp", action="store_true", help="no 1 vs 2 process figures")
     args = parser.parse_args(argv)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: dict[str, Any] = {}
@@ -178,6 +246,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         results[name]["train_images_per_s_all_graphs"] = all_graphs["train_images_per_s"]
         results[name]["peak_train_memory_gib_all_graphs"] = all_graphs["peak_train_memory_gib"]
         print(f"{name:10s} " + "  ".join(f"{k}={v}" for k, v in results[name].items()), flush=True)
+    if not args.skip_ddp:
+        results["ddp"] = {
+            f"train_images_per_s_{n}_process{'es' if n > 1 else ''}": measure_ddp(n, 4 * args.steps)
+            for n in (1, 2)
+        }
+        print("ddp (synthetic) " + "  ".join(f"{k}={v}" for k, v in results["ddp"].items()))
     if not args.skip_loading:
         with tempfile.TemporaryDirectory() as folder:
             results["loading"] = {
