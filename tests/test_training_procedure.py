@@ -51,9 +51,9 @@ def _canvases(module: SegmenterModule) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     locate = module.model.locate
 
-    def recording(x: torch.Tensor, canvas: torch.Tensor, t: int) -> Any:
+    def recording(x: torch.Tensor, canvas: torch.Tensor, t: int, *args: Any) -> Any:
         seen.append(canvas.detach().clone())
-        return locate(x, canvas, t)
+        return locate(x, canvas, t, *args)
 
     module.model.locate = recording
     return seen
