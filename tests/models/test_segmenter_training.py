@@ -88,9 +88,11 @@ def test_checkpointed_steps_give_the_full_graph_gradient_and_one_bn_update(
         assert torch.allclose(module.model.state_dict()[key], value, atol=1e-6), key
 
 
-def test_two_images_overfit(monkeypatch) -> None:
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16], ids=["32", "bf16-mixed"])
+def test_two_images_overfit(monkeypatch, precision: torch.dtype) -> None:
     # Two images, 150 Adam steps with teacher forcing off: the joint loss must fall by at least
     # 0.6 (from about +0.7: random scores and near-zero IoUs, towards -2: perfect IoU and scores).
+    # bf16-mixed (trainer.precision=bf16-mixed: CPU autocast) must learn as well.
     torch.manual_seed(0)
     batch = tiny_batch(2)
     module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
@@ -101,7 +103,9 @@ def test_two_images_overfit(monkeypatch) -> None:
     losses = []
     for _ in range(150):
         optimizer.zero_grad()
-        loss = module.training_step(batch, 0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+            loss = module.training_step(batch, 0)
+        assert loss.dtype == torch.float32  # the losses stay float32 under autocast
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
