@@ -4,6 +4,8 @@ For each configuration -- the paper's CVPPP setting (224x224, T = 21, 48x48 patc
 the synthetic default (128x128, T = 11, batch 8) -- a fresh process measures:
 
 * ``train_images_per_s``: full training steps (forward, joint loss, backward, Adam step);
+  ``_all_graphs`` without per-step checkpointing, ``_bf16`` under bfloat16 autocast
+  (``trainer.precision=bf16-mixed``);
 * ``infer_images_per_s``: :meth:`RecurrentSegmenter.predict` running all T steps (no early stop:
   the worst case);
 * ``peak_train_memory_gib``: the process's peak resident memory after the training steps
@@ -52,9 +54,12 @@ LOADING_SIZES = {
 }
 # Training is measured twice: with per-step activation checkpointing (the default) and keeping all
 # T steps' graphs (module.checkpoint_steps=false); the second set of keys ends in "_all_graphs".
+# A third run trains the default under bfloat16 autocast (trainer.precision=bf16-mixed): "_bf16".
 
 
-def measure(name: str, steps: int, checkpoint_steps: bool = True) -> dict[str, float]:
+def measure(
+    name: str, steps: int, checkpoint_steps: bool = True, bf16: bool = False
+) -> dict[str, float]:
     """Benchmark one configuration in the current process."""
     import torch
 
@@ -96,7 +101,9 @@ def measure(name: str, steps: int, checkpoint_steps: bool = True) -> dict[str, f
 
     def train_step() -> None:
         optimizer.zero_grad()
-        module.training_step(batch, 0).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = module.training_step(batch, 0)
+        loss.backward()
         optimizer.step()
 
     train_step()  # warm-up
@@ -214,15 +221,17 @@ def measure_ddp(devices: int, steps: int, warmup: int = 3) -> float:
         return round(float(result.read_text()), 2)
 
 
-def _worker(name: str, steps: int, checkpoint_steps: bool, queue: mp.Queue) -> None:
-    queue.put(measure(name, steps, checkpoint_steps))
+def _worker(name: str, steps: int, checkpoint_steps: bool, bf16: bool, queue: mp.Queue) -> None:
+    queue.put(measure(name, steps, checkpoint_steps, bf16))
 
 
-def _in_fresh_process(name: str, steps: int, checkpoint_steps: bool) -> dict[str, float]:
+def _in_fresh_process(
+    name: str, steps: int, checkpoint_steps: bool, bf16: bool = False
+) -> dict[str, float]:
     """A fresh process per measurement gives a clean memory peak."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_worker, args=(name, steps, checkpoint_steps, queue))
+    process = context.Process(target=_worker, args=(name, steps, checkpoint_steps, bf16, queue))
     process.start()
     result = queue.get()
     process.join()
@@ -243,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     for name in [] if args.skip_model else CONFIGS:
         results[name] = _in_fresh_process(name, args.steps, checkpoint_steps=True)
         all_graphs = _in_fresh_process(name, args.steps, checkpoint_steps=False)
+        bf16 = _in_fresh_process(name, args.steps, checkpoint_steps=True, bf16=True)
+        results[name]["train_images_per_s_bf16"] = bf16["train_images_per_s"]
         results[name]["train_images_per_s_all_graphs"] = all_graphs["train_images_per_s"]
         results[name]["peak_train_memory_gib_all_graphs"] = all_graphs["peak_train_memory_gib"]
         print(f"{name:10s} " + "  ".join(f"{k}={v}" for k, v in results[name].items()), flush=True)
