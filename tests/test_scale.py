@@ -181,6 +181,7 @@ def test_sigkill_then_resume_continues_the_run_folder_step_and_wandb_run(
         env={**os.environ, **offline_env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # killed as a job is: with its children (W&B's service too)
     )
     try:
         deadline = time.monotonic() + 180
@@ -190,7 +191,7 @@ def test_sigkill_then_resume_continues_the_run_folder_step_and_wandb_run(
             time.sleep(0.05)
         time.sleep(0.5)  # into the steps after the checkpoint
     finally:
-        killed.send_signal(signal.SIGKILL)
+        os.killpg(killed.pid, signal.SIGKILL)
         killed.wait()
     (folder,) = tmp_path.glob("train/runs/*")
     saved = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
@@ -254,7 +255,7 @@ def test_two_process_cpu_ddp_fit_and_test_never_abort(
 
 
 @pytest.mark.slow
-def test_submitit_multirun_of_two_jobs_with_two_cpu_processes_each(
+def test_submitit_multirun_runs_each_job_through_submitit(
     tmp_path: Path, offline_env: dict[str, str]
 ) -> None:
     sweep = tmp_path / "sweep"
@@ -266,7 +267,6 @@ def test_submitit_multirun_of_two_jobs_with_two_cpu_processes_each(
             "hydra.launcher.timeout_min=10",
             "seed=1,2",
             *TINY,
-            "trainer=ddp_sim",
             "trainer.max_steps=2",
             "callbacks.bootstrap.stages.0.steps=1",
             "logger=wandb",
@@ -283,6 +283,36 @@ def test_submitit_multirun_of_two_jobs_with_two_cpu_processes_each(
         assert "test/sbd" in metrics
         (run,) = (sweep / job / "wandb").glob("offline-run-*")
         assert b"train-sweep" in next(run.glob("*.wandb")).read_bytes()
+
+
+@pytest.mark.slow
+def test_multirun_of_two_jobs_with_two_cpu_processes_each(
+    tmp_path: Path, offline_env: dict[str, str]
+) -> None:
+    # Hydra's basic launcher runs the jobs one after the other, each with 2 ddp_spawn processes.
+    # (submitit_local runs jobs at once: two jobs could then pick the same free port for gloo.)
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "train.py",
+            "-m",
+            "seed=1,2",
+            *TINY,
+            "trainer=ddp_sim",
+            "trainer.max_steps=2",
+            "callbacks.bootstrap.stages.0.steps=1",
+            "logger=csv",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        ROOT,
+        offline_env,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        assert "test/sbd" in json.loads((sweep / job / "metrics.json").read_text())
+    # Each job's fit and test ran on 2 processes.
+    assert (result.stdout + result.stderr).count("Starting with 2 processes") >= 4
 
 
 @pytest.mark.slow
