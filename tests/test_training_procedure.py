@@ -51,9 +51,9 @@ def _canvases(module: SegmenterModule) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     locate = module.model.locate
 
-    def recording(x: torch.Tensor, canvas: torch.Tensor, t: int, *args: Any) -> Any:
+    def recording(x: torch.Tensor, canvas: torch.Tensor, t: int) -> Any:
         seen.append(canvas.detach().clone())
-        return locate(x, canvas, t, *args)
+        return locate(x, canvas, t)
 
     module.model.locate = recording
     return seen

@@ -356,12 +356,9 @@ class SegmenterModule(L.LightningModule):
             self.hparams.box_min_pad,
         )
         canvas = x.new_zeros(x.shape[0], 1, *self.model.image_size)
-        # The box CNN's first convolution of x is the same at every step: once, outside the
-        # checkpointed steps, so the recomputations do not repeat it either.
-        image_part = self.model.box_image_part(x)
         outs = []
         for t in range(steps):
-            box = self._checkpointed(self.model.locate, x, canvas, t, image_part)
+            box = self._checkpointed(self.model.locate, x, canvas, t)
             knob = self._knob(t, box, batch, box_masks)
             patch_box = None
             if knob is not None and knob.use_box.any():

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from recattend.models.filterbank import box_center_size_to_edges, extract, filterbank, reproject
-from recattend.models.layers import BatchNormReLU2d, batchnorm_relu, kaiming_init_
+from recattend.models.layers import kaiming_init_
 
 BETA = 5.0  # eq. (19), (25): constant that suppresses pixels outside the box
 
@@ -58,45 +58,20 @@ class TimestepConvStack(nn.Module):
             nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths, channels, strict=False)
         )
         self.norms = nn.ModuleList(
-            nn.ModuleList(BatchNormReLU2d(c, eps=1e-3) for c in channels) for _ in range(steps)
+            nn.ModuleList(nn.BatchNorm2d(c, eps=1e-3) for c in channels) for _ in range(steps)
         )
         self.pools = list(pools)
         self.stride = math.prod(pools)
 
-    def forward(self, x: Tensor, t: int, rest: Tensor | None = None) -> list[Tensor]:
-        """Run step t's stack on x.
-
-        ``rest`` (B, channels[0], H, W), optional: the first convolution's response (no bias) to
-        the input channels after x's, computed beforehand with :meth:`first_conv_part`; x then
-        holds only the first x.shape[1] input channels. A convolution is linear in its input
-        channels, so conv([x, r]) = conv_x(x) + conv_r(r): a part that is the same at every step
-        (the image in d_t = [c_t, x], eq. 2) need not be convolved again.
-        """
+    def forward(self, x: Tensor, t: int) -> list[Tensor]:
         x = x.contiguous(memory_format=torch.channels_last)  # see RecurrentSegmenter: ~1.5x on CPU
         outs = []
-        for i, (conv, norm, pool) in enumerate(
-            zip(self.convs, self.norms[t], self.pools, strict=True)
-        ):
-            if i == 0 and rest is not None:
-                x = nn.functional.conv2d(x, conv.weight[:, : x.shape[1]], conv.bias, padding=1)
-                x.add_(rest)  # in place: the convolution's backward does not need x
-            else:
-                x = conv(x)
-            x = batchnorm_relu(norm, x)
+        for conv, norm, pool in zip(self.convs, self.norms[t], self.pools, strict=True):
+            x = torch.relu_(norm(conv(x)))
             if pool > 1:
                 x = nn.functional.max_pool2d(x, pool)
             outs.append(x)
         return outs
-
-    def first_conv_part(self, x: Tensor, start: int) -> Tensor:
-        """The first convolution's response, without bias, to input channels start.. only.
-
-        Shapes: x (B, C_in - start, H, W) -> (B, channels[0], H, W), channels-last; see
-        :meth:`forward`'s ``rest``.
-        """
-        weight = self.convs[0].weight[:, start:]
-        x = x.contiguous(memory_format=torch.channels_last)
-        return nn.functional.conv2d(x, weight, None, padding=1)
 
 
 class TimestepDeconvStack(nn.Module):
@@ -124,7 +99,7 @@ class TimestepDeconvStack(nn.Module):
             width = out
         self.deconvs = nn.ModuleList(layers)
         self.norms = nn.ModuleList(
-            nn.ModuleList(BatchNormReLU2d(c, eps=1e-3) for c in channels) for _ in range(steps)
+            nn.ModuleList(nn.BatchNorm2d(c, eps=1e-3) for c in channels) for _ in range(steps)
         )
 
     def forward(self, x: Tensor, skips: Sequence[Tensor | None], t: int) -> Tensor:
@@ -132,7 +107,7 @@ class TimestepDeconvStack(nn.Module):
         for deconv, norm, skip in zip(self.deconvs, self.norms[t], skips, strict=True):
             if skip is not None:
                 x = torch.cat([x, skip], dim=1)
-            x = batchnorm_relu(norm, deconv(x))
+            x = torch.relu_(norm(deconv(x)))
         return x
 
 
@@ -195,11 +170,8 @@ class BoxNetwork(nn.Module):
         )
         self.box_head = nn.Linear(hidden, 9)
 
-    def forward(
-        self, d: Tensor, t: int, image_part: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``image_part``: :meth:`image_part` of x, d then holds only the canvas c_t."""
-        u = self.cnn(d, t, image_part)[-1].flatten(2)  # (B, L, H'W')  eq. (3)
+    def forward(self, d: Tensor, t: int) -> tuple[Tensor, Tensor, Tensor]:
+        u = self.cnn(d, t)[-1].flatten(2)  # (B, L, H'W')  eq. (3)
         b, cells = u.shape[0], u.shape[2]
         alpha = u.new_full((b, cells), 1.0 / cells)  # eq. (5), tau = 0: uniform
         state = None  # eq. (4): z_{t,0} = 0
@@ -212,13 +184,6 @@ class BoxNetwork(nn.Module):
                 alpha = torch.softmax(self.glimpse_mlp(state[0]), dim=1)  # eq. (5)
         z = state[0]
         return self.box_head(z), z, torch.stack(attention, 1).view(b, -1, *self.feature_size)
-
-    def image_part(self, x: Tensor) -> Tensor:
-        """The first convolution's response to x in d_t = [c_t, x] (eq. 2), the same for all t.
-
-        Shapes: x (B, C - 1, H, W) -> (B, channels[0], H, W).
-        """
-        return self.cnn.first_conv_part(x, 1)
 
 
 class SegmentationNetwork(nn.Module):
@@ -389,22 +354,8 @@ class RecurrentSegmenter(nn.Module):
                 lstm.bias_hh.zero_()
                 lstm.bias_ih[hidden : 2 * hidden] = 1.0
 
-    def box_image_part(self, x: Tensor) -> Tensor | None:
-        """What the box network's first convolution computes from x alone, for :meth:`locate`.
-
-        The same at every step: computing it once per image saves a convolution per step (and its
-        backward pass). None without a box network. Shapes: x (B, in_channels, H, W) ->
-        (B, box_channels[0], H, W).
-        """
-        return None if self.box_net is None else self.box_net.image_part(x)
-
-    def locate(
-        self, x: Tensor, canvas: Tensor, t: int, image_part: Tensor | None = None
-    ) -> BoxState:
-        """Box network at step t: where to look (eq. 2-10).
-
-        ``image_part``: :meth:`box_image_part` of x, if already computed.
-        """
+    def locate(self, x: Tensor, canvas: Tensor, t: int) -> BoxState:
+        """Box network at step t: where to look (eq. 2-10)."""
         b = x.shape[0]
         h, w = self.image_size
         scale = x.new_tensor([h, w])
@@ -413,10 +364,7 @@ class RecurrentSegmenter(nn.Module):
             size = (scale - 1).expand(b, 2)
             gains = self.log_gains.exp().expand(b, 3)
             return BoxState(center, size, self._variance(size, None), gains, None, None)
-        if image_part is None:
-            o, z, attention = self.box_net(torch.cat([canvas, x], 1), t)
-        else:
-            o, z, attention = self.box_net(canvas, t, image_part)
+        o, z, attention = self.box_net(torch.cat([canvas, x], 1), t)
         center = (o[:, 0:2] + 1) * scale / 2  # eq. (7-8)
         size = o[:, 2:4].exp() * scale  # eq. (9-10)
         log_gains = o[:, 6:9]
@@ -482,16 +430,12 @@ class RecurrentSegmenter(nn.Module):
         f_y, f_x = filters or filterbank(
             box.center, box.size, box.var, self.image_size, self.patch_size
         )
-        # F_Y 1 F_X^T of an all-ones patch is the outer product of the filters' row sums: the
-        # same value as reproject(ones, f_y, f_x) without its two batched matrix products.
-        density = f_y.sum(2)[:, :, None] * f_x.sum(2)[:, None, :]  # (B, H, W)
-        return torch.sigmoid(box.gains[:, 1, None, None] * density - BETA)
+        ones = f_y.new_ones(f_y.shape[0], 1, *self.patch_size)
+        return torch.sigmoid(box.gains[:, 1, None, None] * reproject(ones, f_y, f_x)[:, 0] - BETA)
 
-    def step(
-        self, x: Tensor, canvas: Tensor, t: int, image_part: Tensor | None = None
-    ) -> StepOutput:
-        """One full step without teacher forcing (``image_part``: see :meth:`locate`)."""
-        return self.segment(x, canvas, t, self.locate(x, canvas, t, image_part))
+    def step(self, x: Tensor, canvas: Tensor, t: int) -> StepOutput:
+        """One full step without teacher forcing."""
+        return self.segment(x, canvas, t, self.locate(x, canvas, t))
 
     @torch.no_grad()
     def predict(self, x: Tensor, threshold: float = 0.5) -> dict[str, Tensor]:
@@ -512,9 +456,8 @@ class RecurrentSegmenter(nn.Module):
         masks = x.new_zeros(b, self.steps, *self.image_size)
         scores, boxes = x.new_zeros(b, self.steps), x.new_zeros(b, self.steps, 4)
         attention = []
-        image_part = self.box_image_part(x)
         for t in range(self.steps):
-            out = self.step(x, canvas, t, image_part)
+            out = self.step(x, canvas, t)
             active = active & (out.score >= threshold)
             keep = active.float()
             masks[:, t] = out.mask * keep[:, None, None]

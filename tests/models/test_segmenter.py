@@ -6,8 +6,6 @@ import pytest
 import torch
 
 from recattend.models import RecurrentSegmenter
-from recattend.models.filterbank import filterbank, reproject
-from recattend.models.segmenter import BETA
 from tests.models.test_segmenter_training import TINY_NET
 
 
@@ -83,34 +81,3 @@ def test_weight_decay_only_on_weight_matrices_and_kernels() -> None:
     norm = model.segm_net.dcnn.norms[3][0]
     assert any(p is norm.weight for p in free["params"])  # BatchNorm scales are not decayed
     assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
-
-
-def test_soft_box_is_the_reprojected_all_ones_patch() -> None:
-    # eq. (25): b_t = sigmoid(gamma_box F_Y 1 F_X^T - beta), computed from the filters' row sums.
-    model = make().train()
-    box = model.locate(torch.rand(2, 3, 32, 32), torch.zeros(2, 1, 32, 32), 0)
-    f_y, f_x = filterbank(box.center, box.size, box.var, model.image_size, model.patch_size)
-    ones = torch.ones(2, 1, *model.patch_size)
-    expected = torch.sigmoid(box.gains[:, 1, None, None] * reproject(ones, f_y, f_x)[:, 0] - BETA)
-    assert torch.allclose(model.soft_box(box), expected, atol=1e-6)
-
-
-def test_precomputed_image_part_gives_the_same_box_and_gradients() -> None:
-    # conv([c_t, x]) = conv_c(c_t) + conv_x(x): the x part computed once serves every step.
-    model = make().train()
-    x, canvas = torch.rand(2, 3, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
-    results = []
-    for image_part in (None, model.box_image_part(x)):
-        model.zero_grad()
-        box = model.locate(x, canvas, 1, image_part)
-        (box.center.sum() + box.size.sum() + box.gains.sum() + box.z.sum()).backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((box, grads))
-    (box, grads), (box_part, grads_part) = results
-    for key in ("center", "size", "var", "gains", "z", "attention"):
-        assert torch.allclose(getattr(box_part, key), getattr(box, key), atol=1e-5), key
-    assert grads_part.keys() == grads.keys()
-    for name, grad in grads.items():
-        assert torch.allclose(grads_part[name], grad, rtol=1e-4, atol=1e-6), name
-    assert make().box_image_part(x).shape == (2, 4, 32, 32)  # box_channels[0] = 4
-    assert make(box_network=False).box_image_part(x) is None

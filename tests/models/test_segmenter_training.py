@@ -8,7 +8,6 @@ import torch
 from recattend.data import SyntheticDataModule
 from recattend.lit import SegmenterModule
 from recattend.losses import segmenter_losses
-from recattend.models.layers import BatchNormReLU2d
 
 TINY_NET = dict(
     patch_size=[16, 16],
@@ -55,13 +54,7 @@ def _full_graph_loss(module: SegmenterModule, batch: dict) -> torch.Tensor:
     )["loss"]
 
 
-@pytest.mark.parametrize("wide_path", [None, True])
-def test_checkpointed_steps_give_the_full_graph_gradient_and_one_bn_update(
-    monkeypatch, wide_path
-) -> None:
-    # wide_path=True: BatchNormReLU2d's custom autograd function under checkpointing, with the
-    # frozen statistics of the recomputation (None: the default choice, native with one thread).
-    monkeypatch.setattr(BatchNormReLU2d, "wide_path", wide_path)
+def test_checkpointed_steps_give_the_full_graph_gradient_and_one_bn_update(monkeypatch) -> None:
     torch.manual_seed(0)
     batch = tiny_batch()
     module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
