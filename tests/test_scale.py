@@ -159,6 +159,17 @@ def test_final_metrics_table_figures_and_checkpoint_artifact_in_the_wandb_run(
     assert f"model-{run.name.rsplit('-', 1)[1]}".encode() in record
 
 
+def _running_with(arguments: bytes) -> bool:
+    """Whether a process runs with ``arguments`` (NUL-separated, as in /proc/<pid>/cmdline)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if arguments in cmdline.read_bytes():
+                return True
+        except OSError:  # the process ended meanwhile
+            pass
+    return False
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_the_run_folder_step_and_wandb_run(
     tmp_path: Path, offline_env: dict[str, str]
@@ -193,6 +204,12 @@ def test_sigkill_then_resume_continues_the_run_folder_step_and_wandb_run(
     finally:
         os.killpg(killed.pid, signal.SIGKILL)
         killed.wait()
+    # W&B's service (wandb-core --pid <run>) notices its client died after a few seconds; until
+    # then the run id counts as in use (README, Troubleshooting).
+    deadline = time.monotonic() + 60
+    while _running_with(f"--pid\0{killed.pid}\0".encode()):
+        assert time.monotonic() < deadline, "W&B's service outlived the killed run by a minute"
+        time.sleep(0.5)
     (folder,) = tmp_path.glob("train/runs/*")
     saved = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
     step = saved["global_step"]
