@@ -162,8 +162,8 @@ class SegmenterModule(L.LightningModule):
             keeping all T steps' activations (about a quarter faster, T times the memory).
         compile: ``torch.compile`` the step functions (``locate``, ``segment``) and the
             pre-processor. Each step has its own BatchNorm, so Dynamo compiles one graph per
-            timestep and mode (training with or without a teacher-forced box, recomputation with
-            frozen statistics, inference);
+            timestep and mode (training with or without a teacher-forced box, inference; the
+            checkpoint recomputation reuses the training graph);
             the first compile is slow (~1.5 min on 2 CPU cores), the next ones reuse its kernels
             (~4 s each). The recompile limit is raised to allow them.
     """
@@ -255,7 +255,7 @@ class SegmenterModule(L.LightningModule):
 
     def _compile(self) -> None:
         """Compile in place: parameter names, checkpoints and the step loop are unchanged."""
-        # Per step: training with and without a teacher-forced box, recomputation, inference.
+        # Per step: training with and without a teacher-forced box, inference (with margin).
         graphs = 6 * self.model.steps
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, graphs)
