@@ -347,7 +347,7 @@ class SegmenterModule(L.LightningModule):
 
     def _rollout(self, batch: dict[str, Any]) -> list[StepOutput]:
         """All T training steps with teacher forcing (eq. 1: canvas = max of masks so far)."""
-        x = self.inputs(batch["image"])
+        x = self.model.prepare(self.inputs(batch["image"]))
         steps = self.model.steps
         box_masks = padded_box_masks(
             batch["boxes"],

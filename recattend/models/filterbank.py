@@ -58,6 +58,9 @@ def filterbank(
 def extract(x: Tensor, f_y: Tensor, f_x: Tensor) -> Tensor:
     """Read a patch: ``F_Y^T x F_X`` (eq. 16), per channel.
 
+    Two batched matrix products, rows first. The first reads x as (B, H, C W): free when x is in
+    the :func:`rows_layout` memory layout, a copy of x otherwise.
+
     Args:
         x: (B, C, H, W).
         f_y, f_x: (B, H, h), (B, W, w) from :func:`filterbank`.
@@ -65,7 +68,17 @@ def extract(x: Tensor, f_y: Tensor, f_x: Tensor) -> Tensor:
     Returns:
         (B, C, h, w).
     """
-    return torch.einsum("bHh,bcHW,bWw->bchw", f_y, x, f_x)
+    b, c, height, width = x.shape
+    h, w = f_y.shape[2], f_x.shape[2]
+    rows = torch.bmm(f_y.transpose(1, 2), x.permute(0, 2, 1, 3).reshape(b, height, c * width))
+    patch = torch.bmm(rows.view(b, h * c, width), f_x)  # (B, h C, w)
+    return patch.view(b, h, c, w).permute(0, 2, 1, 3)
+
+
+def rows_layout(x: Tensor) -> Tensor:
+    """x (B, C, H, W) with the same values, stored as (B, H, C, W): :func:`extract` then reads it
+    without copying (worth it when one image is read by all T steps)."""
+    return x.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
 
 
 def reproject(p: Tensor, f_y: Tensor, f_x: Tensor) -> Tensor:

@@ -36,8 +36,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from recattend.models.filterbank import box_center_size_to_edges, extract, filterbank, reproject
-from recattend.models.layers import kaiming_init_
+from recattend.models.filterbank import (
+    box_center_size_to_edges,
+    extract,
+    filterbank,
+    reproject,
+    rows_layout,
+)
+from recattend.models.layers import batchnorm_relu, kaiming_init_
 
 BETA = 5.0  # eq. (19), (25): constant that suppresses pixels outside the box
 
@@ -67,7 +73,7 @@ class TimestepConvStack(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)  # see RecurrentSegmenter: ~1.5x on CPU
         outs = []
         for conv, norm, pool in zip(self.convs, self.norms[t], self.pools, strict=True):
-            x = torch.relu_(norm(conv(x)))
+            x = batchnorm_relu(norm, conv(x))
             if pool > 1:
                 x = nn.functional.max_pool2d(x, pool)
             outs.append(x)
@@ -107,7 +113,7 @@ class TimestepDeconvStack(nn.Module):
         for deconv, norm, skip in zip(self.deconvs, self.norms[t], skips, strict=True):
             if skip is not None:
                 x = torch.cat([x, skip], dim=1)
-            x = torch.relu_(norm(deconv(x)))
+            x = batchnorm_relu(norm, deconv(x))
         return x
 
 
@@ -354,6 +360,11 @@ class RecurrentSegmenter(nn.Module):
                 lstm.bias_hh.zero_()
                 lstm.bias_ih[hidden : 2 * hidden] = 1.0
 
+    def prepare(self, x: Tensor) -> Tensor:
+        """x with the same values, stored as the T steps read it fastest (the filterbank's
+        :func:`~recattend.models.filterbank.rows_layout`); call once per batch."""
+        return rows_layout(x)
+
     def locate(self, x: Tensor, canvas: Tensor, t: int) -> BoxState:
         """Box network at step t: where to look (eq. 2-10)."""
         b = x.shape[0]
@@ -394,9 +405,11 @@ class RecurrentSegmenter(nn.Module):
         """
         look = box if patch_box is None else patch_box
         f_y, f_x = filterbank(look.center, look.size, look.var, self.image_size, self.patch_size)
-        patch = look.gains[:, 0, None, None, None] * extract(
-            torch.cat([x, canvas], 1), f_y, f_x
-        )  # eq. (16)
+        # eq. (16) on x~_t = [x, c_t], per channel: x (in rows_layout, see prepare) and the canvas
+        # apart, so the full-resolution image is never concatenated or copied per step.
+        patch = look.gains[:, 0, None, None, None] * torch.cat(
+            [extract(x, f_y, f_x), extract(canvas, f_y, f_x)], 1
+        )
         y_tilde, v = self.segm_net(patch, t)  # eq. (17-18)
         mask = torch.sigmoid(
             look.gains[:, 2, None, None] * reproject(y_tilde, f_y, f_x)[:, 0] - BETA
@@ -430,8 +443,9 @@ class RecurrentSegmenter(nn.Module):
         f_y, f_x = filters or filterbank(
             box.center, box.size, box.var, self.image_size, self.patch_size
         )
-        ones = f_y.new_ones(f_y.shape[0], 1, *self.patch_size)
-        return torch.sigmoid(box.gains[:, 1, None, None] * reproject(ones, f_y, f_x)[:, 0] - BETA)
+        # F_Y 1 F_X^T for the all-ones patch is the outer product of the filters' row sums.
+        density = f_y.sum(2)[:, :, None] * f_x.sum(2)[:, None, :]
+        return torch.sigmoid(box.gains[:, 1, None, None] * density - BETA)
 
     def step(self, x: Tensor, canvas: Tensor, t: int) -> StepOutput:
         """One full step without teacher forcing."""
@@ -450,7 +464,7 @@ class RecurrentSegmenter(nn.Module):
             boxes as pixel edges (y0, x0, y1, x1) like the batch contract, ``attention``
             (B, T, K, H', W') when the box network is on; all zero for steps after the stop.
         """
-        b = x.shape[0]
+        b, x = x.shape[0], self.prepare(x)
         canvas = x.new_zeros(b, 1, *self.image_size)
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         masks = x.new_zeros(b, self.steps, *self.image_size)

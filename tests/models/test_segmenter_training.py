@@ -75,7 +75,8 @@ def test_checkpointed_steps_give_the_full_graph_gradient_and_one_bn_update(monke
     assert torch.allclose(loss, expected_loss, atol=1e-6)
     for name, param in module.model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
-        assert torch.allclose(param.grad, expected[name], rtol=1e-4, atol=1e-7), name
+        # atol: a conv bias feeding BatchNorm has a true gradient of 0, so its grad is rounding.
+        assert torch.allclose(param.grad, expected[name], rtol=1e-4, atol=1e-6), name
     # Running statistics moved once per step (not again during the recomputation).
     for key, value in expected_stats.items():
         assert torch.allclose(module.model.state_dict()[key], value, atol=1e-6), key

@@ -1,0 +1,154 @@
+"""The fused BatchNorm + ReLU (recattend.models.layers.batchnorm_relu) against hand-computed values
+and against PyTorch's BatchNorm2d followed by ReLU."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from recattend.models import layers
+from recattend.models.layers import batchnorm_relu
+
+CL = torch.channels_last
+
+
+@pytest.fixture
+def kernel():
+    """The fused path must be available here (a C++ compiler is part of the test machine)."""
+    assert layers._kernel() is not None, "the fused BatchNorm+ReLU kernel did not build"
+    return layers._kernel()
+
+
+def _norm(channels: int, seed: int = 0, momentum: float | None = 0.1) -> nn.BatchNorm2d:
+    torch.manual_seed(seed)
+    norm = nn.BatchNorm2d(channels, eps=1e-3, momentum=momentum)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_(0.0, 0.3)
+        norm.running_mean.normal_(0.0, 1.0)
+        norm.running_var.uniform_(0.5, 2.0)
+    return norm
+
+
+def test_hand_computed_single_channel(kernel) -> None:
+    # One channel, values 0..15 (16 values: one lane block): mean 7.5, biased variance 21.25.
+    x = torch.arange(16.0).view(1, 1, 4, 4).contiguous(memory_format=CL).requires_grad_()
+    norm = nn.BatchNorm2d(1, eps=0.0, momentum=0.5)
+    y = batchnorm_relu(norm, x)
+    expected = ((torch.arange(16.0) - 7.5) / 21.25**0.5).clamp(min=0).view(1, 1, 4, 4)
+    assert torch.allclose(y, expected, atol=1e-6)
+    # Running statistics: half-way (momentum 0.5) from (0, 1) to (7.5, unbiased 21.25 * 16 / 15).
+    assert torch.allclose(norm.running_mean, torch.tensor([3.75]))
+    assert torch.allclose(norm.running_var, torch.tensor([0.5 + 0.5 * 21.25 * 16 / 15]))
+    assert int(norm.num_batches_tracked) == 1
+    # Loss = sum(y): the gradient through the ReLU is 1 on the 8 positive outputs (x = 8..15).
+    # dL/dbias = 8; dL/dweight = sum of x^ over them = sum((8..15) - 7.5) / std = 32 / std.
+    y.sum().backward()
+    std = 21.25**0.5
+    assert torch.allclose(norm.bias.grad, torch.tensor([8.0]))
+    assert torch.allclose(norm.weight.grad, torch.tensor([32.0 / std]), atol=1e-5)
+    # dL/dx = (g - mean(g) - x^ mean(g x^)) / std with g = [x >= 8].
+    xhat = (torch.arange(16.0) - 7.5) / std
+    g = (torch.arange(16.0) >= 8).float()
+    grad = (g - g.mean() - xhat * (g * xhat).mean()) / std
+    assert torch.allclose(x.grad.flatten(), grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 8, 16, 32, 64])
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_matches_batchnorm_then_relu(kernel, channels: int, momentum: float | None) -> None:
+    torch.manual_seed(channels)
+    x = (torch.randn(3, channels, 8, 8) * 2 + 3).contiguous(memory_format=CL)
+    grad_y = torch.randn(3, channels, 8, 8)
+    fused, reference = _norm(channels, momentum=momentum), _norm(channels, momentum=momentum)
+    for step in range(2):  # twice: the running statistics and counters build up alike
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = batchnorm_relu(fused, xa), torch.relu(reference(xb))
+        assert ya.is_contiguous(memory_format=CL)
+        # Away from the ReLU's kink, where rounding may flip a value across 0.
+        assert ((ya > 0) == (yb > 0)).all(), step
+        torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+        ya.backward(grad_y)
+        yb.backward(grad_y)
+        torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-4)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(fused, name), getattr(reference, name))
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(
+            getattr(fused, name).grad, getattr(reference, name).grad, atol=1e-4, rtol=1e-4
+        )
+    fused.eval(), reference.eval()
+    torch.testing.assert_close(batchnorm_relu(fused, x), torch.relu(reference(x)))
+
+
+def test_statistics_are_accurate_far_from_zero(kernel) -> None:
+    # mean 1000, std 1 (running mean still near 0): a one-pass variance in float32 loses everything;
+    # the kernel shifts by a sample mean and accumulates in float64, matching a float64 reference.
+    torch.manual_seed(0)
+    x = (torch.randn(4, 8, 16, 16) + 1000.0).contiguous(memory_format=CL)
+    norm = _norm(8)
+    reference = nn.functional.batch_norm(
+        x.double(), None, None, norm.weight.double(), norm.bias.double(), True, 0.0, norm.eps
+    ).relu()
+    y = batchnorm_relu(norm, x)
+    # float32 holds values near 1000 to 6.1e-5 (one ulp): allow a few ulps; a naive float32
+    # one-pass variance is off by O(1) here (measured 0.97 before shifting).
+    assert (y.double() - reference).abs().max() < 3e-4
+    mean = x.double().mean((0, 2, 3)).float()
+    torch.testing.assert_close(norm.running_mean, 0.9 * _norm(8).running_mean + 0.1 * mean)
+
+
+@pytest.mark.parametrize(
+    "case", ["disabled", "bfloat16", "twelve_channels", "nchw_odd_size", "subclass"]
+)
+def test_other_inputs_fall_back_to_pytorch(kernel, monkeypatch, case: str) -> None:
+    # Everything the kernel does not take gives exactly BatchNorm2d then ReLU.
+    channels, shape, dtype = 8, (2, 8, 4, 4), torch.float32
+    norm_type = nn.BatchNorm2d
+    if case == "disabled":
+        monkeypatch.setattr(layers, "FUSED_BATCHNORM_RELU", False)
+    elif case == "bfloat16":
+        dtype = torch.bfloat16
+    elif case == "twelve_channels":  # 12 does not divide a 16-lane block
+        channels, shape = 12, (2, 12, 4, 4)
+    elif case == "nchw_odd_size":  # 8 * 3 * 3 * 1 values: not a whole number of lane blocks
+        shape = (1, 8, 3, 3)
+    else:  # e.g. the SyncBatchNorm that DDP substitutes has no ReLU of its own
+
+        class Other(nn.BatchNorm2d):
+            pass
+
+        norm_type = Other
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    fused = norm_type(channels).to(dtype)
+    reference = copy.deepcopy(fused)
+    y = batchnorm_relu(fused, x.to(dtype))
+    assert torch.equal(y, torch.relu(reference(x.to(dtype))))
+    assert torch.equal(fused.running_mean, reference.running_mean)
+
+
+def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch, caplog) -> None:
+    from torch.utils import cpp_extension
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Error building extension: c++: error: no such compiler")
+
+    monkeypatch.setattr(cpp_extension, "load", fail)
+    layers._kernel.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="recattend.models.layers"):
+            norm, x = _norm(8), torch.randn(2, 8, 4, 4).contiguous(memory_format=CL)
+            reference = copy.deepcopy(norm)
+            for _ in range(2):
+                y = batchnorm_relu(norm, x)
+        warnings = [r for r in caplog.records if "could not be built" in r.getMessage()]
+        assert len(warnings) == 1 and "no such compiler" in warnings[0].getMessage()
+        reference(x)
+        assert torch.equal(y, torch.relu(reference(x)))
+    finally:
+        layers._kernel.cache_clear()
