@@ -37,7 +37,7 @@ def _kernel() -> ModuleType | None:
         reason = next((line for line in lines if "error" in line.lower()), lines[0])
         log.warning(
             "The fused BatchNorm+ReLU CPU kernel could not be built (%s); using PyTorch's "
-            "kernels: training on CPU is about 1.3x slower. It needs a C++ compiler and ninja.",
+            "kernels: training on CPU is about 1.15x slower. It needs a C++ compiler and ninja.",
             reason[:300],
         )
         return None
