@@ -254,27 +254,39 @@ def test_two_process_cpu_ddp_fit_and_test_never_abort(
         assert two_processes[key] == pytest.approx(one_process[key], abs=1e-6), key
 
 
+def _two_job_sweep(
+    sweep: Path, env: dict[str, str], logger: str, *overrides: str
+) -> subprocess.CompletedProcess[str]:
+    """``train.py -m`` of two 2-step TINY jobs (seeds 1, 2) into ``sweep``."""
+    return run_cli(
+        [
+            "train.py",
+            "-m",
+            "seed=1,2",
+            *TINY,
+            "trainer.max_steps=2",
+            "callbacks.bootstrap.stages.0.steps=1",
+            f"logger={logger}",
+            *overrides,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        ROOT,
+        env,
+        timeout=400,
+    )
+
+
 @pytest.mark.slow
 def test_submitit_multirun_runs_each_job_through_submitit(
     tmp_path: Path, offline_env: dict[str, str]
 ) -> None:
     sweep = tmp_path / "sweep"
-    result = run_cli(
-        [
-            "train.py",
-            "-m",
-            "hydra/launcher=submitit_local",
-            "hydra.launcher.timeout_min=10",
-            "seed=1,2",
-            *TINY,
-            "trainer.max_steps=2",
-            "callbacks.bootstrap.stages.0.steps=1",
-            "logger=wandb",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        ROOT,
+    result = _two_job_sweep(
+        sweep,
         offline_env,
-        timeout=400,
+        "wandb",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((sweep / ".submitit").iterdir()), "the jobs did not go through submitit"
@@ -292,22 +304,7 @@ def test_multirun_of_two_jobs_with_two_cpu_processes_each(
     # Hydra's basic launcher runs the jobs one after the other, each with 2 ddp_spawn processes.
     # (submitit_local runs jobs at once: two jobs could then pick the same free port for gloo.)
     sweep = tmp_path / "sweep"
-    result = run_cli(
-        [
-            "train.py",
-            "-m",
-            "seed=1,2",
-            *TINY,
-            "trainer=ddp_sim",
-            "trainer.max_steps=2",
-            "callbacks.bootstrap.stages.0.steps=1",
-            "logger=csv",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        ROOT,
-        offline_env,
-        timeout=400,
-    )
+    result = _two_job_sweep(sweep, offline_env, "csv", "trainer=ddp_sim")
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
         assert "test/sbd" in json.loads((sweep / job / "metrics.json").read_text())

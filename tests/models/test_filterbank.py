@@ -6,7 +6,13 @@ import math
 
 import torch
 
-from recattend.models.filterbank import box_edges_to_center_size, extract, filterbank, reproject
+from recattend.models.filterbank import (
+    box_edges_to_center_size,
+    extract,
+    filterbank,
+    reproject,
+    rows_layout,
+)
 
 
 def test_kernel_values_by_hand() -> None:
@@ -82,3 +88,17 @@ def test_gradients_reach_every_box_parameter() -> None:
     (extract(image, f_y, f_x) ** 2).sum().backward()
     for tensor in (center, size, var):
         assert tensor.grad is not None and (tensor.grad != 0).all()
+
+
+def test_extract_in_any_layout_is_the_per_channel_sum() -> None:
+    # eq. (16) written out: p[b, c, i, j] = sum_{a, d} F_Y[b, a, i] x[b, c, a, d] F_X[b, d, j], for
+    # x as given, channels-last and in rows_layout (same values, stored as (B, H, C, W)).
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 6, 5)
+    f_y, f_x = torch.rand(2, 6, 4), torch.rand(2, 5, 3)
+    expected = (f_y[:, None, :, None, :, None] * x[:, :, :, :, None, None]).sum(2)  # (B,C,W,h,1)
+    expected = (expected[..., 0].permute(0, 1, 3, 2)[..., None] * f_x[:, None, None]).sum(3)
+    rows = rows_layout(x)
+    assert torch.equal(rows, x) and rows.permute(0, 2, 1, 3).is_contiguous()
+    for layout in (x, x.contiguous(memory_format=torch.channels_last), rows):
+        assert torch.allclose(extract(layout, f_y, f_x), expected, atol=1e-5)

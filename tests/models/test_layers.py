@@ -103,7 +103,8 @@ def test_statistics_are_accurate_far_from_zero(kernel) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["disabled", "bfloat16", "twelve_channels", "nchw_odd_size", "subclass"]
+    "case",
+    ["disabled", "bfloat16", "twelve_channels", "nchw_odd_size", "subclass", "eval_with_grad"],
 )
 def test_other_inputs_fall_back_to_pytorch(kernel, monkeypatch, case: str) -> None:
     # Everything the kernel does not take gives exactly BatchNorm2d then ReLU.
@@ -117,6 +118,8 @@ def test_other_inputs_fall_back_to_pytorch(kernel, monkeypatch, case: str) -> No
         channels, shape = 12, (2, 12, 4, 4)
     elif case == "nchw_odd_size":  # 8 * 3 * 3 * 1 values: not a whole number of lane blocks
         shape = (1, 8, 3, 3)
+    elif case == "eval_with_grad":  # the evaluation kernel has no backward
+        pass
     else:  # e.g. the SyncBatchNorm that DDP substitutes has no ReLU of its own
 
         class Other(nn.BatchNorm2d):
@@ -126,10 +129,17 @@ def test_other_inputs_fall_back_to_pytorch(kernel, monkeypatch, case: str) -> No
     torch.manual_seed(0)
     x = torch.randn(*shape)
     fused = norm_type(channels).to(dtype)
+    if case == "eval_with_grad":
+        x = x.contiguous(memory_format=CL)
+        fused.eval()
     reference = copy.deepcopy(fused)
-    y = batchnorm_relu(fused, x.to(dtype))
-    assert torch.equal(y, torch.relu(reference(x.to(dtype))))
+    xa, xb = x.to(dtype).requires_grad_(), x.to(dtype).requires_grad_()
+    y, expected = batchnorm_relu(fused, xa), torch.relu(reference(xb))
+    assert torch.equal(y, expected)
     assert torch.equal(fused.running_mean, reference.running_mean)
+    y.sum().backward()
+    expected.sum().backward()
+    assert torch.equal(xa.grad, xb.grad) and torch.equal(fused.weight.grad, reference.weight.grad)
 
 
 def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch, caplog) -> None:

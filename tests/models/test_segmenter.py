@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from recattend.models import RecurrentSegmenter
+from recattend.models.filterbank import filterbank, reproject
+from recattend.models.segmenter import BETA
 from tests.models.test_segmenter_training import TINY_NET
 
 
@@ -81,3 +83,13 @@ def test_weight_decay_only_on_weight_matrices_and_kernels() -> None:
     norm = model.segm_net.dcnn.norms[3][0]
     assert any(p is norm.weight for p in free["params"])  # BatchNorm scales are not decayed
     assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
+
+
+def test_soft_box_is_the_reprojected_all_ones_patch() -> None:
+    # eq. (25): b_t = sigmoid(gamma_box F_Y 1 F_X^T - beta), computed from the filters' row sums.
+    model = make().train()
+    box = model.locate(torch.rand(2, 3, 32, 32), torch.zeros(2, 1, 32, 32), 0)
+    f_y, f_x = filterbank(box.center, box.size, box.var, model.image_size, model.patch_size)
+    ones = torch.ones(2, 1, *model.patch_size)
+    expected = torch.sigmoid(box.gains[:, 1, None, None] * reproject(ones, f_y, f_x)[:, 0] - BETA)
+    assert torch.allclose(model.soft_box(box), expected, atol=1e-6)
