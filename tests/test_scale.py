@@ -322,16 +322,21 @@ def test_compile_keeps_the_eager_results_and_checkpoint_names(tmp_path: Path) ->
     compiled = SegmenterModule(image_size=[32, 32], max_instances=1, net=TINY_NET, compile=True)
     compiled.load_state_dict(eager.state_dict())  # same parameter names
     batch = tiny_batch(2)
-    # A checkpointed training step: the recomputation must run the compiled graph of the first
-    # pass (same saved tensors), giving the eager loss, gradients and BatchNorm statistics.
-    for module in (eager, compiled):
-        module.log = module.log_dict = lambda *a, **k: None
-        module.train().training_step(batch, 0).backward()
-    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
-        if a.grad is not None:
-            torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
-    for (name, a), b in zip(eager.named_buffers(), compiled.buffers(), strict=True):
-        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
+    # Training steps recomputing the box CNN's full-resolution layers (the default: they run
+    # eagerly inside the compiled step) and whole steps (the recomputation must run the compiled
+    # graph of the first pass), giving the eager loss, gradients and BatchNorm statistics.
+    for checkpoint_steps in ("full_resolution", True):
+        for module in (eager, compiled):
+            module.hparams.checkpoint_steps = checkpoint_steps
+            module.model.box_net.cnn.recompute_full_resolution = checkpoint_steps is not True
+            module.log = module.log_dict = lambda *a, **k: None
+            module.zero_grad()
+            module.train().training_step(batch, 0).backward()
+        for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+            if a.grad is not None:
+                torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+        for (name, a), b in zip(eager.named_buffers(), compiled.buffers(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
     image = batch["image"]
     expected, got = eager.eval()(image), compiled.eval()(image)
     torch.testing.assert_close(got["masks"], expected["masks"], atol=1e-5, rtol=1e-4)

@@ -23,11 +23,10 @@ the module:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,11 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from recattend.export import coco_results, write_cityscapes_results, write_label_png
 from recattend.lit.optim import decay_groups
 from recattend.lit.preprocessor import foreground_probability, load_preprocessor
+from recattend.lit.step_backward import join_steps
 from recattend.losses import (
     box_stage_losses,
     pad_boxes,
@@ -57,6 +56,7 @@ from recattend.metrics import (
     symmetric_best_dice,
 )
 from recattend.models.filterbank import box_edges_to_center_size
+from recattend.models.layers import recomputed
 from recattend.models.preprocessor import Preprocessor
 from recattend.models.segmenter import (
     BoxState,
@@ -89,29 +89,6 @@ def gt_label_map(masks: Tensor) -> Tensor:
     """(B, T, H, W) instance slots -> (B, H, W) int64 labels, slot t -> t + 1, 0 background."""
     ids = torch.arange(1, masks.shape[1] + 1, device=masks.device, dtype=masks.dtype)
     return (masks * ids[None, :, None, None]).amax(1).long()
-
-
-@contextlib.contextmanager
-def restored_batchnorm_stats(norms: Sequence[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
-    """Batch statistics still normalise, but the running averages of ``norms`` and their batch
-    counters are put back afterwards, so a recomputation leaves them as the first pass did.
-
-    The recomputation runs exactly the computation of the first pass (switching momentum off
-    would not), which compiled step functions need: checkpointing checks that both save the same
-    tensors, and Dynamo would compile a second graph for another momentum.
-    """
-    saved = [
-        [b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in norms
-    ]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for m, buffers in zip(norms, saved, strict=True):
-                for live, kept in zip(
-                    (m.running_mean, m.running_var, m.num_batches_tracked), buffers, strict=True
-                ):
-                    live.copy_(kept)
 
 
 @dataclasses.dataclass
@@ -158,8 +135,16 @@ class SegmenterModule(L.LightningModule):
             ``min_size`` (Cityscapes 1200). With a semantic pre-processor, each instance also
             takes its majority class and Cityscapes AP is computed.
         stop_score: inference stops an image once its score drops below this (paper: 0.5).
-        checkpoint_steps: recompute each step in the backward pass (memory of one step) instead of
-            keeping all T steps' activations (about a quarter faster, T times the memory).
+        checkpoint_steps: what the backward pass recomputes instead of keeping in memory:
+            ``True`` each whole step (the memory of one step's activations); ``"full_resolution"``
+            only the box CNN's layers at the input resolution, the largest activations; ``False``
+            nothing (all T steps' activations). At the CVPPP configuration on 2 CPU cores the
+            last two are about equally fast, a third faster than ``True``; the bench gives the
+            figures and peak memory.
+        parallel_backward: on CPU, backpropagate the T steps in parallel threads with one
+            intra-op thread each (:mod:`recattend.lit.step_backward`); same gradients, summed in
+            another order. Off by itself on GPUs, with SyncBatchNorm (DDP's
+            ``trainer.sync_batchnorm``), when compiling and with one thread.
         compile: ``torch.compile`` the step functions (``locate``, ``segment``) and the
             pre-processor. Each step has its own BatchNorm, so Dynamo compiles one graph per
             timestep and mode (training with or without a teacher-forced box, inference; the
@@ -186,15 +171,24 @@ class SegmenterModule(L.LightningModule):
         threshold: float = 0.3,
         postprocess: dict[str, Any] | None = None,
         stop_score: float = 0.5,
-        checkpoint_steps: bool = True,
+        checkpoint_steps: bool | str = "full_resolution",
+        parallel_backward: bool = True,
         compile: bool = False,
     ) -> None:
         super().__init__()
+        if checkpoint_steps not in (True, False, "full_resolution"):
+            raise ValueError(
+                f"module.checkpoint_steps={checkpoint_steps!r}: use true (recompute whole steps), "
+                "full_resolution (recompute the box CNN's full-resolution layers) or false "
+                "(recompute nothing)"
+            )
         self.save_hyperparameters()
         self.preprocessor, extra_channels = self._build_preprocessor(preprocessor)
         net = dict(net or {})
         net["in_channels"] = net.get("in_channels", 3) + extra_channels
         self.model = RecurrentSegmenter(image_size=image_size, steps=max_instances + 1, **net)
+        if self.model.box_net is not None:
+            self.model.box_net.cnn.recompute_full_resolution = checkpoint_steps == "full_resolution"
         if compile:
             self._compile()
         # The per-timestep BatchNorm holders: step t's statistics are restored after its
@@ -332,22 +326,56 @@ class SegmenterModule(L.LightningModule):
     ) -> Any:
         """Run step t's ``function(x, canvas, t, *args)`` keeping only inputs and outputs;
         recompute it in backward (unless ``checkpoint_steps`` is off)."""
-        if not (self.hparams.checkpoint_steps and torch.is_grad_enabled()):
+        if not (self.hparams.checkpoint_steps is True and torch.is_grad_enabled()):
             return function(x, canvas, t, *args)
         norms = [norm for stack in self._timestep_stacks for norm in stack.norms[t]]
-        return checkpoint(
-            function,
-            x,
-            canvas,
-            t,
-            *args,
-            use_reentrant=False,
-            context_fn=lambda: (contextlib.nullcontext(), restored_batchnorm_stats(norms)),
+        return recomputed(function, norms, x, canvas, t, *args)
+
+    def _backward_workers(self) -> int:
+        """Threads for the steps' backward passes (:mod:`recattend.lit.step_backward`), 1 for
+        the usual single backward pass."""
+        parameter = next(self.model.parameters())
+        if not (
+            self.hparams.parallel_backward
+            and torch.is_grad_enabled()
+            and parameter.device.type == "cpu"
+            and not self.hparams.compile
+            and not any(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules())
+        ):
+            return 1
+        return min(torch.get_num_threads(), self.model.steps)
+
+    def _join_steps(
+        self, outs: list[StepOutput], x: Tensor, shared: Tensor, workers: int
+    ) -> list[StepOutput]:
+        """``outs`` with their backward passes in parallel; ``x`` is the steps' detached copy of
+        ``shared``, the input that may lead to a fine-tuned pre-processor."""
+        names = ("mask", "soft_box", "score")
+        selected = [
+            [n for n in names if getattr(o, n) is not None and getattr(o, n).requires_grad]
+            for o in outs
+        ]
+        leaves = [p for p in self.model.parameters() if p.requires_grad]
+        inputs = list(leaves)
+        if shared.requires_grad:
+            leaves.append(x)
+            inputs.append(shared)
+        joined = join_steps(
+            [[getattr(o, n) for n in ns] for o, ns in zip(outs, selected, strict=True)],
+            leaves,
+            inputs,
+            workers,
         )
+        return [
+            dataclasses.replace(o, **dict(zip(ns, tensors, strict=True)))
+            for o, ns, tensors in zip(outs, selected, joined, strict=True)
+        ]
 
     def _rollout(self, batch: dict[str, Any]) -> list[StepOutput]:
         """All T training steps with teacher forcing (eq. 1: canvas = max of masks so far)."""
-        x = self.model.prepare(self.inputs(batch["image"]))
+        shared = self.model.prepare(self.inputs(batch["image"]))
+        workers = self._backward_workers()
+        x = shared if workers == 1 else shared.detach().requires_grad_(shared.requires_grad)
         steps = self.model.steps
         box_masks = padded_box_masks(
             batch["boxes"],
@@ -378,7 +406,7 @@ class SegmenterModule(L.LightningModule):
             if knob is not None:
                 written = torch.where(knob.use_mask[:, None, None], knob.mask, written)
             canvas = torch.maximum(canvas, written[:, None])  # eq. (1), no gradient across steps
-        return outs
+        return outs if workers == 1 else self._join_steps(outs, x, shared, workers)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         outs = self._rollout(batch)

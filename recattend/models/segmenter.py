@@ -43,13 +43,18 @@ from recattend.models.filterbank import (
     reproject,
     rows_layout,
 )
-from recattend.models.layers import batchnorm_relu, kaiming_init_
+from recattend.models.layers import batchnorm_relu, kaiming_init_, recomputed
 
 BETA = 5.0  # eq. (19), (25): constant that suppresses pixels outside the box
 
 
 class TimestepConvStack(nn.Module):
     """3x3 convs shared over timesteps, each followed by a per-timestep BatchNorm, ReLU, max-pool.
+
+    With ``recompute_full_resolution`` set (training memory, see
+    :class:`~recattend.lit.segmenter.SegmenterModule`'s ``checkpoint_steps``), the layers at the
+    input resolution (:attr:`full_resolution_layers`) keep no activations when gradients are on:
+    the backward pass recomputes them.
 
     Shapes: (B, C_in, H, W) and step t -> list of every layer's output, the last one
     (B, channels[-1], H / prod(pools), W / prod(pools)).
@@ -68,14 +73,35 @@ class TimestepConvStack(nn.Module):
         )
         self.pools = list(pools)
         self.stride = math.prod(pools)
+        self.recompute_full_resolution = False
+
+    @property
+    def full_resolution_layers(self) -> int:
+        """How many layers run at the input resolution (up to and with the first pooling)."""
+        return next((i + 1 for i, pool in enumerate(self.pools) if pool > 1), len(self.pools))
 
     def forward(self, x: Tensor, t: int) -> list[Tensor]:
         x = x.contiguous(memory_format=torch.channels_last)  # see RecurrentSegmenter: ~1.5x on CPU
+        if not (self.recompute_full_resolution and torch.is_grad_enabled()):
+            return self._layers(x, t, 0, len(self.convs))
+        head = self.full_resolution_layers
+        outs = self._recomputed_layers(x, t, head)
+        return outs + self._layers(outs[-1], t, head, len(self.convs))
+
+    # Dynamo cannot trace a checkpoint that restores BatchNorm statistics: under torch.compile these
+    # layers run eagerly (a graph break), the rest of the step compiled.
+    @torch.compiler.disable
+    def _recomputed_layers(self, x: Tensor, t: int, stop: int) -> list[Tensor]:
+        """Layers 0..stop-1 at step t, recomputed in the backward pass."""
+        return recomputed(self._layers, self.norms[t][:stop], x, t, 0, stop)
+
+    def _layers(self, x: Tensor, t: int, first: int, stop: int) -> list[Tensor]:
+        """Layers first..stop-1 at step t; every layer's output."""
         outs = []
-        for conv, norm, pool in zip(self.convs, self.norms[t], self.pools, strict=True):
-            x = batchnorm_relu(norm, conv(x))
-            if pool > 1:
-                x = nn.functional.max_pool2d(x, pool)
+        for i in range(first, stop):
+            x = batchnorm_relu(self.norms[t][i], self.convs[i](x))
+            if self.pools[i] > 1:
+                x = nn.functional.max_pool2d(x, self.pools[i])
             outs.append(x)
         return outs
 

@@ -3,8 +3,11 @@
 For each configuration -- the paper's CVPPP setting (224x224, T = 21, 48x48 patches, batch 5) and
 the synthetic default (128x128, T = 11, batch 8) -- a fresh process measures:
 
-* ``train_images_per_s``: full training steps (forward, joint loss, backward, Adam step);
-  ``_all_graphs`` without per-step checkpointing, ``_bf16`` under bfloat16 autocast
+* ``train_images_per_s``: full training steps (forward, joint loss, backward, Adam step) with
+  the module's defaults; the variants (:data:`VARIANTS`, keys ending in their suffix, with their
+  peak memory): ``_whole_steps`` recomputing whole steps (``module.checkpoint_steps=true``),
+  ``_all_graphs`` recomputing nothing (``false``), ``_one_backward`` without the parallel
+  backward (``module.parallel_backward=false``), ``_bf16`` under bfloat16 autocast
   (``trainer.precision=bf16-mixed``);
 * ``infer_images_per_s``: :meth:`RecurrentSegmenter.predict` running all T steps (no early stop:
   the worst case);
@@ -52,15 +55,18 @@ LOADING_SIZES = {
     "cityscapes": (1024, 2048),
     "coco": (480, 640),
 }
-# Training is measured twice: with per-step activation checkpointing (the default) and keeping all
-# T steps' graphs (module.checkpoint_steps=false); the second set of keys ends in "_all_graphs".
-# A third run trains the default under bfloat16 autocast (trainer.precision=bf16-mixed): "_bf16".
+# Training variants besides the defaults: key suffix -> SegmenterModule arguments (bf16: autocast).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "_whole_steps": {"checkpoint_steps": True},
+    "_all_graphs": {"checkpoint_steps": False},
+    "_one_backward": {"parallel_backward": False},
+    "_bf16": {"bf16": True},
+}
 
 
-def measure(
-    name: str, steps: int, checkpoint_steps: bool = True, bf16: bool = False
-) -> dict[str, float]:
-    """Benchmark one configuration in the current process."""
+def measure(name: str, steps: int, bf16: bool = False, **module_args: Any) -> dict[str, float]:
+    """Benchmark one configuration in the current process (``module_args`` override the
+    SegmenterModule's defaults)."""
     import torch
 
     import recattend.lit.segmenter as segmenter_module
@@ -79,9 +85,7 @@ def measure(
     )
     batch = next(iter(data.train_dataloader()))
     module = SegmenterModule(
-        image_size=config["resolution"],
-        max_instances=config["max_instances"],
-        checkpoint_steps=checkpoint_steps,
+        image_size=config["resolution"], max_instances=config["max_instances"], **module_args
     )
     module.log = module.log_dict = lambda *a, **k: None  # no Trainer: logging is a no-op
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, eps=1e-7)
@@ -221,17 +225,15 @@ def measure_ddp(devices: int, steps: int, warmup: int = 3) -> float:
         return round(float(result.read_text()), 2)
 
 
-def _worker(name: str, steps: int, checkpoint_steps: bool, bf16: bool, queue: mp.Queue) -> None:
-    queue.put(measure(name, steps, checkpoint_steps, bf16))
+def _worker(name: str, steps: int, variant: dict[str, Any], queue: mp.Queue) -> None:
+    queue.put(measure(name, steps, **variant))
 
 
-def _in_fresh_process(
-    name: str, steps: int, checkpoint_steps: bool, bf16: bool = False
-) -> dict[str, float]:
+def _in_fresh_process(name: str, steps: int, variant: dict[str, Any]) -> dict[str, float]:
     """A fresh process per measurement gives a clean memory peak."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_worker, args=(name, steps, checkpoint_steps, bf16, queue))
+    process = context.Process(target=_worker, args=(name, steps, variant, queue))
     process.start()
     result = queue.get()
     process.join()
@@ -250,12 +252,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: dict[str, Any] = {}
     for name in [] if args.skip_model else CONFIGS:
-        results[name] = _in_fresh_process(name, args.steps, checkpoint_steps=True)
-        all_graphs = _in_fresh_process(name, args.steps, checkpoint_steps=False)
-        bf16 = _in_fresh_process(name, args.steps, checkpoint_steps=True, bf16=True)
-        results[name]["train_images_per_s_bf16"] = bf16["train_images_per_s"]
-        results[name]["train_images_per_s_all_graphs"] = all_graphs["train_images_per_s"]
-        results[name]["peak_train_memory_gib_all_graphs"] = all_graphs["peak_train_memory_gib"]
+        results[name] = _in_fresh_process(name, args.steps, {})
+        for suffix, variant in VARIANTS.items():
+            figures = _in_fresh_process(name, args.steps, variant)
+            for key in ("train_images_per_s", "peak_train_memory_gib"):
+                results[name][key + suffix] = figures[key]
         print(f"{name:10s} " + "  ".join(f"{k}={v}" for k, v in results[name].items()), flush=True)
     if not args.skip_ddp:
         results["ddp"] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from recattend.data import SyntheticDataModule
 from recattend.lit import SegmenterModule
@@ -54,32 +55,103 @@ def _full_graph_loss(module: SegmenterModule, batch: dict) -> torch.Tensor:
     )["loss"]
 
 
-def test_checkpointed_steps_give_the_full_graph_gradient_and_one_bn_update(monkeypatch) -> None:
+@pytest.mark.parametrize("parallel_backward", [False, True], ids=["one-backward", "parallel"])
+@pytest.mark.parametrize(
+    "checkpoint_steps", [True, "full_resolution", False], ids=["steps", "full-res", "all-graphs"]
+)
+def test_training_step_gives_the_full_graph_gradient_and_one_bn_update(
+    monkeypatch, checkpoint_steps: bool | str, parallel_backward: bool
+) -> None:
     torch.manual_seed(0)
     batch = tiny_batch()
-    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    module = SegmenterModule(
+        image_size=[32, 32],
+        max_instances=3,
+        net=TINY_NET,
+        checkpoint_steps=checkpoint_steps,
+        parallel_backward=parallel_backward,
+    )
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
     monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
     module.train()
-    state = {k: v.clone() for k, v in module.model.state_dict().items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the parallel backward needs 2 threads, whatever the machine
+    try:
+        assert module._backward_workers() == (2 if parallel_backward else 1)
+        state = {k: v.clone() for k, v in module.model.state_dict().items()}
 
-    expected_loss = _full_graph_loss(module, batch)
-    expected_loss.backward()
-    expected = {n: p.grad.clone() for n, p in module.model.named_parameters()}
-    expected_stats = {k: v.clone() for k, v in module.model.state_dict().items() if "running" in k}
+        expected_loss = _full_graph_loss(module, batch)
+        expected_loss.backward()
+        expected = {n: p.grad.clone() for n, p in module.model.named_parameters()}
+        expected_stats = {
+            k: v.clone() for k, v in module.model.state_dict().items() if "running" in k
+        }
 
-    module.model.load_state_dict(state)
-    module.zero_grad()
-    loss = module.training_step(batch, 0)
-    loss.backward()
+        module.model.load_state_dict(state)
+        module.zero_grad()
+        loss = module.training_step(batch, 0)
+        loss.backward()
+    finally:
+        torch.set_num_threads(threads)
     assert torch.allclose(loss, expected_loss, atol=1e-6)
     for name, param in module.model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
-        # atol: a conv bias feeding BatchNorm has a true gradient of 0, so its grad is rounding.
-        assert torch.allclose(param.grad, expected[name], rtol=1e-4, atol=1e-6), name
-    # Running statistics moved once per step (not again during the recomputation).
+        # The parallel backward sums in another order (and its threads' kernels too); atol: a
+        # conv bias feeding BatchNorm has a true gradient of 0, so its grad is rounding.
+        atol = 1e-5 if parallel_backward else 1e-6
+        assert torch.allclose(param.grad, expected[name], rtol=1e-4, atol=atol), name
+    # Running statistics moved once per step (not again during a recomputation).
     for key, value in expected_stats.items():
         assert torch.allclose(module.model.state_dict()[key], value, atol=1e-6), key
+
+
+@pytest.mark.parametrize(
+    ("checkpoint_steps", "kept"), [(False, True), ("full_resolution", False), (True, False)]
+)
+def test_what_the_forward_pass_keeps_for_backward(checkpoint_steps: bool | str, kept: bool) -> None:
+    # The box CNN's first layer (8 channels here, unlike any other full-resolution tensor) is the
+    # only layer at the input resolution: only without recomputation are its activations saved.
+    net = {**TINY_NET, "box_channels": [8, 4, 8]}
+    module = SegmenterModule(
+        image_size=[32, 32], max_instances=3, net=net, checkpoint_steps=checkpoint_steps
+    )
+    module.log = module.log_dict = lambda *a, **k: None
+    assert module.model.box_net.cnn.full_resolution_layers == 1
+    saved = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        module.train().training_step(tiny_batch(), 0)
+    assert ((3, 8, 32, 32) in saved) is kept
+
+
+def test_full_resolution_layers_and_bad_checkpoint_steps() -> None:
+    from recattend.models.segmenter import TimestepConvStack
+
+    for pools, layers in [([1, 2, 1, 2], 2), ([2, 2], 1), ([1, 1], 2)]:
+        assert TimestepConvStack(4, [8] * len(pools), pools, 1).full_resolution_layers == layers
+    with pytest.raises(ValueError, match="checkpoint_steps='some'.*full_resolution"):
+        SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET, checkpoint_steps="some")
+
+
+def test_parallel_backward_only_where_it_is_safe(monkeypatch) -> None:
+    # One backward pass without gradients, when switched off, when compiling, with
+    # SyncBatchNorm (its backward all-reduces: threads would do it in another order per rank).
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    assert module._backward_workers() == 4  # min(threads, T = 4)
+    with torch.no_grad():
+        assert module._backward_workers() == 1
+    module.hparams.parallel_backward = False
+    assert module._backward_workers() == 1
+    module.hparams.parallel_backward, module.hparams.compile = True, True
+    assert module._backward_workers() == 1
+    module.hparams.compile = False
+    module.model = nn.SyncBatchNorm.convert_sync_batchnorm(module.model)
+    assert module._backward_workers() == 1
 
 
 @pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16], ids=["32", "bf16-mixed"])

@@ -234,8 +234,10 @@ std::vector<torch::Tensor> backward_train(torch::Tensor grad_y, torch::Tensor x,
   return {grad_x, grad_weight, grad_bias};
 }
 
+// Without the GIL: the parallel backward (recattend.lit.step_backward) runs kernels in threads.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward_train", &forward_train);
-  m.def("forward_eval", &forward_eval);
-  m.def("backward_train", &backward_train);
+  const auto no_gil = pybind11::call_guard<pybind11::gil_scoped_release>();
+  m.def("forward_train", &forward_train, no_gil);
+  m.def("forward_eval", &forward_eval, no_gil);
+  m.def("backward_train", &backward_train, no_gil);
 }

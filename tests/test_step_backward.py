@@ -1,0 +1,73 @@
+"""The steps' backward passes run in parallel threads (recattend.lit.step_backward)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recattend.lit.step_backward import join_steps
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads whatever the machine, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_hand_computed_gradients_reach_parameters_and_the_shared_input(two_threads, workers):
+    # Steps t = 0..3 read a parameter w and a shared input x = 2 a (a leaf upstream, like a
+    # fine-tuned pre-processor): y_t = w^2 t x and z_t = w + t. The loss is
+    # L = sum_t c_t y_t + sum_t z_t with c = (1, 2, 3, 4).
+    # dL/dw = 2 w x sum_t c_t t + 4 = 2 * 3 * 2 * (0 + 2 + 6 + 12) + 4 = 244 (w = 3, a = 1),
+    # dL/da = 2 w^2 sum_t c_t t = 2 * 9 * 20 = 360.
+    w = torch.tensor(3.0, requires_grad=True)
+    a = torch.tensor(1.0, requires_grad=True)
+    shared = 2 * a
+    x = shared.detach().requires_grad_()
+    steps = [[w * w * t * x, w + t] for t in range(4)]
+    joined = join_steps(steps, [w, x], [w, shared], workers)
+    values = [[v.detach().item() for v in s] for s in joined]
+    assert values == [[9.0 * t * 2, 3.0 + t] for t in range(4)]
+    accumulations = []
+    w.register_post_accumulate_grad_hook(lambda p: accumulations.append(p.grad.clone()))
+    c = torch.arange(1.0, 5.0)
+    loss = sum(c[t] * y + z for t, (y, z) in enumerate(joined))
+    loss.backward()
+    assert w.grad.item() == 244.0 and a.grad.item() == 360.0
+    assert len(accumulations) == 1  # one gradient per parameter per pass, as DDP's hooks expect
+    assert torch.get_num_threads() == 2  # the workers' single-thread setting is undone
+
+
+def test_unused_leaves_and_outputs(two_threads):
+    # A leaf no step reads gets no gradient; an output the loss ignores contributes nothing.
+    w, unused = torch.tensor(2.0, requires_grad=True), torch.tensor(5.0, requires_grad=True)
+    joined = join_steps([[w * 1.0, w * 10.0], [w * 2.0, w * 20.0]], [w, unused], [w, unused], 2)
+    (joined[0][0] + joined[1][0]).backward()
+    assert w.grad.item() == 3.0 and unused.grad is None
+
+
+def test_a_failing_step_backward_raises_in_the_caller(two_threads):
+    class Fails(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, v):
+            return v.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("step 1 failed")
+
+    w = torch.tensor(1.0, requires_grad=True)
+    joined = join_steps([[w * 2], [Fails.apply(w)]], [w], [w], 2)
+    with pytest.raises(RuntimeError, match="step 1 failed"):
+        (joined[0][0] + joined[1][0]).backward()
+    assert torch.get_num_threads() == 2
+
+
+def test_leaves_and_inputs_must_pair():
+    w = torch.tensor(1.0, requires_grad=True)
+    with pytest.raises(ValueError, match="one input per leaf"):
+        join_steps([[w * 2]], [w], [], 2)
