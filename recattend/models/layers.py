@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # torch.utils.cpp_extension (~30 s once, then cached). Set to False to always use PyTorch's kernels.
 FUSED_BATCHNORM_RELU = True
 _SOURCE = Path(__file__).parent / "csrc" / "batchnorm_relu.cpp"
+_EXTENSION = "recattend_batchnorm_relu"
 
 
 @functools.cache
@@ -33,8 +34,15 @@ def _kernel() -> ModuleType | None:
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags += ["-mavx2", "-mfma"]
     log.info("Loading the fused BatchNorm+ReLU CPU kernel (the first build takes ~30 s)")
+    lock = Path(cpp_extension.get_default_build_root()) / _EXTENSION / "lock"
+    if lock.exists():  # torch waits for it without a word
+        log.warning(
+            "Waiting for %s: another process is building the BatchNorm+ReLU kernel, or a killed "
+            "build left it behind; if nothing happens, remove it and start again.",
+            lock,
+        )
     try:
-        return cpp_extension.load("recattend_batchnorm_relu", [str(_SOURCE)], extra_cflags=flags)
+        return cpp_extension.load(_EXTENSION, [str(_SOURCE)], extra_cflags=flags)
     except Exception as error:  # no compiler, no ninja, ...: PyTorch's kernels still work
         lines = str(error).splitlines() or [type(error).__name__]
         reason = next((line for line in lines if "error" in line.lower()), lines[0])

@@ -164,6 +164,24 @@ def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch, caplog) -> No
         layers._kernel.cache_clear()
 
 
+def test_a_left_over_build_lock_is_named(monkeypatch, caplog, tmp_path) -> None:
+    # torch waits silently for a build lock; a killed first build leaves one behind.
+    from torch.utils import cpp_extension
+
+    (tmp_path / "recattend_batchnorm_relu").mkdir()
+    (tmp_path / "recattend_batchnorm_relu" / "lock").touch()
+    monkeypatch.setattr(cpp_extension, "get_default_build_root", lambda: str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: "built")
+    layers._kernel.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="recattend.models.layers"):
+            assert layers._kernel() == "built"
+        (warning,) = [r.getMessage() for r in caplog.records if "Waiting for" in r.getMessage()]
+        assert str(tmp_path / "recattend_batchnorm_relu" / "lock") in warning
+    finally:
+        layers._kernel.cache_clear()
+
+
 def test_segmenter_training_step_matches_pytorch_kernels(kernel, monkeypatch) -> None:
     # The whole model: one training step (checkpointed, all T steps) and inference give the same
     # loss, gradients, running statistics and masks with the fused kernel as with PyTorch's.
