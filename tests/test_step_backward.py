@@ -43,10 +43,13 @@ def test_hand_computed_gradients_reach_parameters_and_the_shared_input(two_threa
 
 
 def test_unused_leaves_and_outputs(two_threads):
-    # A leaf no step reads gets no gradient; an output the loss ignores contributes nothing.
+    # A leaf no step reads gets no gradient; an output the loss ignores contributes nothing; a step
+    # without outputs is skipped.
     w, unused = torch.tensor(2.0, requires_grad=True), torch.tensor(5.0, requires_grad=True)
-    joined = join_steps([[w * 1.0, w * 10.0], [w * 2.0, w * 20.0]], [w, unused], [w, unused], 2)
-    (joined[0][0] + joined[1][0]).backward()
+    steps = [[w * 1.0, w * 10.0], [], [w * 2.0, w * 20.0]]
+    joined = join_steps(steps, [w, unused], [w, unused], 2)
+    assert [len(s) for s in joined] == [2, 0, 2]
+    (joined[0][0] + joined[2][0]).backward()
     assert w.grad.item() == 3.0 and unused.grad is None
 
 

@@ -65,7 +65,11 @@ class _ParallelStepsBackward(torch.autograd.Function):
                     except Empty:
                         return
                     outputs, grads_j = jobs[j]
-                    results[j] = torch.autograd.grad(outputs, leaves, grads_j, allow_unused=True)
+                    results[j] = (
+                        torch.autograd.grad(outputs, leaves, grads_j, allow_unused=True)
+                        if outputs
+                        else (None,) * len(leaves)  # a step with nothing to backpropagate
+                    )
             except BaseException as error:  # re-raised in the calling thread below
                 errors.append(error)
 
