@@ -328,7 +328,6 @@ def test_compile_keeps_the_eager_results_and_checkpoint_names(tmp_path: Path) ->
     for checkpoint_steps in ("full_resolution", True):
         for module in (eager, compiled):
             module.hparams.checkpoint_steps = checkpoint_steps
-            module.model.box_net.cnn.recompute_full_resolution = checkpoint_steps is not True
             module.log = module.log_dict = lambda *a, **k: None
             module.zero_grad()
             module.train().training_step(batch, 0).backward()

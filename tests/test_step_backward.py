@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -74,3 +76,20 @@ def test_leaves_and_inputs_must_pair():
     w = torch.tensor(1.0, requires_grad=True)
     with pytest.raises(ValueError, match="one input per leaf"):
         join_steps([[w * 2]], [w], [], 2)
+
+
+def test_threads_are_kept_and_a_second_backward_is_refused(two_threads):
+    # The same two threads serve every backward pass (starting threads clears oneDNN's cache).
+    def names() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "recattend-step-backward"]
+
+    for _ in range(2):
+        w = torch.tensor(1.0, requires_grad=True)
+        joined = join_steps([[w * 2], [w * 3]], [w], [w], 2)
+        loss = joined[0][0] + joined[1][0]
+        loss.backward(retain_graph=True)
+        assert w.grad.item() == 5.0 and len(names()) >= 2
+    count = len(names())
+    with pytest.raises(RuntimeError, match="already backpropagated.*parallel_backward=false"):
+        loss.backward()
+    assert len(names()) == count

@@ -142,9 +142,11 @@ class SegmenterModule(L.LightningModule):
             last two are about equally fast, a third faster than ``True``; the bench gives the
             figures and peak memory.
         parallel_backward: on CPU, backpropagate the T steps in parallel threads with one
-            intra-op thread each (:mod:`recattend.lit.step_backward`); same gradients, summed in
-            another order. Off by itself on GPUs, with SyncBatchNorm (DDP's
-            ``trainer.sync_batchnorm``), when compiling and with one thread.
+            intra-op thread each (:mod:`recattend.lit.step_backward`); the same gradients up to
+            float rounding (another summation order), at the memory of two steps' backward passes
+            at once. Off by itself on GPUs, with SyncBatchNorm (DDP's
+            ``trainer.sync_batchnorm``), when compiling, with gradient hooks on parameters and
+            with one thread.
         compile: ``torch.compile`` the step functions (``locate``, ``segment``) and the
             pre-processor. Each step has its own BatchNorm, so Dynamo compiles one graph per
             timestep and mode (training with or without a teacher-forced box, inference; the
@@ -176,7 +178,7 @@ class SegmenterModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if checkpoint_steps not in (True, False, "full_resolution"):
+        if not (isinstance(checkpoint_steps, bool) or checkpoint_steps == "full_resolution"):
             raise ValueError(
                 f"module.checkpoint_steps={checkpoint_steps!r}: use true (recompute whole steps), "
                 "full_resolution (recompute the box CNN's full-resolution layers) or false "
@@ -187,8 +189,6 @@ class SegmenterModule(L.LightningModule):
         net = dict(net or {})
         net["in_channels"] = net.get("in_channels", 3) + extra_channels
         self.model = RecurrentSegmenter(image_size=image_size, steps=max_instances + 1, **net)
-        if self.model.box_net is not None:
-            self.model.box_net.cnn.recompute_full_resolution = checkpoint_steps == "full_resolution"
         if compile:
             self._compile()
         # The per-timestep BatchNorm holders: step t's statistics are restored after its
@@ -341,6 +341,8 @@ class SegmenterModule(L.LightningModule):
             and parameter.device.type == "cpu"
             and not self.hparams.compile
             and not any(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules())
+            # torch.autograd.grad would run a parameter's hooks once per step
+            and not any(p._backward_hooks for p in self.model.parameters())
         ):
             return 1
         return min(torch.get_num_threads(), self.model.steps)
@@ -373,6 +375,10 @@ class SegmenterModule(L.LightningModule):
 
     def _rollout(self, batch: dict[str, Any]) -> list[StepOutput]:
         """All T training steps with teacher forcing (eq. 1: canvas = max of masks so far)."""
+        if self.model.box_net is not None:
+            self.model.box_net.cnn.recompute_full_resolution = (
+                self.hparams.checkpoint_steps == "full_resolution"
+            )
         shared = self.model.prepare(self.inputs(batch["image"]))
         workers = self._backward_workers()
         x = shared if workers == 1 else shared.detach().requires_grad_(shared.requires_grad)

@@ -12,20 +12,85 @@ pass, as DDP's hooks expect, and anything upstream of the steps' shared input (a
 pre-processor) is backpropagated once. Measured at the CVPPP configuration on 2 cores: the
 backward phase about 1.6x faster than with one thread (the README has the figures).
 
-Requirements on the steps (the caller checks them): no collective operation in their backward
-(SyncBatchNorm would all-reduce in a different order on each rank) and no randomness recomputed
-by activation checkpointing (threads would restore the global RNG state concurrently).
+The gradients equal those of one backward pass up to float rounding (another summation order;
+each thread's kernels run single-threaded). What the steps must not do (SegmenterModule turns the
+parallel backward off where it cannot be sure): collective operations in their backward
+(SyncBatchNorm would all-reduce in a different order on each rank); gradient hooks on the leaves
+(``torch.autograd.grad`` would run them once per step, then again on the sum); draw random
+numbers in a recomputed part (activation checkpointing here does not replay the RNG state, which
+threads would restore concurrently; the segmenter's steps draw none). A second backward pass
+through the same steps (``retain_graph=True``) and double backward are refused.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+class _StepThreads:
+    """``size`` daemon threads with one intra-op thread each, kept for the process's life:
+    starting a thread and setting its thread count (``torch.set_num_threads``, which a new thread
+    also calls on its first parallel operation) clear oneDNN's cache of prepared convolutions, so
+    doing it at every backward pass would slow the next forward pass."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.tasks = size, SimpleQueue()
+        ready = threading.Barrier(size + 1)
+        threads = torch.get_num_threads()
+        for _ in range(size):
+            threading.Thread(
+                target=self._serve, args=(ready,), name="recattend-step-backward", daemon=True
+            ).start()
+        ready.wait()
+        # A thread's torch.set_num_threads(1) is also the default of threads started later.
+        torch.set_num_threads(threads)
+
+    def _serve(self, ready: threading.Barrier) -> None:
+        torch.set_num_threads(1)
+        ready.wait()
+        while True:
+            self.tasks.get()()
+
+    def run(self, task: Callable[[], None], copies: int) -> None:
+        """Run ``copies`` calls of ``task`` (which must not raise) on the threads; wait for all."""
+        done = threading.Semaphore(0)
+
+        def call() -> None:
+            try:
+                task()
+            finally:
+                done.release()
+
+        for _ in range(copies):
+            self.tasks.put(call)
+        for _ in range(copies):
+            done.acquire()
+
+
+_threads: _StepThreads | None = None
+
+
+def _step_threads(size: int) -> _StepThreads:
+    global _threads
+    if _threads is None or _threads.size < size:
+        _threads = _StepThreads(size)  # the old threads stay idle
+    return _threads
+
+
+def _forget_threads() -> None:
+    global _threads
+    _threads = None  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_threads)
 
 
 class _ParallelStepsBackward(torch.autograd.Function):
@@ -43,7 +108,13 @@ class _ParallelStepsBackward(torch.autograd.Function):
         return tuple(output.detach() for outputs in steps for output in outputs)
 
     @staticmethod
+    @once_differentiable  # the steps' gradients are not themselves differentiable
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.steps is None:
+            raise RuntimeError(
+                "the recurrent steps were already backpropagated (their graphs are freed): a "
+                "second backward pass (retain_graph=True) needs module.parallel_backward=false"
+            )
         jobs, i = [], 0
         for outputs in ctx.steps:
             jobs.append((outputs, grads[i : i + len(outputs)]))
@@ -57,7 +128,6 @@ class _ParallelStepsBackward(torch.autograd.Function):
         errors: list[BaseException] = []
 
         def work() -> None:
-            torch.set_num_threads(1)
             try:
                 while not errors:  # the next step not yet taken: the threads finish together
                     try:
@@ -73,20 +143,15 @@ class _ParallelStepsBackward(torch.autograd.Function):
             except BaseException as error:  # re-raised in the calling thread below
                 errors.append(error)
 
-        threads = torch.get_num_threads()
-        pool = [threading.Thread(target=work) for _ in range(min(ctx.workers, len(jobs)))]
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
-        # A thread's torch.set_num_threads also sets the default of threads started later.
-        torch.set_num_threads(threads)
+        workers = min(ctx.workers, len(jobs))
+        _step_threads(workers).run(work, workers)
         if errors:
             raise errors[0]
-        summed: list[Tensor | None] = []
-        for parts in zip(*results, strict=True):  # in step order: deterministic sums
-            present = [p for p in parts if p is not None]
-            summed.append(None if not present else torch.stack(present).sum(0))
+        summed: list[Tensor | None] = [None] * len(leaves)
+        for parts in results:  # in step order, whatever the threads' timing: deterministic
+            for k, part in enumerate(parts):
+                if part is not None:
+                    summed[k] = part if summed[k] is None else summed[k] + part
         return (None, None, None, *summed)
 
 
@@ -99,8 +164,8 @@ def join_steps(
     """The steps' outputs, with their backward passes run by ``workers`` threads.
 
     Args:
-        steps: per step, the outputs the loss reads (each with that step's graph); steps share no
-            graph except through ``leaves``.
+        steps: per step, the outputs the loss reads, each requiring gradients (with that step's
+            graph); steps share no graph except through ``leaves``.
         leaves: the tensors requiring gradients that the step graphs read: parameters, and
             detached copies of shared inputs.
         inputs: what receives each leaf's summed gradient: the parameter itself, or the shared

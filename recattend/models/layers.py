@@ -34,7 +34,7 @@ def _kernel() -> ModuleType | None:
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags += ["-mavx2", "-mfma"]
     log.info("Loading the fused BatchNorm+ReLU CPU kernel (the first build takes ~30 s)")
-    lock = Path(cpp_extension.get_default_build_root()) / _EXTENSION / "lock"
+    lock = Path(cpp_extension._get_build_directory(_EXTENSION, verbose=False)) / "lock"
     if lock.exists():  # torch waits for it without a word
         log.warning(
             "Waiting for %s: another process is building the BatchNorm+ReLU kernel, or a killed "

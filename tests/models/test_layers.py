@@ -170,7 +170,7 @@ def test_a_left_over_build_lock_is_named(monkeypatch, caplog, tmp_path) -> None:
 
     (tmp_path / "recattend_batchnorm_relu").mkdir()
     (tmp_path / "recattend_batchnorm_relu" / "lock").touch()
-    monkeypatch.setattr(cpp_extension, "get_default_build_root", lambda: str(tmp_path))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # where torch builds and locks
     monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: "built")
     layers._kernel.cache_clear()
     try:

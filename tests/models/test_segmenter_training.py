@@ -137,9 +137,56 @@ def test_full_resolution_layers_and_bad_checkpoint_steps() -> None:
         SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET, checkpoint_steps="some")
 
 
+@pytest.mark.parametrize("variant", ["box-stage", "no-box-net", "finetuned-preprocessor"])
+def test_parallel_backward_matches_one_backward(monkeypatch, variant: str) -> None:
+    # The other ways a rollout runs: the bootstrap box stage (no masks), the no-box-network
+    # ablation (no soft boxes), and a fine-tuned pre-processor upstream of all steps (its
+    # gradient is the sum over steps, backpropagated once).
+    net, extra = dict(TINY_NET), {}
+    if variant == "no-box-net":
+        net["box_network"] = False
+    if variant == "finetuned-preprocessor":
+        fcn = {
+            "encoder_channels": [4, 4],
+            "encoder_pools": [2, 2],
+            "decoder_channels": [4],
+            "decoder_unpools": [2, 2],
+            "decoder_skips": [False, True],
+        }
+        extra["preprocessor"] = {"net": fcn, "finetune": True}
+    batch, results = tiny_batch(), []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for parallel in (False, True):
+            torch.manual_seed(0)
+            module = SegmenterModule(
+                image_size=[32, 32], max_instances=3, net=net, parallel_backward=parallel, **extra
+            )
+            monkeypatch.setattr(module, "log", lambda *a, **k: None)
+            monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
+            module.stage = "box" if variant == "box-stage" else "full"
+            module.train().training_step(batch, 0).backward()
+            grads = {n: p.grad for n, p in module.named_parameters()}
+            assert module._backward_workers() == (2 if parallel else 1)
+            results.append(grads)
+    finally:
+        torch.set_num_threads(threads)
+    one, parallel = results
+    if variant == "finetuned-preprocessor":
+        fcn = [g for n, g in one.items() if n.startswith("preprocessor.") and g is not None]
+        assert fcn and any(g.abs().sum() > 0 for g in fcn)  # it is trained
+    for name, grad in one.items():
+        if grad is None:  # e.g. the segmentation network in the box stage
+            assert parallel[name] is None, name
+        else:
+            torch.testing.assert_close(parallel[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_parallel_backward_only_where_it_is_safe(monkeypatch) -> None:
-    # One backward pass without gradients, when switched off, when compiling, with
-    # SyncBatchNorm (its backward all-reduces: threads would do it in another order per rank).
+    # One backward pass without gradients, when switched off, when compiling, with a parameter
+    # hook, with SyncBatchNorm (its backward all-reduces: threads would do it in another order
+    # per rank).
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
     assert module._backward_workers() == 4  # min(threads, T = 4)
@@ -150,6 +197,9 @@ def test_parallel_backward_only_where_it_is_safe(monkeypatch) -> None:
     module.hparams.parallel_backward, module.hparams.compile = True, True
     assert module._backward_workers() == 1
     module.hparams.compile = False
+    handle = module.model.score_head.weight.register_hook(lambda grad: grad)
+    assert module._backward_workers() == 1  # it would run once per step
+    handle.remove()
     module.model = nn.SyncBatchNorm.convert_sync_batchnorm(module.model)
     assert module._backward_workers() == 1
 
