@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from recattend.lit.step_backward import join_steps
+from recattend.lit.step_backward import _step_threads, join_steps
 
 
 @pytest.fixture
@@ -93,3 +93,8 @@ def test_threads_are_kept_and_a_second_backward_is_refused(two_threads):
     with pytest.raises(RuntimeError, match="already backpropagated.*parallel_backward=false"):
         loss.backward()
     assert len(names()) == count
+    # Each thread works with one intra-op thread, the caller keeps its own.
+    seen = []
+    step_threads = _step_threads(2)
+    step_threads.run(lambda: seen.append(torch.get_num_threads()), 2)
+    assert seen == [1, 1] and torch.get_num_threads() == 2

@@ -54,6 +54,9 @@ class _StepThreads:
         torch.set_num_threads(threads)
 
     def _serve(self, ready: threading.Barrier) -> None:
+        # get first: a thread's first call takes the process default (restored to the caller's
+        # count below), and would undo a setting made before it.
+        torch.get_num_threads()
         torch.set_num_threads(1)
         ready.wait()
         while True:
