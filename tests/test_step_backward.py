@@ -10,15 +10,6 @@ import torch
 from recattend.lit.step_backward import _step_threads, join_steps
 
 
-@pytest.fixture
-def two_threads():
-    """Two intra-op threads whatever the machine, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_hand_computed_gradients_reach_parameters_and_the_shared_input(two_threads, workers):
     # Steps t = 0..3 read a parameter w and a shared input x = 2 a (a leaf upstream, like a

@@ -60,7 +60,7 @@ def _full_graph_loss(module: SegmenterModule, batch: dict) -> torch.Tensor:
     "checkpoint_steps", [True, "full_resolution", False], ids=["steps", "full-res", "all-graphs"]
 )
 def test_training_step_gives_the_full_graph_gradient_and_one_bn_update(
-    monkeypatch, checkpoint_steps: bool | str, parallel_backward: bool
+    monkeypatch, two_threads, checkpoint_steps: bool | str, parallel_backward: bool
 ) -> None:
     torch.manual_seed(0)
     batch = tiny_batch()
@@ -74,25 +74,18 @@ def test_training_step_gives_the_full_graph_gradient_and_one_bn_update(
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
     monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
     module.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the parallel backward needs 2 threads, whatever the machine
-    try:
-        assert module._backward_workers() == (2 if parallel_backward else 1)
-        state = {k: v.clone() for k, v in module.model.state_dict().items()}
+    assert module._backward_workers() == (2 if parallel_backward else 1)
+    state = {k: v.clone() for k, v in module.model.state_dict().items()}
 
-        expected_loss = _full_graph_loss(module, batch)
-        expected_loss.backward()
-        expected = {n: p.grad.clone() for n, p in module.model.named_parameters()}
-        expected_stats = {
-            k: v.clone() for k, v in module.model.state_dict().items() if "running" in k
-        }
+    expected_loss = _full_graph_loss(module, batch)
+    expected_loss.backward()
+    expected = {n: p.grad.clone() for n, p in module.model.named_parameters()}
+    expected_stats = {k: v.clone() for k, v in module.model.state_dict().items() if "running" in k}
 
-        module.model.load_state_dict(state)
-        module.zero_grad()
-        loss = module.training_step(batch, 0)
-        loss.backward()
-    finally:
-        torch.set_num_threads(threads)
+    module.model.load_state_dict(state)
+    module.zero_grad()
+    loss = module.training_step(batch, 0)
+    loss.backward()
     assert torch.allclose(loss, expected_loss, atol=1e-6)
     for name, param in module.model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
@@ -138,7 +131,7 @@ def test_full_resolution_layers_and_bad_checkpoint_steps() -> None:
 
 
 @pytest.mark.parametrize("variant", ["box-stage", "no-box-net", "finetuned-preprocessor"])
-def test_parallel_backward_matches_one_backward(monkeypatch, variant: str) -> None:
+def test_parallel_backward_matches_one_backward(monkeypatch, two_threads, variant: str) -> None:
     # The other ways a rollout runs: the bootstrap box stage (no masks), the no-box-network
     # ablation (no soft boxes), and a fine-tuned pre-processor upstream of all steps (its
     # gradient is the sum over steps, backpropagated once).
@@ -155,23 +148,17 @@ def test_parallel_backward_matches_one_backward(monkeypatch, variant: str) -> No
         }
         extra["preprocessor"] = {"net": fcn, "finetune": True}
     batch, results = tiny_batch(), []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        for parallel in (False, True):
-            torch.manual_seed(0)
-            module = SegmenterModule(
-                image_size=[32, 32], max_instances=3, net=net, parallel_backward=parallel, **extra
-            )
-            monkeypatch.setattr(module, "log", lambda *a, **k: None)
-            monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
-            module.stage = "box" if variant == "box-stage" else "full"
-            module.train().training_step(batch, 0).backward()
-            grads = {n: p.grad for n, p in module.named_parameters()}
-            assert module._backward_workers() == (2 if parallel else 1)
-            results.append(grads)
-    finally:
-        torch.set_num_threads(threads)
+    for parallel in (False, True):
+        torch.manual_seed(0)
+        module = SegmenterModule(
+            image_size=[32, 32], max_instances=3, net=net, parallel_backward=parallel, **extra
+        )
+        monkeypatch.setattr(module, "log", lambda *a, **k: None)
+        monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
+        module.stage = "box" if variant == "box-stage" else "full"
+        module.train().training_step(batch, 0).backward()
+        assert module._backward_workers() == (2 if parallel else 1)
+        results.append({n: p.grad for n, p in module.named_parameters()})
     one, parallel = results
     if variant == "finetuned-preprocessor":
         fcn = [g for n, g in one.items() if n.startswith("preprocessor.") and g is not None]
