@@ -89,3 +89,13 @@ def test_threads_are_kept_and_a_second_backward_is_refused(two_threads):
     step_threads = _step_threads(2)
     step_threads.run(lambda: seen.append(torch.get_num_threads()), 2)
     assert seen == [1, 1] and torch.get_num_threads() == 2
+
+
+def test_gradients_take_the_leaf_layout(two_threads):
+    # A channels-last parameter gets a channels-last gradient, as one backward pass gives it
+    # (DDP's gradient buckets expect the parameter's strides).
+    # (9, 1, 3, 1): how Module.to(memory_format=channels_last) lays out a (8, 1, 3, 3) weight
+    w = torch.empty_strided((8, 1, 3, 3), (9, 1, 3, 1)).normal_().requires_grad_()
+    joined = join_steps([[w.reshape(-1) * 2], [w.reshape(-1) * 3]], [w], [w], 2)
+    (grad,) = torch.autograd.grad(joined[0][0].sum() + joined[1][0].sum(), w)
+    assert grad.stride() == w.stride() and torch.equal(grad, torch.full_like(w, 5.0))

@@ -155,6 +155,10 @@ class _ParallelStepsBackward(torch.autograd.Function):
             for k, part in enumerate(parts):
                 if part is not None:
                     summed[k] = part if summed[k] is None else summed[k] + part
+        for k, (leaf, grad) in enumerate(zip(leaves, summed, strict=True)):
+            if grad is not None and grad.stride() != leaf.stride():
+                # The leaf's layout, as one backward pass gives it (and DDP's buckets expect).
+                summed[k] = torch.empty_like(leaf).copy_(grad)
         return (None, None, None, *summed)
 
 
