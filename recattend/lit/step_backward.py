@@ -78,6 +78,15 @@ class _StepThreads:
             done.acquire()
 
 
+def _per_step(flat: Sequence[Any], steps: Sequence[Sequence[Tensor]]) -> list[list[Any]]:
+    """``flat``, one item per step output in order, cut back into one list per step."""
+    out, i = [], 0
+    for outputs in steps:
+        out.append(list(flat[i : i + len(outputs)]))
+        i += len(outputs)
+    return out
+
+
 _threads: _StepThreads | None = None
 
 
@@ -118,10 +127,7 @@ class _ParallelStepsBackward(torch.autograd.Function):
                 "the recurrent steps were already backpropagated (their graphs are freed): a "
                 "second backward pass (retain_graph=True) needs module.parallel_backward=false"
             )
-        jobs, i = [], 0
-        for outputs in ctx.steps:
-            jobs.append((outputs, grads[i : i + len(outputs)]))
-            i += len(outputs)
+        jobs = list(zip(ctx.steps, _per_step(grads, ctx.steps), strict=True))
         ctx.steps = None  # each step's graph is freed once backpropagated
         leaves = ctx.leaves
         results: list[tuple[Tensor | None, ...]] = [()] * len(jobs)
@@ -188,8 +194,4 @@ def join_steps(
     flat = _ParallelStepsBackward.apply(
         [list(outputs) for outputs in steps], list(leaves), workers, *inputs
     )
-    out, i = [], 0
-    for outputs in steps:
-        out.append(list(flat[i : i + len(outputs)]))
-        i += len(outputs)
-    return out
+    return _per_step(flat, steps)
