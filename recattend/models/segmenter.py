@@ -43,7 +43,8 @@ from recattend.models.filterbank import (
     reproject,
     rows_layout,
 )
-from recattend.models.layers import batchnorm_relu, kaiming_init_, recomputed
+from recattend.models.kernels import batchnorm_relu, conv3x3
+from recattend.models.layers import kaiming_init_, recomputed
 
 BETA = 5.0  # eq. (19), (25): constant that suppresses pixels outside the box
 
@@ -99,7 +100,7 @@ class TimestepConvStack(nn.Module):
         """Layers first..stop-1 at step t; every layer's output."""
         outs = []
         for i in range(first, stop):
-            x = batchnorm_relu(self.norms[t][i], self.convs[i](x))
+            x = batchnorm_relu(self.norms[t][i], conv3x3(self.convs[i], x))
             if self.pools[i] > 1:
                 x = nn.functional.max_pool2d(x, self.pools[i])
             outs.append(x)

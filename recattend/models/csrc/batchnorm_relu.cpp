@@ -1,4 +1,4 @@
-// Fused BatchNorm + ReLU for channels-last float32 CPU activations (recattend.models.layers).
+// Fused BatchNorm + ReLU for channels-last float32 CPU activations (recattend.models.kernels).
 //
 // A channels-last (N, C, H, W) tensor is a flat array whose element i belongs to channel i % C.
 // Every loop below walks that array in blocks of W lanes (W a multiple of C and of 16 floats, so a
@@ -7,8 +7,7 @@
 // compiler. Training makes two passes forward (statistics; normalise + ReLU) and two backward
 // (gradient statistics; input gradient), recomputing the ReLU mask from x instead of storing y.
 // PyTorch's own kernels make about twice as many passes and are slow for C < 16.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "kernels.h"
 
 #include <algorithm>
 #include <cmath>
@@ -28,8 +27,8 @@ std::vector<float> tiled(const std::vector<float>& per_channel, int lanes) {
   return out;
 }
 
-std::vector<float> to_vector(const torch::Tensor& t) {
-  auto c = t.to(torch::kFloat).contiguous();
+std::vector<float> to_vector(const at::Tensor& t) {
+  auto c = t.to(at::kFloat).contiguous();
   return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
 }
 
@@ -49,20 +48,21 @@ void lane_sums(int64_t blocks, double* out, Terms terms) {
   for (int j = 0; j < W; ++j) { out[j] += da[j] + a[j]; out[W + j] += db[j] + b[j]; }
 }
 
-// Runs body<W>(first block, number of blocks, thread partials) in parallel and folds the
-// per-thread, per-lane partial sums (2 W each) into per-channel sums (2 C: first, second term).
+// Runs body(first block, number of blocks, partials) over ranges of kGrain blocks in parallel and
+// folds the per-range, per-lane partial sums (2 W each) into per-channel sums (2 C: first, second
+// term), adding the ranges in order: the sums do not depend on the number of threads.
 template <typename Body>
 std::vector<double> channel_sums(int64_t blocks, int lanes, int64_t channels, Body body) {
-  const int threads = at::get_num_threads();
-  std::vector<double> partial(static_cast<size_t>(threads) * 2 * lanes, 0.0);
-  at::parallel_for(0, blocks, kGrain, [&](int64_t begin, int64_t end) {
-    body(begin, end - begin, partial.data() + at::get_thread_num() * 2 * lanes);
+  const int64_t ranges = (blocks + kGrain - 1) / kGrain;
+  std::vector<double> partial(static_cast<size_t>(ranges) * 2 * lanes, 0.0);
+  parallel_ranges(blocks, kGrain, [&](int64_t begin, int64_t end) {
+    body(begin, end - begin, partial.data() + (begin / kGrain) * 2 * lanes);
   });
   std::vector<double> sums(2 * channels, 0.0);
-  for (int t = 0; t < threads; ++t)
+  for (int64_t r = 0; r < ranges; ++r)
     for (int j = 0; j < lanes; ++j) {
-      sums[j % channels] += partial[(t * 2) * lanes + j];
-      sums[channels + j % channels] += partial[(t * 2 + 1) * lanes + j];
+      sums[j % channels] += partial[(r * 2) * lanes + j];
+      sums[channels + j % channels] += partial[(r * 2 + 1) * lanes + j];
     }
   return sums;
 }
@@ -75,8 +75,8 @@ void with_lanes(int lanes, Body body) {
   else body(std::integral_constant<int, 64>{});
 }
 
-void check_input(const torch::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 4 &&
+void check_input(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4 &&
                   x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "batchnorm_relu: expected a channels-last float32 CPU tensor (N, C, H, W)");
   TORCH_CHECK(lanes_for(x.size(1)) % x.size(1) == 0 && x.numel() % lanes_for(x.size(1)) == 0,
@@ -84,16 +84,16 @@ void check_input(const torch::Tensor& x) {
 }
 
 // y = max(x * scale + shift, 0) per channel.
-torch::Tensor affine_relu(const torch::Tensor& x, const std::vector<float>& scale,
+at::Tensor affine_relu(const at::Tensor& x, const std::vector<float>& scale,
                           const std::vector<float>& shift) {
   const int lanes = lanes_for(x.size(1));
   const auto sc = tiled(scale, lanes), sh = tiled(shift, lanes);
-  auto y = torch::empty_like(x);
+  auto y = at::empty_like(x);
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   with_lanes(lanes, [&](auto lanes_tag) {
     constexpr int W = decltype(lanes_tag)::value;
-    at::parallel_for(0, x.numel() / W, kGrain, [&](int64_t begin, int64_t end) {
+    parallel_ranges(x.numel() / W, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         const float* in = xp + k * W;
         float* out = yp + k * W;
@@ -129,8 +129,8 @@ Affine affine_from(const std::vector<float>& w, const std::vector<float>& b,
 // Training forward: returns (y, batch mean, biased batch variance). ``shift`` (C,), a rough mean
 // (the caller's sample mean), is subtracted before summing: the one-pass variance
 // E[(x - shift)^2] - E[x - shift]^2 then stays accurate when |mean| >> std.
-std::vector<torch::Tensor> forward_train(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
-                                         torch::Tensor shift, double eps) {
+std::vector<at::Tensor> forward_train(at::Tensor x, at::Tensor weight, at::Tensor bias,
+                                      at::Tensor shift, double eps) {
   check_input(x);
   const int64_t channels = x.size(1), count = x.numel() / channels;
   const int lanes = lanes_for(channels);
@@ -156,13 +156,13 @@ std::vector<torch::Tensor> forward_train(torch::Tensor x, torch::Tensor weight, 
     v[c] = static_cast<float>(std::max(sums[channels + c] / count - d * d, 0.0));
   }
   const Affine affine = affine_from(w, b, m, v, eps);
-  auto mean = torch::tensor(m, x.options()), var = torch::tensor(v, x.options());
+  auto mean = at::tensor(m, x.options()), var = at::tensor(v, x.options());
   return {affine_relu(x, affine.scale, affine.offset), mean, var};
 }
 
 // Evaluation forward: y = relu((x - mean) / sqrt(var + eps) * weight + bias) with given statistics.
-torch::Tensor forward_eval(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
-                           torch::Tensor mean, torch::Tensor var, double eps) {
+at::Tensor forward_eval(at::Tensor x, at::Tensor weight, at::Tensor bias, at::Tensor mean,
+                        at::Tensor var, double eps) {
   check_input(x);
   const Affine affine =
       affine_from(to_vector(weight), to_vector(bias), to_vector(mean), to_vector(var), eps);
@@ -171,9 +171,9 @@ torch::Tensor forward_eval(torch::Tensor x, torch::Tensor weight, torch::Tensor 
 
 // Training backward from dL/dy: returns (dL/dx, dL/dweight, dL/dbias). The ReLU mask is
 // recomputed from x with the forward pass's scale and offset, so it matches y > 0 exactly.
-std::vector<torch::Tensor> backward_train(torch::Tensor grad_y, torch::Tensor x, torch::Tensor mean,
-                                          torch::Tensor var, torch::Tensor weight,
-                                          torch::Tensor bias, double eps) {
+std::vector<at::Tensor> backward_train(at::Tensor grad_y, at::Tensor x, at::Tensor mean,
+                                       at::Tensor var, at::Tensor weight, at::Tensor bias,
+                                       double eps) {
   check_input(x);
   check_input(grad_y);
   const int64_t channels = x.size(1), count = x.numel() / channels;
@@ -200,8 +200,8 @@ std::vector<torch::Tensor> backward_train(torch::Tensor grad_y, torch::Tensor x,
       });
     });
   });
-  auto grad_weight = torch::empty({channels}, x.options());
-  auto grad_bias = torch::empty({channels}, x.options());
+  auto grad_weight = at::empty({channels}, x.options());
+  auto grad_bias = at::empty({channels}, x.options());
   // dL/dx = w invstd (g - mean(g) - xhat mean(g xhat)) = A g + B (x - mean) + C per channel.
   std::vector<float> ca(channels), cb(channels), cc(channels);
   for (int64_t c = 0; c < channels; ++c) {
@@ -214,11 +214,11 @@ std::vector<torch::Tensor> backward_train(torch::Tensor grad_y, torch::Tensor x,
     cc[c] = static_cast<float>(-a * sum_g / count);
   }
   const auto ta = tiled(ca, lanes), tb = tiled(cb, lanes), tc = tiled(cc, lanes);
-  auto grad_x = torch::empty_like(x);
+  auto grad_x = at::empty_like(x);
   float* op = grad_x.data_ptr<float>();
   with_lanes(lanes, [&](auto lanes_tag) {
     constexpr int W = decltype(lanes_tag)::value;
-    at::parallel_for(0, x.numel() / W, kGrain, [&](int64_t begin, int64_t end) {
+    parallel_ranges(x.numel() / W, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         const float* in = xp + k * W;
         const float* g = gp + k * W;
@@ -232,12 +232,4 @@ std::vector<torch::Tensor> backward_train(torch::Tensor grad_y, torch::Tensor x,
     });
   });
   return {grad_x, grad_weight, grad_bias};
-}
-
-// Without the GIL: the parallel backward (recattend.lit.step_backward) runs kernels in threads.
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  const auto no_gil = pybind11::call_guard<pybind11::gil_scoped_release>();
-  m.def("forward_train", &forward_train, no_gil);
-  m.def("forward_eval", &forward_eval, no_gil);
-  m.def("backward_train", &backward_train, no_gil);
 }

@@ -1,5 +1,6 @@
-"""The fused BatchNorm + ReLU (recattend.models.layers.batchnorm_relu) against hand-computed values
-and against PyTorch's BatchNorm2d followed by ReLU."""
+"""The CPU kernels (recattend.models.kernels) against hand-computed values and against PyTorch:
+the fused BatchNorm + ReLU against BatchNorm2d followed by ReLU, the 3x3 convolution against
+conv2d."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from recattend.models import layers
-from recattend.models.layers import batchnorm_relu
+from recattend.models import kernels
+from recattend.models.kernels import batchnorm_relu
 
 CL = torch.channels_last
 
@@ -19,8 +20,8 @@ CL = torch.channels_last
 @pytest.fixture
 def kernel():
     """The fused path must be available here (a C++ compiler is part of the test machine)."""
-    assert layers._kernel() is not None, "the fused BatchNorm+ReLU kernel did not build"
-    return layers._kernel()
+    assert kernels._kernel() is not None, "the fused BatchNorm+ReLU kernel did not build"
+    return kernels._kernel()
 
 
 def _norm(channels: int, seed: int = 0, momentum: float | None = 0.1) -> nn.BatchNorm2d:
@@ -111,7 +112,7 @@ def test_other_inputs_fall_back_to_pytorch(kernel, monkeypatch, case: str) -> No
     channels, shape, dtype = 8, (2, 8, 4, 4), torch.float32
     norm_type = nn.BatchNorm2d
     if case == "disabled":
-        monkeypatch.setattr(layers, "FUSED_BATCHNORM_RELU", False)
+        monkeypatch.setattr(kernels, "FUSED_BATCHNORM_RELU", False)
     elif case == "bfloat16":
         dtype = torch.bfloat16
     elif case == "twelve_channels":  # 12 does not divide a 16-lane block
@@ -149,9 +150,9 @@ def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch, caplog) -> No
         raise RuntimeError("Error building extension: c++: error: no such compiler")
 
     monkeypatch.setattr(cpp_extension, "load", fail)
-    layers._kernel.cache_clear()
+    kernels._kernel.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="recattend.models.layers"):
+        with caplog.at_level(logging.WARNING, logger="recattend.models.kernels"):
             norm, x = _norm(8), torch.randn(2, 8, 4, 4).contiguous(memory_format=CL)
             reference = copy.deepcopy(norm)
             for _ in range(2):
@@ -161,37 +162,39 @@ def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch, caplog) -> No
         reference(x)
         assert torch.equal(y, torch.relu(reference(x)))
     finally:
-        layers._kernel.cache_clear()
+        kernels._kernel.cache_clear()
 
 
 def test_a_left_over_build_lock_is_named(monkeypatch, caplog, tmp_path) -> None:
     # torch waits silently for a build lock; a killed first build leaves one behind.
     from torch.utils import cpp_extension
 
-    (tmp_path / "recattend_batchnorm_relu").mkdir()
-    (tmp_path / "recattend_batchnorm_relu" / "lock").touch()
+    (tmp_path / "recattend_cpu_kernels").mkdir()
+    (tmp_path / "recattend_cpu_kernels" / "lock").touch()
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # where torch builds and locks
     monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: "built")
-    layers._kernel.cache_clear()
+    kernels._kernel.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="recattend.models.layers"):
-            assert layers._kernel() == "built"
+        with caplog.at_level(logging.WARNING, logger="recattend.models.kernels"):
+            assert kernels._kernel() == "built"
         (warning,) = [r.getMessage() for r in caplog.records if "Waiting for" in r.getMessage()]
-        assert str(tmp_path / "recattend_batchnorm_relu" / "lock") in warning
+        assert str(tmp_path / "recattend_cpu_kernels" / "lock") in warning
     finally:
-        layers._kernel.cache_clear()
+        kernels._kernel.cache_clear()
 
 
-def test_segmenter_training_step_matches_pytorch_kernels(kernel, monkeypatch) -> None:
+@pytest.mark.parametrize("flag", ["FUSED_BATCHNORM_RELU", "CONV3X3_KERNEL"])
+def test_segmenter_training_step_matches_pytorch_kernels(kernel, monkeypatch, flag: str) -> None:
     # The whole model: one training step (checkpointed, all T steps) and inference give the same
-    # loss, gradients, running statistics and masks with the fused kernel as with PyTorch's.
+    # loss, gradients, running statistics and masks with each kernel as with PyTorch's. The tiny
+    # net's last box layer and second attention layer are 4 -> 8 channel convolutions.
     from recattend.lit import SegmenterModule
     from tests.models.test_segmenter_training import TINY_NET, tiny_batch
 
     batch = tiny_batch()
     results = []
     for fused in (True, False):
-        monkeypatch.setattr(layers, "FUSED_BATCHNORM_RELU", fused)
+        monkeypatch.setattr(kernels, flag, fused)
         torch.manual_seed(0)
         module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
         monkeypatch.setattr(module, "log", lambda *a, **k: None)
@@ -211,3 +214,121 @@ def test_segmenter_training_step_matches_pytorch_kernels(kernel, monkeypatch) ->
     for key, value in stats_a.items():
         torch.testing.assert_close(value, stats_b[key], atol=1e-5, rtol=1e-5, msg=key)
     torch.testing.assert_close(masks_a, masks_b, atol=1e-5, rtol=1e-4)
+
+
+# The 3x3 convolution to 8 channels (csrc/conv3x3.cpp).
+
+
+def _conv(in_channels: int, seed: int = 0) -> nn.Conv2d:
+    torch.manual_seed(seed)
+    return nn.Conv2d(in_channels, 8, 3, padding=1).to(memory_format=CL)
+
+
+def test_conv3x3_hand_computed(kernel) -> None:
+    # A 3x3 image of ones, output channel co's weights all co + 1, bias co: each output pixel
+    # sums the taps inside the image, 4 at a corner, 6 on an edge, 9 in the middle.
+    conv = _conv(1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(1.0, 9.0).view(8, 1, 1, 1).expand(8, 1, 3, 3))
+        conv.bias.copy_(torch.arange(8.0))
+    x = torch.ones(1, 1, 3, 3).contiguous(memory_format=CL)
+    y = kernels.conv3x3(conv, x)
+    inside = torch.tensor([[4.0, 6.0, 4.0], [6.0, 9.0, 6.0], [4.0, 6.0, 4.0]])
+    expected = torch.arange(1.0, 9.0).view(8, 1, 1) * inside + torch.arange(8.0).view(8, 1, 1)
+    assert torch.equal(y[0], expected)
+    # Gradient of output channel 2 alone: tap (kh, kw) of the weight sees as many image pixels as
+    # there are outputs whose window puts that tap inside the image: the same 4 / 6 / 9 pattern.
+    grad_y = torch.zeros(1, 8, 3, 3)
+    grad_y[0, 2] = 1.0
+    y.backward(grad_y)
+    assert torch.equal(conv.weight.grad[2, 0], inside)
+    assert conv.weight.grad[[0, 1, 3, 4, 5, 6, 7]].abs().sum() == 0
+    assert torch.equal(conv.bias.grad, torch.tensor([0.0, 0.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize(
+    "in_channels, height, width",
+    # 8 input channels: the input gradient runs on the kernel too. Widths 1, 2 (edges only) to
+    # 21 (two blocks of 8 interior pixels and a remainder); 13 channels: a remainder of taps.
+    [(8, 5, 21), (8, 1, 1), (8, 3, 2), (4, 7, 10), (1, 2, 9), (13, 4, 12)],
+)
+def test_conv3x3_matches_conv2d(kernel, in_channels: int, height: int, width: int) -> None:
+    conv = _conv(in_channels)
+    reference = copy.deepcopy(conv)
+    x = torch.randn(2, in_channels, height, width).contiguous(memory_format=CL)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, expected = kernels.conv3x3(conv, xa), reference(xb)
+    assert y.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    grad_y = torch.randn_like(y)
+    y.backward(grad_y)
+    expected.backward(grad_y)
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(conv.bias.grad, reference.bias.grad, atol=1e-4, rtol=1e-5)
+    # The weight gradient has the weight's (channels-last) layout, as conv2d gives it.
+    assert conv.weight.grad.stride() == conv.weight.stride()
+
+
+def test_conv3x3_does_not_depend_on_the_thread_count(kernel) -> None:
+    # The weight gradient adds fixed blocks of rows in order: bit for bit the same on 1 thread.
+    conv = _conv(8)
+    x = torch.randn(3, 8, 37, 23).contiguous(memory_format=CL).requires_grad_()
+    grad_y = torch.randn(3, 8, 37, 23)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (2, 1):
+            torch.set_num_threads(count)
+            conv.zero_grad()
+            x.grad = None
+            y = kernels.conv3x3(conv, x)
+            y.backward(grad_y)
+            results.append((y.detach(), x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "case", ["disabled", "sixteen_out", "stride_2", "no_bias", "bfloat16", "autocast", "reflect"]
+)
+def test_conv3x3_other_inputs_fall_back_to_pytorch(kernel, monkeypatch, case: str) -> None:
+    # Everything the kernel does not take calls the module itself: exactly conv2d's values.
+    conv_args: dict = {"padding": 1}
+    out, dtype = 8, torch.float32
+    if case == "disabled":
+        monkeypatch.setattr(kernels, "CONV3X3_KERNEL", False)
+    elif case == "sixteen_out":
+        out = 16
+    elif case == "stride_2":
+        conv_args["stride"] = 2
+    elif case == "no_bias":
+        conv_args["bias"] = False
+    elif case == "bfloat16":
+        dtype = torch.bfloat16
+    elif case == "reflect":
+        conv_args["padding_mode"] = "reflect"
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, out, 3, **conv_args).to(dtype)
+    x = torch.randn(2, 4, 6, 6, dtype=dtype)
+    monkeypatch.setattr(kernels._Conv3x3, "apply", None)  # would fail if called
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        y, expected = kernels.conv3x3(conv, x), conv(x)
+    assert torch.equal(y, expected) and y.dtype == expected.dtype
+
+
+def test_conv3x3_kernel_rejects_bad_tensors(kernel) -> None:
+    taps, bias = torch.zeros(3, 12, 8), torch.zeros(8)
+    with pytest.raises(RuntimeError, match="channels-last"):
+        kernel.conv3x3_forward(torch.zeros(1, 4, 3, 5), taps, bias)
+    with pytest.raises(RuntimeError, match=r"\(3, 3 C, 8\)"):
+        kernel.conv3x3_forward(
+            torch.zeros(1, 4, 3, 5).contiguous(memory_format=CL), taps[:, :6], bias
+        )
+    with pytest.raises(RuntimeError, match="8 channels"):
+        kernel.conv3x3_weight_grad(
+            torch.zeros(1, 4, 3, 5).contiguous(memory_format=CL),
+            torch.zeros(1, 4, 3, 5).contiguous(memory_format=CL),
+        )
