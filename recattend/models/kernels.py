@@ -43,8 +43,8 @@ def _kernel() -> ModuleType | None:
     flags, link = ["-O3"], []
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags += ["-mavx2", "-mfma"]
-    # OpenMP (at::parallel_for) as PyTorch's own ops use it; the process already holds PyTorch's
-    # libgomp, which the extension then shares. Elsewhere the kernels run on one thread.
+    # OpenMP threads (csrc/kernels.h: parallel_tasks), as PyTorch's own CPU ops use; the process
+    # already holds PyTorch's libgomp, which the extension then shares. Elsewhere: one thread.
     if platform.system() == "Linux" and torch.backends.openmp.is_available():
         flags, link = [*flags, "-fopenmp"], ["-fopenmp"]
     else:

@@ -32,16 +32,18 @@ void check(const at::Tensor& t, const char* name, int64_t channels) {
 }
 
 // The valid input rows of output row hh (kh = 0, 1, 2 unless at the top or bottom edge) and each
-// one's tap matrix.
+// one's tap matrix: the weights (forward) or their gradient (weight gradient).
+template <typename Tap>
 struct Rows {
   const float* in[3];
-  const float* taps[3];
+  Tap* taps[3];
   int count = 0;
 };
 
-Rows rows_of(const float* x, const float* taps, int64_t img, int64_t hh, int64_t h,
-             int64_t row_floats, int64_t tap_floats) {
-  Rows r;
+template <typename Tap>
+Rows<Tap> rows_of(const float* x, Tap* taps, int64_t img, int64_t hh, int64_t h,
+                  int64_t row_floats, int64_t tap_floats) {
+  Rows<Tap> r;
   for (int kh = 0; kh < 3; ++kh) {
     const int64_t src = hh + kh - 1;
     if (src < 0 || src >= h) continue;
@@ -53,7 +55,8 @@ Rows rows_of(const float* x, const float* taps, int64_t img, int64_t hh, int64_t
 
 // Output pixels [w0, w0 + P) of a row, none on the left or right edge.
 template <int P>
-inline void interior_pixels(const Rows& r, int64_t c, int64_t w0, vec8 bias, float* out) {
+inline void interior_pixels(const Rows<const float>& r, int64_t c, int64_t w0, vec8 bias,
+                            float* out) {
   vec8 acc[P];
   for (int p = 0; p < P; ++p) acc[p] = bias;
   for (int k = 0; k < r.count; ++k) {
@@ -66,11 +69,22 @@ inline void interior_pixels(const Rows& r, int64_t c, int64_t w0, vec8 bias, flo
   for (int p = 0; p < P; ++p) store(out + (w0 + p) * kOut, acc[p]);
 }
 
+// The taps j (kw = j / C) of output pixel w whose input column w - 1 + kw is inside the image.
+struct TapRange {
+  int64_t begin, end;
+};
+
+inline TapRange taps_inside(int64_t w, int64_t width, int64_t c) {
+  return {std::max<int64_t>(0, 1 - w) * c, std::min<int64_t>(3, width - w + 1) * c};
+}
+
 // Output pixel w of a row, with the horizontal taps that fall outside the image left out.
-inline void edge_pixel(const Rows& r, int64_t c, int64_t w, int64_t width, vec8 bias, float* out) {
+inline void edge_pixel(const Rows<const float>& r, int64_t c, int64_t w, int64_t width, vec8 bias,
+                       float* out) {
   vec8 acc = bias;
+  const TapRange t = taps_inside(w, width, c);
   for (int k = 0; k < r.count; ++k)
-    for (int64_t j = std::max<int64_t>(0, (1 - w) * c); j < std::min<int64_t>(3, width - w + 1) * c; ++j)
+    for (int64_t j = t.begin; j < t.end; ++j)
       acc += r.in[k][(w - 1) * c + j] * load(r.taps[k] + j * kOut);
   store(out + w * kOut, acc);
 }
@@ -99,7 +113,8 @@ at::Tensor conv3x3_forward(at::Tensor x, at::Tensor taps, at::Tensor bias) {
               "taps must be a contiguous float32 (3, 3 C, 8) tensor");
   TORCH_CHECK(bias.is_contiguous() && bias.scalar_type() == at::kFloat && bias.numel() == kOut,
               "bias must hold 8 float32 values");
-  auto y = at::empty({n, kOut, h, width}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto y = at::empty({n, kOut, h, width},
+                     x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* xp = x.data_ptr<float>();
   const float* tp = taps.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -137,21 +152,20 @@ std::vector<at::Tensor> conv3x3_weight_grad(at::Tensor x, at::Tensor grad_y) {
       const int64_t hh = row % h;
       const float* g = gp + row * width * kOut;
       for (int64_t w = 0; w < width; ++w) bias_grad += load(g + w * kOut);
-      for (int kh = 0; kh < 3; ++kh) {
-        const int64_t src = hh + kh - 1;
-        if (src < 0 || src >= h) continue;
-        const float* in = xp + (row - hh + src) * width * c;
-        float* out = acc + kh * taps * kOut;
+      // The tap gradients of each valid input row (rows_of) accumulate in that row's part of acc.
+      const Rows r = rows_of(xp, acc, row / h, hh, h, width * c, taps * kOut);
+      for (int k = 0; k < r.count; ++k) {
+        float* out = r.taps[k];
         int64_t j = 0;
-        for (; j + 12 <= taps; j += 12) interior_taps_grad<12>(in, g, c, width, j, out);
-        for (; j + 4 <= taps; j += 4) interior_taps_grad<4>(in, g, c, width, j, out);
-        for (; j < taps; ++j) interior_taps_grad<1>(in, g, c, width, j, out);
-        // The edge pixels, with the horizontal taps inside the image only.
+        for (; j + 12 <= taps; j += 12) interior_taps_grad<12>(r.in[k], g, c, width, j, out);
+        for (; j + 4 <= taps; j += 4) interior_taps_grad<4>(r.in[k], g, c, width, j, out);
+        for (; j < taps; ++j) interior_taps_grad<1>(r.in[k], g, c, width, j, out);
+        // The edge pixels (one when the row is one pixel wide), inside taps only.
         for (const int64_t w : {int64_t{0}, width - 1}) {
           const vec8 gw = load(g + w * kOut);
-          for (int64_t jj = std::max<int64_t>(0, (1 - w) * c);
-               jj < std::min(int64_t{3}, width - w + 1) * c; ++jj)
-            store(out + jj * kOut, load(out + jj * kOut) + in[(w - 1) * c + jj] * gw);
+          const TapRange t = taps_inside(w, width, c);
+          for (int64_t jj = t.begin; jj < t.end; ++jj)
+            store(out + jj * kOut, load(out + jj * kOut) + r.in[k][(w - 1) * c + jj] * gw);
           if (width == 1) break;
         }
       }
