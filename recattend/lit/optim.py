@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+# Devices with a fused Adam kernel (one kernel per parameter group instead of about ten small
+# operations per parameter): with per-timestep BatchNorm the segmenter has ~900 parameter tensors,
+# and the fused step takes ~10 ms where the per-parameter loop takes ~29 (2 CPU cores).
+_FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
 def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -18,3 +24,15 @@ def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
         {"params": weights, "weight_decay": weight_decay},
         {"params": others, "weight_decay": 0.0},
     ]
+
+
+def adam(module: nn.Module, weight_decay: float, **kwargs: float) -> torch.optim.Adam:
+    """Adam over :func:`decay_groups`, fused where every parameter is a float tensor on a CPU or
+    CUDA device (the same update up to float rounding); ``kwargs`` go to Adam (``lr``, ``eps``)."""
+    groups = decay_groups(module, weight_decay)
+    fused = all(
+        p.is_floating_point() and p.device.type in _FUSED_ADAM_DEVICES
+        for group in groups
+        for p in group["params"]
+    )
+    return torch.optim.Adam(groups, fused=fused, **kwargs)

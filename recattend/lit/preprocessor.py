@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import BinaryJaccardIndex, MulticlassAccuracy
 
 from recattend.data.targets import ANGLE_IGNORE, NUM_ANGLE_CLASSES
-from recattend.lit.optim import decay_groups
+from recattend.lit.optim import adam, decay_groups
 from recattend.models.preprocessor import Preprocessor
 from recattend.visualise import figure3_row, stack_rows
 
@@ -152,11 +152,10 @@ class PreprocessorModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = decay_groups(self, hp.weight_decay)
         if hp.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=hp.lr)
+            opt = adam(self, hp.weight_decay, lr=hp.lr)
         else:
-            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9)
+            opt = torch.optim.SGD(decay_groups(self, hp.weight_decay), lr=hp.lr, momentum=0.9)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_steps, gamma=hp.lr_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from recattend.export import coco_results, write_cityscapes_results, write_label_png
-from recattend.lit.optim import decay_groups
+from recattend.lit.optim import adam
 from recattend.lit.preprocessor import foreground_probability, load_preprocessor
 from recattend.lit.step_backward import join_steps
 from recattend.losses import (
@@ -670,7 +670,7 @@ class SegmenterModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = {**self.hparams, **self.optim_overrides}  # the bootstrap stage's settings win
-        opt = torch.optim.Adam(decay_groups(self, hp["weight_decay"]), lr=hp["lr"], eps=1e-7)
+        opt = adam(self, hp["weight_decay"], lr=hp["lr"], eps=1e-7)
         sched = torch.optim.lr_scheduler.StepLR(
             opt, step_size=hp["lr_decay_steps"], gamma=hp["lr_decay"]
         )

@@ -4,7 +4,8 @@ Both run on channels-last float32 CPU tensors, built on first use from ``csrc/``
 :mod:`torch.utils.cpp_extension` (~1 min once, then cached; a C++ compiler and ninja are needed,
 otherwise one warning and PyTorch's kernels):
 
-* :func:`batchnorm_relu`: BatchNorm (batch or running statistics) fused with ReLU;
+* :func:`batchnorm_relu`: BatchNorm (batch or running statistics) fused with ReLU and, optionally,
+  the 2x2 max-pooling after it;
 * :func:`conv3x3`: a 3x3, stride-1, zero-padded convolution to 8 channels, the box CNN's layers at
   the input resolution (the largest in a step) and the attention CNN's first layers.
 
@@ -77,16 +78,16 @@ def _kernel() -> ModuleType | None:
 
 
 class _BatchNormReLU(torch.autograd.Function):
-    """relu(batch_norm(x)) with batch statistics, forward and backward on the kernel (see
-    :func:`batchnorm_relu`)."""
+    """relu(batch_norm(x)) with batch statistics, then a ``pool`` x ``pool`` max-pooling (1: none),
+    forward and backward on the kernel (see :func:`batchnorm_relu`)."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor, eps: float
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, shift: Tensor, eps: float, pool: int
     ) -> tuple[Tensor, Tensor, Tensor]:
-        y, mean, var = _kernel().forward_train(x, weight, bias, shift, eps)
+        y, mean, var = _kernel().forward_train(x, weight, bias, shift, eps, pool)
         ctx.save_for_backward(x, mean, var, weight, bias)
-        ctx.eps = eps
+        ctx.eps, ctx.pool = eps, pool
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
@@ -96,13 +97,13 @@ class _BatchNormReLU(torch.autograd.Function):
         x, mean, var, weight, bias = ctx.saved_tensors
         grad_y = grad_y.contiguous(memory_format=torch.channels_last)
         grad_x, grad_weight, grad_bias = _kernel().backward_train(
-            grad_y, x, mean, var, weight, bias, ctx.eps
+            grad_y, x, mean, var, weight, bias, ctx.eps, ctx.pool
         )
-        return grad_x, grad_weight, grad_bias, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None
 
 
-def _fusable(norm: nn.Module, x: Tensor) -> bool:
-    """Whether ``relu(norm(x))`` can run on the fused kernel."""
+def _fusable(norm: nn.Module, x: Tensor, pool: int) -> bool:
+    """Whether ``max_pool2d(relu(norm(x)), pool)`` can run on the fused kernel."""
     channels = x.shape[1] if x.dim() == 4 else 0
     lanes = 16 if channels <= 16 else (32 if channels <= 32 else 64)
     return (
@@ -111,6 +112,7 @@ def _fusable(norm: nn.Module, x: Tensor) -> bool:
         and norm.affine
         and norm.track_running_stats
         and x.dim() == 4
+        and (pool == 1 or (pool == 2 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0))
         and x.device.type == "cpu"
         and x.dtype == torch.float32  # bf16 autocast: PyTorch's mixed-type kernels
         and x.numel() > channels
@@ -123,31 +125,35 @@ def _fusable(norm: nn.Module, x: Tensor) -> bool:
     )
 
 
-def batchnorm_relu(norm: nn.BatchNorm2d, x: Tensor) -> Tensor:
-    """``relu(norm(x))`` for a 2-D BatchNorm, with the same statistics, buffers and gradients.
+def batchnorm_relu(norm: nn.BatchNorm2d, x: Tensor, pool: int = 1) -> Tensor:
+    """``max_pool2d(relu(norm(x)), pool)`` for a 2-D BatchNorm (``pool`` 1: no pooling), with the
+    same statistics, buffers and gradients.
 
     On channels-last float32 CPU activations it runs the fused kernel (``csrc/batchnorm_relu.cpp``):
     two passes over memory forward and two backward where PyTorch's BatchNorm and ReLU take about
     twice as many, and PyTorch's channels-last kernels are several times slower still at C = 8
     (measured at (5, 8, 224, 224) on 2 cores: 0.7 vs 3.9 ms forward, 1.0 vs 6.9 ms backward).
-    Running statistics follow :class:`torch.nn.BatchNorm2d` (momentum, or a cumulative average
-    when it is None; the unbiased variance). Anything else -- CUDA, bfloat16, a SyncBatchNorm,
-    evaluation mode with gradients enabled, compiled code, no compiler -- calls ``norm`` and then
-    an in-place ReLU.
+    With ``pool`` 2 the pooling happens in the same passes: neither the full-size ReLU output nor
+    pooling indices are stored, and the gradient reaches each window's first maximum, as with
+    PyTorch's max_pool2d. Running statistics follow :class:`torch.nn.BatchNorm2d` (momentum, or a
+    cumulative average when it is None; the unbiased variance). Anything else -- CUDA, bfloat16,
+    a SyncBatchNorm, evaluation mode with gradients enabled, compiled code, other pooling, no
+    compiler -- calls ``norm``, an in-place ReLU and ``max_pool2d``.
 
-    Shapes: (N, C, H, W) -> (N, C, H, W), channels-last on the fused path.
+    Shapes: (N, C, H, W) -> (N, C, H / pool, W / pool), channels-last on the fused path.
     """
-    if not _fusable(norm, x):
-        return torch.relu_(norm(x))
+    if not _fusable(norm, x, pool):
+        y = torch.relu_(norm(x))
+        return nn.functional.max_pool2d(y, pool) if pool > 1 else y
     x = x.contiguous(memory_format=torch.channels_last)
     if not norm.training:
         return _kernel().forward_eval(
-            x, norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps
+            x, norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps, pool
         )
     # The kernel sums x - shift and its square in one pass: shifting by a sample's mean (the middle
     # image row) keeps that variance accurate however far the mean is from 0.
     shift = x.detach()[:, :, x.shape[2] // 2].mean((0, 2))
-    y, mean, var = _BatchNormReLU.apply(x, norm.weight, norm.bias, shift, norm.eps)
+    y, mean, var = _BatchNormReLU.apply(x, norm.weight, norm.bias, shift, norm.eps, pool)
     with torch.no_grad():
         norm.num_batches_tracked.add_(1)
         factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum

@@ -100,9 +100,7 @@ class TimestepConvStack(nn.Module):
         """Layers first..stop-1 at step t; every layer's output."""
         outs = []
         for i in range(first, stop):
-            x = batchnorm_relu(self.norms[t][i], conv3x3(self.convs[i], x))
-            if self.pools[i] > 1:
-                x = nn.functional.max_pool2d(x, self.pools[i])
+            x = batchnorm_relu(self.norms[t][i], conv3x3(self.convs[i], x), self.pools[i])
             outs.append(x)
         return outs
 

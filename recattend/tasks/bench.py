@@ -3,12 +3,12 @@
 For each configuration -- the paper's CVPPP setting (224x224, T = 21, 48x48 patches, batch 5) and
 the synthetic default (128x128, T = 11, batch 8) -- a fresh process measures:
 
-* ``train_images_per_s``: full training steps (forward, joint loss, backward, Adam step) with
-  the module's defaults; the variants (:data:`VARIANTS`, keys ending in their suffix, with their
-  peak memory): ``_whole_steps`` recomputing whole steps (``module.checkpoint_steps=true``),
-  ``_all_graphs`` recomputing nothing (``false``), ``_one_backward`` without the parallel
-  backward (``module.parallel_backward=false``), ``_bf16`` under bfloat16 autocast
-  (``trainer.precision=bf16-mixed``);
+* ``train_images_per_s``: full training steps (forward, joint loss, backward, gradient clipping,
+  the module's own optimiser step) with the module's defaults; the variants (:data:`VARIANTS`,
+  keys ending in their suffix, with their peak memory): ``_whole_steps`` recomputing whole
+  steps (``module.checkpoint_steps=true``), ``_all_graphs`` recomputing nothing (``false``),
+  ``_one_backward`` without the parallel backward (``module.parallel_backward=false``),
+  ``_bf16`` under bfloat16 autocast (``trainer.precision=bf16-mixed``);
 * ``infer_images_per_s``: :meth:`RecurrentSegmenter.predict` running all T steps (no early stop:
   the worst case);
 * ``peak_train_memory_gib``: the process's peak resident memory after the training steps
@@ -88,7 +88,7 @@ def measure(name: str, steps: int, bf16: bool = False, **module_args: Any) -> di
         image_size=config["resolution"], max_instances=config["max_instances"], **module_args
     )
     module.log = module.log_dict = lambda *a, **k: None  # no Trainer: logging is a no-op
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, eps=1e-7)
+    optimizer = module.configure_optimizers()["optimizer"]
 
     loss_time = 0.0
     original = segmenter_module.segmenter_losses
@@ -108,6 +108,9 @@ def measure(name: str, steps: int, bf16: bool = False, **module_args: Any) -> di
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = module.training_step(batch, 0)
         loss.backward()
+        # As the Trainer does (SegmenterModule.configure_gradient_clipping): element-wise.
+        if module.hparams.grad_clip:
+            torch.nn.utils.clip_grad_value_(module.parameters(), module.hparams.grad_clip)
         optimizer.step()
 
     train_step()  # warm-up

@@ -1,6 +1,6 @@
 """The CPU kernels (recattend.models.kernels) against hand-computed values and against PyTorch:
-the fused BatchNorm + ReLU against BatchNorm2d followed by ReLU, the 3x3 convolution against
-conv2d."""
+the fused BatchNorm + ReLU (+ max-pooling) against BatchNorm2d, ReLU and max_pool2d, the 3x3
+convolution against conv2d."""
 
 from __future__ import annotations
 
@@ -59,17 +59,24 @@ def test_hand_computed_single_channel(kernel) -> None:
     assert torch.allclose(x.grad.flatten(), grad, atol=1e-6)
 
 
+def _relu_pool(y: torch.Tensor, pool: int) -> torch.Tensor:
+    return nn.functional.max_pool2d(torch.relu(y), pool) if pool > 1 else torch.relu(y)
+
+
+@pytest.mark.parametrize("pool", [1, 2], ids=["no_pool", "pool2"])
 @pytest.mark.parametrize("channels", [1, 2, 8, 16, 32, 64])
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
-def test_matches_batchnorm_then_relu(kernel, channels: int, momentum: float | None) -> None:
+def test_matches_batchnorm_relu_pool(
+    kernel, channels: int, momentum: float | None, pool: int
+) -> None:
     torch.manual_seed(channels)
     x = (torch.randn(3, channels, 8, 8) * 2 + 3).contiguous(memory_format=CL)
-    grad_y = torch.randn(3, channels, 8, 8)
+    grad_y = torch.randn(3, channels, 8 // pool, 8 // pool)
     fused, reference = _norm(channels, momentum=momentum), _norm(channels, momentum=momentum)
     for step in range(2):  # twice: the running statistics and counters build up alike
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ya, yb = batchnorm_relu(fused, xa), torch.relu(reference(xb))
-        assert ya.is_contiguous(memory_format=CL)
+        ya, yb = batchnorm_relu(fused, xa, pool), _relu_pool(reference(xb), pool)
+        assert ya.is_contiguous(memory_format=CL) and ya.shape == yb.shape
         # Away from the ReLU's kink, where rounding may flip a value across 0.
         assert ((ya > 0) == (yb > 0)).all(), step
         torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
@@ -83,7 +90,62 @@ def test_matches_batchnorm_then_relu(kernel, channels: int, momentum: float | No
             getattr(fused, name).grad, getattr(reference, name).grad, atol=1e-4, rtol=1e-4
         )
     fused.eval(), reference.eval()
-    torch.testing.assert_close(batchnorm_relu(fused, x), torch.relu(reference(x)))
+    torch.testing.assert_close(batchnorm_relu(fused, x, pool), _relu_pool(reference(x), pool))
+
+
+def test_hand_computed_pooling_routes_the_gradient_to_the_first_maximum(kernel) -> None:
+    # One channel, 4x4 (mean 2.75), four 2x2 windows. Top left: 5 three times, the first (0, 0)
+    # takes the gradient; top right: maximum 1 < mean, bottom left: all < mean, both cut by the
+    # ReLU; bottom right: 9 at (2, 2) first, then (2, 3), (3, 2).
+    values = [[5.0, 5, 0, 1], [2, 5, 1, 0], [-3, -2, 9, 9], [-4, -1, 9, 8]]
+    x = torch.tensor(values).view(1, 1, 4, 4).contiguous(memory_format=CL).requires_grad_()
+    norm = nn.BatchNorm2d(1, eps=1e-5)
+    y = batchnorm_relu(norm, x, 2)
+    flat = torch.tensor(values).flatten()
+    std = (flat.var(unbiased=False) + 1e-5).sqrt()
+    xhat = (flat - 2.75) / std
+    assert torch.allclose(y.flatten(), torch.stack([xhat[0], 0 * std, 0 * std, xhat[10]]))
+    y.sum().backward()
+    g = torch.zeros(16)
+    g[[0, 10]] = 1.0  # (0, 0) and (2, 2): each window's first maximum that passes the ReLU
+    grad = (g - g.mean() - xhat * (g * xhat).mean()) / std
+    assert torch.allclose(x.grad.flatten(), grad, atol=1e-6)
+    assert torch.allclose(norm.bias.grad, torch.tensor([2.0]))
+    assert torch.allclose(norm.weight.grad, (xhat[0] + xhat[10]).view(1), atol=1e-6)
+    # PyTorch's max_pool2d breaks the ties alike.
+    xb = x.detach().clone().requires_grad_()
+    _relu_pool(nn.BatchNorm2d(1, eps=1e-5)(xb), 2).sum().backward()
+    assert torch.allclose(x.grad, xb.grad, atol=1e-6)
+
+
+def test_pooling_does_not_depend_on_the_thread_count(kernel) -> None:
+    # Partial sums over fixed blocks of rows, added in order: bit for bit the same on 1 thread.
+    x = torch.randn(3, 8, 38, 22).contiguous(memory_format=CL).requires_grad_()
+    grad_y = torch.randn(3, 8, 19, 11)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (2, 1):
+            torch.set_num_threads(count)
+            norm = _norm(8)
+            x.grad = None
+            y = batchnorm_relu(norm, x, 2)
+            y.backward(grad_y)
+            results.append((y.detach(), x.grad, norm.weight.grad, norm.running_var))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape, pool", [((2, 8, 5, 4), 2), ((2, 8, 6, 6), 3)])
+def test_other_pooling_falls_back_to_pytorch(kernel, monkeypatch, shape, pool: int) -> None:
+    # An odd height, or pooling other than 2x2: BatchNorm2d, ReLU and max_pool2d themselves.
+    monkeypatch.setattr(kernels._BatchNormReLU, "apply", None)  # would fail if called
+    x = torch.randn(*shape).contiguous(memory_format=CL)
+    norm = _norm(8)
+    reference = copy.deepcopy(norm)
+    assert torch.equal(batchnorm_relu(norm, x, pool), _relu_pool(reference(x), pool))
 
 
 def test_statistics_are_accurate_far_from_zero(kernel) -> None:

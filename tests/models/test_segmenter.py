@@ -85,6 +85,28 @@ def test_weight_decay_only_on_weight_matrices_and_kernels() -> None:
     assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
 
 
+def test_adam_is_fused_on_cpu_and_updates_as_the_per_parameter_loop() -> None:
+    from recattend.lit.optim import adam, decay_groups
+
+    model = make()
+    twin = make()
+    twin.load_state_dict(model.state_dict())
+    fused = adam(model, 5e-5, lr=1e-2, eps=1e-7)
+    assert fused.defaults["fused"] is True
+    looped = torch.optim.Adam(decay_groups(twin, 5e-5), lr=1e-2, eps=1e-7, foreach=False)
+    torch.manual_seed(1)
+    for _ in range(3):  # same gradients for both, including the decay of weight matrices
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        looped.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    moved = torch.nn.Linear(2, 2).to("meta")  # no fused kernel there: the per-parameter loop
+    assert not adam(moved, 0.0, lr=1e-3).defaults["fused"]
+
+
 def test_soft_box_is_the_reprojected_all_ones_patch() -> None:
     # eq. (25): b_t = sigmoid(gamma_box F_Y 1 F_X^T - beta), computed from the filters' row sums.
     model = make().train()

@@ -25,16 +25,17 @@ void parallel_ranges(int64_t items, int64_t grain, const Body& body) {
                  [&](int64_t i) { body(i * grain, std::min(items, (i + 1) * grain)); });
 }
 
-// Fused BatchNorm + ReLU with batch statistics (batchnorm_relu.cpp): y, mean, biased variance.
+// Fused BatchNorm + ReLU (+ 2x2 max-pooling when pool = 2) with batch statistics
+// (batchnorm_relu.cpp): y, mean, biased variance.
 std::vector<at::Tensor> forward_train(at::Tensor x, at::Tensor weight, at::Tensor bias,
-                                      at::Tensor shift, double eps);
+                                      at::Tensor shift, double eps, int64_t pool);
 // With running statistics.
 at::Tensor forward_eval(at::Tensor x, at::Tensor weight, at::Tensor bias, at::Tensor running_mean,
-                        at::Tensor running_var, double eps);
+                        at::Tensor running_var, double eps, int64_t pool);
 // Gradients of forward_train's y: x, weight, bias.
 std::vector<at::Tensor> backward_train(at::Tensor grad_y, at::Tensor x, at::Tensor mean,
                                        at::Tensor var, at::Tensor weight, at::Tensor bias,
-                                       double eps);
+                                       double eps, int64_t pool);
 
 // 3x3 convolution to 8 channels (conv3x3.cpp). x (N, C, H, W) channels-last; taps (3, 3 C, 8),
 // taps[kh][kw C + ci][co] = weight[co][ci][kh][kw]; bias (8) -> (N, 8, H, W) channels-last.
