@@ -6,7 +6,8 @@ the synthetic default (128x128, T = 11, batch 8) -- a fresh process measures:
 * ``train_images_per_s``: full training steps (forward, joint loss, backward, gradient clipping,
   the module's own optimiser step) with the module's defaults; the variants (:data:`VARIANTS`,
   keys ending in their suffix, with their peak memory): ``_whole_steps`` recomputing whole
-  steps (``module.checkpoint_steps=true``), ``_all_graphs`` recomputing nothing (``false``),
+  steps (``module.checkpoint_steps=true``), ``_full_resolution`` recomputing the box CNN's
+  full-resolution layers (``full_resolution``),
   ``_one_backward`` without the parallel backward (``module.parallel_backward=false``),
   ``_bf16`` under bfloat16 autocast (``trainer.precision=bf16-mixed``);
 * ``infer_images_per_s``: :meth:`RecurrentSegmenter.predict` running all T steps (no early stop:
@@ -58,7 +59,7 @@ LOADING_SIZES = {
 # Training variants besides the defaults: key suffix -> SegmenterModule arguments (bf16: autocast).
 VARIANTS: dict[str, dict[str, Any]] = {
     "_whole_steps": {"checkpoint_steps": True},
-    "_all_graphs": {"checkpoint_steps": False},
+    "_full_resolution": {"checkpoint_steps": "full_resolution"},
     "_one_backward": {"parallel_backward": False},
     "_bf16": {"bf16": True},
 }
