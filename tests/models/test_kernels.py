@@ -118,24 +118,33 @@ def test_hand_computed_pooling_routes_the_gradient_to_the_first_maximum(kernel) 
     assert torch.allclose(x.grad, xb.grad, atol=1e-6)
 
 
-def test_pooling_does_not_depend_on_the_thread_count(kernel) -> None:
-    # Partial sums over fixed blocks of rows, added in order: bit for bit the same on 1 thread.
-    x = torch.randn(3, 8, 38, 22).contiguous(memory_format=CL).requires_grad_()
-    grad_y = torch.randn(3, 8, 19, 11)
+def _same_on_1_and_2_threads(run) -> None:
+    """``run()`` (a tuple of tensors) gives bit for bit the same on 2 threads and on 1."""
     results = []
     threads = torch.get_num_threads()
     try:
         for count in (2, 1):
             torch.set_num_threads(count)
-            norm = _norm(8)
-            x.grad = None
-            y = batchnorm_relu(norm, x, 2)
-            y.backward(grad_y)
-            results.append((y.detach(), x.grad, norm.weight.grad, norm.running_var))
+            results.append(run())
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+def test_pooling_does_not_depend_on_the_thread_count(kernel) -> None:
+    # Partial sums over fixed blocks of rows, added in order.
+    x = torch.randn(3, 8, 38, 22).contiguous(memory_format=CL).requires_grad_()
+    grad_y = torch.randn(3, 8, 19, 11)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        norm = _norm(8)
+        x.grad = None
+        y = batchnorm_relu(norm, x, 2)
+        y.backward(grad_y)
+        return y.detach(), x.grad, norm.weight.grad, norm.running_var
+
+    _same_on_1_and_2_threads(run)
 
 
 @pytest.mark.parametrize("shape, pool", [((2, 8, 5, 4), 2), ((2, 8, 6, 6), 3)])
@@ -333,24 +342,19 @@ def test_conv3x3_matches_conv2d(kernel, in_channels: int, height: int, width: in
 
 
 def test_conv3x3_does_not_depend_on_the_thread_count(kernel) -> None:
-    # The weight gradient adds fixed blocks of rows in order: bit for bit the same on 1 thread.
+    # The weight gradient adds fixed blocks of rows in order.
     conv = _conv(8)
     x = torch.randn(3, 8, 37, 23).contiguous(memory_format=CL).requires_grad_()
     grad_y = torch.randn(3, 8, 37, 23)
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for count in (2, 1):
-            torch.set_num_threads(count)
-            conv.zero_grad()
-            x.grad = None
-            y = kernels.conv3x3(conv, x)
-            y.backward(grad_y)
-            results.append((y.detach(), x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(*results, strict=True):
-        assert torch.equal(a, b)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        conv.zero_grad()
+        x.grad = None
+        y = kernels.conv3x3(conv, x)
+        y.backward(grad_y)
+        return y.detach(), x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()
+
+    _same_on_1_and_2_threads(run)
 
 
 @pytest.mark.parametrize(
