@@ -1,7 +1,10 @@
 """Speed and memory benchmark of the segmenter (``make bench``; not a test).
 
 For each configuration -- the paper's CVPPP setting (224x224, T = 21, 48x48 patches, batch 5) and
-the synthetic default (128x128, T = 11, batch 8) -- a fresh process measures:
+the synthetic default (128x128, T = 11, batch 8) -- fresh processes measure the figures below: the
+defaults in ``--repeats`` processes (3) spread over the configuration's run, first, between the
+variants and last (the machine's speed drifts over minutes), each figure their median (all runs'
+training and inference figures also under ``*_runs``), and each variant in one process:
 
 * ``train_images_per_s``: full training steps (forward, joint loss, backward, gradient clipping,
   the module's own optimiser step) with the module's defaults, timed after two untimed steps
@@ -28,8 +31,8 @@ processes train a global batch of 16); ``ddp`` gives training images/s per world
 over full-stage steps after a warm-up.
 
 Figures are printed and written to ``outputs/bench/latest.json``. Usage:
-``python -m recattend.tasks.bench [--steps N] [--out PATH] [--skip-model] [--skip-loading]
-[--skip-ddp]``.
+``python -m recattend.tasks.bench [--steps N] [--repeats N] [--out PATH] [--skip-model]
+[--skip-loading] [--skip-ddp]``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -249,9 +253,28 @@ def _in_fresh_process(name: str, steps: int, variant: dict[str, Any]) -> dict[st
     return result
 
 
+def _plan(variants: list[str], repeats: int) -> list[str | None]:
+    """The order of a configuration's processes: the defaults (None) ``repeats`` times, first,
+    last and evenly between the variants, so the machine's drift over the run reaches both.
+
+    >>> _plan(["a", "b", "c", "d"], 3)
+    [None, 'a', 'b', None, 'c', 'd', None]
+    """
+    if repeats < 2:
+        return [None, *variants]
+    bounds = [k * len(variants) // (repeats - 1) for k in range(repeats)]
+    order: list[str | None] = [None]
+    for start, stop in zip(bounds, bounds[1:], strict=False):
+        order += [*variants[start:stop], None]
+    return order
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per figure")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="processes measuring the defaults (median)"
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/latest.json"))
     parser.add_argument("--skip-model", action="store_true", help="only the loading figures")
     parser.add_argument("--skip-loading", action="store_true", help="only the model figures")
@@ -261,11 +284,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: dict[str, Any] = {}
     for name in [] if args.skip_model else CONFIGS:
-        results[name] = _in_fresh_process(name, args.steps, {})
-        for suffix, variant in VARIANTS.items():
-            figures = _in_fresh_process(name, args.steps, variant)
+        defaults, figures = [], {}
+        for suffix in _plan(list(VARIANTS), args.repeats):
+            if suffix is None:
+                defaults.append(_in_fresh_process(name, args.steps, {}))
+                continue
+            variant = _in_fresh_process(name, args.steps, VARIANTS[suffix])
             for key in ("train_images_per_s", "peak_train_memory_gib"):
-                results[name][key + suffix] = figures[key]
+                figures[key + suffix] = variant[key]
+        results[name] = {
+            **{key: statistics.median(d[key] for d in defaults) for key in defaults[0]},
+            "train_images_per_s_runs": [d["train_images_per_s"] for d in defaults],
+            "infer_images_per_s_runs": [d["infer_images_per_s"] for d in defaults],
+            **figures,
+        }
         print(f"{name:10s} " + "  ".join(f"{k}={v}" for k, v in results[name].items()), flush=True)
     if not args.skip_ddp:
         results["ddp"] = {
