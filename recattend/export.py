@@ -114,16 +114,28 @@ def write_cityscapes_results(
     reads (``csEvalInstanceLevelSemanticLabeling`` with ``CITYSCAPES_RESULTS=folder``).
 
     Writes ``<folder>/<stem>_pred.txt`` with one line per instance,
-    ``masks/<stem>_<k>.png <labelId> <confidence>`` (the mask path relative to the txt file), and
-    each mask as an 8-bit PNG, non-zero on the instance.
+    ``masks/<stem>_<kkk>.png <labelId> <confidence>`` (the mask path relative to the txt file, k
+    zero-padded to three digits), and each mask as an 8-bit PNG, 255 on the instance and 0
+    elsewhere. The confidence is written as ``repr(float(score))``, the shortest text that reads
+    back as the same float64, so the evaluator sees exactly the scores given here and ranks close
+    scores (e.g. differing in the 8th decimal) in the same order; rounding to a fixed number of
+    decimals could tie or flip them.
+
+    The format allows overlapping masks, but this writer takes one label map, so its masks are the
+    disjoint instances of that map: each pixel belongs to at most one written instance. Overlapping
+    soft outputs of the model are resolved into one label per pixel before export
+    (:func:`recattend.postprocess.label_map`); the evaluator therefore scores the post-processed
+    segmentation, not the overlapping per-step masks.
 
     Args:
-        labels: (H, W) label map at the image's original size, instances 1..K.
-        scores: confidence of instance k at index k - 1.
+        labels: (H, W) integer label map at the image's original size, 0 = background, instances
+            1..K (ids without a pixel are skipped).
+        scores: finite confidence of instance k at index k - 1 (at least K entries); higher is
+            more confident.
         label_ids: Cityscapes label id (24 person ... 33 bicycle) of instance k at index k - 1;
             0 (no class) leaves the instance out.
         stem: ``<city>_<seq>_<frame>`` of the image.
-        folder: the results folder.
+        folder: the results folder (created with its ``masks`` subfolder if missing).
 
     Returns:
         The txt file.
@@ -136,7 +148,8 @@ def write_cityscapes_results(
             continue
         relative = f"masks/{stem}_{k:03d}.png"
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / relative)
-        lines.append(f"{relative} {int(label_ids[k - 1])} {float(scores[k - 1]):.6f}")
+        # Full precision: a fixed number of decimals could tie or reorder close scores.
+        lines.append(f"{relative} {int(label_ids[k - 1])} {float(scores[k - 1])!r}")
     path = folder / f"{stem}_pred.txt"
     path.write_text("".join(line + "\n" for line in lines))
     return path

@@ -221,10 +221,23 @@ def score_target(match: Tensor) -> Tensor:
     return match.detach().sum(-1).clamp(0, 1)
 
 
-def supervised_counts(num_instances: Tensor, slots: int) -> Tensor:
-    """n_b = min(num_instances_b, slots - 1): the batch contract keeps at most the ``slots - 1``
-    largest instances and always leaves the last slot empty."""
-    return num_instances.clamp(min=0, max=slots - 1)
+def supervised_counts(num_instances: Tensor, gt_boxes: Tensor) -> Tensor:
+    """n_b = min(num_instances_b, filled slots of image b): the instances that have a slot.
+
+    The batch contract keeps the largest instances in the first slots and leaves the rest empty
+    (an all-zero box). By default the last slot is always empty, so n_b <= T - 1 and every image
+    has a stop target; with ``dataset.stop_slot=false`` (the authors' Cityscapes setting) all T
+    slots can be filled and a crowded image has none.
+
+    Args:
+        num_instances: int64 (B,) true instance counts (may exceed the slots).
+        gt_boxes: float (B, T, 4) tight boxes (y0, x0, y1, x1); empty slots are all zero.
+
+    Returns:
+        int64 (B,) in [0, T].
+    """
+    filled = (gt_boxes[..., 2] > gt_boxes[..., 0]).sum(1)
+    return torch.minimum(num_instances.clamp(min=0), filled)
 
 
 def segmenter_losses(
@@ -240,7 +253,7 @@ def segmenter_losses(
 ) -> dict[str, Tensor]:
     """The joint loss of eq. (21) on one batch of the contract.
 
-    The number of supervised instances is n_b = min(num_instances_b, T - 1)
+    The number of supervised instances n_b is that of the filled ground-truth slots
     (:func:`supervised_counts`).
 
     Args:
@@ -263,7 +276,7 @@ def segmenter_losses(
         (match[b, t, j] = 1 when prediction t is paired with GT slot j), from which the score
         target is derived and which callers can reuse, e.g. for metrics or visualisation.
     """
-    num_valid = supervised_counts(num_instances, gt_masks.shape[1])
+    num_valid = supervised_counts(num_instances, gt_boxes)
     iou = soft_iou(masks, gt_masks)
     match = hungarian_match(iou, num_valid)
     loss_segm = matched_iou_loss(iou, match, num_valid)  # eq. (23-24)
@@ -307,7 +320,7 @@ def box_stage_losses(
         ``loss_box`` in [-1, 0], ``loss_score`` >= 0, ``loss`` and the detached (B, T, T) box
         ``match``.
     """
-    num_valid = supervised_counts(num_instances, gt_boxes.shape[1])
+    num_valid = supervised_counts(num_instances, gt_boxes)
     loss_box, match = box_loss(soft_boxes, gt_boxes, num_valid, min_pad)
     loss_score = monotonic_score_loss(scores, score_target(match))
     return {

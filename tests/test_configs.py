@@ -60,10 +60,11 @@ def test_default_run_is_synthetic_with_wandb_offline_and_csv(compose_train) -> N
         ("iter1", "module.net.glimpses", 1),
         ("iter3", "module.net.glimpses", 3),
         ("no_box_net", "module.net.box_network", False),
-        ("no_sched_samp", "callbacks.scheduled_sampling.enabled", False),
+        ("no_sched_samp", "callbacks.scheduled_sampling.mode", "ground_truth"),
+        ("no_teacher_forcing", "callbacks.scheduled_sampling.mode", "predictions"),
         ("no_angle", "module.preprocessor.angles", False),
         ("no_pre_proc", "module.preprocessor.enabled", False),
-        ("full", "callbacks.scheduled_sampling.enabled", True),
+        ("full", "callbacks.scheduled_sampling.mode", "fade"),
     ],
 )
 def test_ablations_reach_the_module_and_callbacks(compose_train, option, key, value) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,27 @@ def test_eval_scores_a_trained_checkpoint(compose_train, tmp_path: Path, capsys)
     ):
         eval_task.run(wrong)
 
+    # evaluate.* replaces the checkpoint's evaluation settings: threshold 1 leaves no pixel (every
+    # processed value is <= 1), so every image predicts nothing and scores SBD 0.
+    strict = compose_train(
+        *data, f"ckpt_path={ckpt}", "trainer.accelerator=cpu", "evaluate.threshold=1.0",
+        "evaluate.stop_rule=first_below", "evaluate.postprocess.blur=false", config_name="eval",
+    )  # fmt: skip
+    assert eval_task.run(strict)["test/sbd"] == 0.0
+    rows = list(csv.DictReader((tmp_path / "per_image.csv").open()))
+    assert len(rows) == 4 and all(int(row["pred_count"]) == 0 for row in rows)
+    # Anything else is an error naming the allowed keys, before any evaluation.
+    for override, message in (
+        ("+evaluate.lr=0.1", "evaluate.lr: not an evaluation setting; evaluate overrides only "
+         "threshold, stop_rule, stop_score, postprocess"),
+        ("+evaluate.postprocess.blurr=true", "evaluate.postprocess.blurr: not a post-processing "
+         "switch; the switches are blur, dilate, foreground, foreground_threshold, min_size"),
+        ("evaluate.stop_rule=paper", "stop_rule='paper' is not one of weighted, first_below"),
+    ):  # fmt: skip
+        bad = compose_train(*data, f"ckpt_path={ckpt}", override, config_name="eval")
+        with pytest.raises(ValueError, match=re.escape(message)):
+            eval_task.run(bad)
+
 
 def test_eval_without_a_checkpoint_file_says_so(compose_train, tmp_path: Path) -> None:
     cfg = compose_train(f"ckpt_path={tmp_path}/missing.ckpt", config_name="eval")
@@ -65,8 +88,6 @@ def _train_one_step_then_eval(compose_train, tmp_path: Path, data: list[str]) ->
 def test_eval_on_a_cvppp_layout_scores_at_the_original_resolution(
     compose_train, tmp_path: Path
 ) -> None:
-    import csv
-
     from recattend.data.fixtures import write_cvppp
 
     truth = write_cvppp(tmp_path / "A1", [1, 2, 4, 7, 9, 10, 13, 15, 16, 20], size=(96, 104))
@@ -179,3 +200,62 @@ def test_a_checkpoint_of_another_module_names_the_mismatching_settings(tmp_path:
     with pytest.raises(ValueError, match=r"not hold a PreprocessorModule.*'max_instances'"):
         load_module(PreprocessorModule, ckpt)
     assert isinstance(load_module(SegmenterModule, ckpt), SegmenterModule)
+    # Evaluation settings over the checkpoint's reach the module and its saved hyper-parameters.
+    module = load_module(SegmenterModule, ckpt, {"stop_rule": "first_below", "threshold": 0.5})
+    assert module.postprocessing.stop_rule == "first_below" and module.hparams.threshold == 0.5
+
+
+def test_evaluate_merges_the_switches_over_the_checkpoints() -> None:
+    saved = {"threshold": 0.3, "postprocess": {"dilate": 5, "foreground": True}}
+    evaluate = {
+        "threshold": None,
+        "stop_rule": "first_below",
+        "stop_score": None,
+        "postprocess": {"blur": False, "dilate": None, "min_size": None},
+    }
+    # Null keeps the checkpoint's value; the switches merge one by one (KITTI keeps its dilation).
+    assert eval_task.evaluation_overrides(evaluate, saved) == {
+        "stop_rule": "first_below",
+        "postprocess": {"dilate": 5, "foreground": True, "blur": False},
+    }
+    assert eval_task.evaluation_overrides(None, saved) == {}
+    assert eval_task.evaluation_overrides({"postprocess": {"blur": None}}, saved) == {}
+
+
+def test_test_split_at_network_resolution_runs_the_switches() -> None:
+    # Generated data has no original files: its test split is scored at network resolution, and
+    # must go through the same post-processing. Hand-made outputs replace the network's.
+    import torch
+
+    from recattend.lit import SegmenterModule
+    from tests.models.test_segmenter_training import TINY_NET
+
+    masks = torch.zeros(1, 4, 32, 32)
+    masks[0, 0, :8, :8] = 1.0  # s 0.9
+    masks[0, 1, 16:24, :8] = 1.0  # s 0.4: below the stop score, above the threshold
+    masks[0, 2, :8, 16:24] = 1.0  # s 0.8
+    outputs = {"masks": masks, "scores": torch.tensor([[0.9, 0.4, 0.8, 0.0]])}
+    truth = torch.zeros(1, 4, 32, 32)
+    truth[0, :3] = masks[0, :3]
+    batch = {
+        "image": torch.rand(1, 3, 32, 32),
+        "masks": truth,
+        "num_instances": torch.tensor([3]),
+        "meta": [{"id": "a"}],
+    }
+
+    def predicted(**settings) -> int:
+        module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET, **settings)
+        module.forward = lambda image: outputs  # the network's outputs, by hand
+        module.test_step(batch, 0)
+        return module.test_rows[0]["pred_count"]
+
+    # weighted keeps all three; first_below stops at s_1 = 0.4 < 0.5 and keeps one.
+    assert predicted() == 3
+    assert predicted(stop_rule="first_below") == 1
+    # Threshold 0.85: only 1 * 0.9 passes (0.4 and 0.8 do not).
+    assert predicted(threshold=0.85) == 1
+    # min_size 64 drops every 8 x 8 = 64-pixel square once the blur is off (the blur would move
+    # their edges), 63 keeps them all.
+    assert predicted(postprocess={"blur": False, "min_size": 64}) == 0
+    assert predicted(postprocess={"blur": False, "min_size": 63}) == 3

@@ -18,6 +18,7 @@ from recattend.losses import (
     score_target,
     segmenter_losses,
     soft_iou,
+    supervised_counts,
 )
 
 EPS = 1e-5
@@ -282,14 +283,31 @@ def test_segmenter_losses_more_objects_than_slots() -> None:
     gt[0, 1, 5:, :3] = 1.0
     # Predictions 0 and 1 swap the instances; prediction 2 copies instance 0 but is past n_b.
     masks = torch.stack([gt[0, 1], gt[0, 0], gt[0, 0]]).unsqueeze(0)
-    out = segmenter_losses(
-        masks, torch.full((1, 3), 0.5), None, gt, torch.zeros(1, 3, 4), torch.tensor([5])
-    )
+    boxes = torch.tensor([[[0.0, 0, 4, 8], [5, 0, 8, 3], [0, 0, 0, 0]]])
+    out = segmenter_losses(masks, torch.full((1, 3), 0.5), None, gt, boxes, torch.tensor([5]))
     # Two perfect matches divided by n_b = 2 (not 3 or 5).
     assert out["loss_segm"].item() == pytest.approx(-1.0, abs=1e-5)
     expected_match = torch.tensor([[[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
     torch.testing.assert_close(out["match"], expected_match)
     # Score targets [1, 1, 0] on scores 0.5 everywhere: every step costs -log(0.5).
+    assert out["loss_score"].item() == pytest.approx(-math.log(0.5 + EPS), rel=1e-6)
+
+
+def test_every_slot_supervised_without_a_stop_slot() -> None:
+    # dataset.stop_slot=false (the authors' Cityscapes): T = 3 slots all hold instances of the 5,
+    # so n_b = 3, every prediction is matched and every score target is 1: no stop step.
+    gt = torch.zeros(1, 3, 8, 8)
+    gt[0, 0, :4] = 1.0  # rows 0-3
+    gt[0, 1, 5:, :3] = 1.0  # rows 5-7, cols 0-2
+    gt[0, 2, 5:, 6:] = 1.0  # rows 5-7, cols 6-7
+    boxes = torch.tensor([[[0.0, 0, 4, 8], [5, 0, 8, 3], [5, 6, 8, 8]]])
+    assert supervised_counts(torch.tensor([5]), boxes).tolist() == [3]
+    assert supervised_counts(torch.tensor([2]), boxes).tolist() == [2]  # the true count caps it
+    out = segmenter_losses(gt.clone(), torch.full((1, 3), 0.5), None, gt, boxes, torch.tensor([5]))
+    assert out["loss_segm"].item() == pytest.approx(-1.0, abs=1e-5)  # three perfect matches / 3
+    torch.testing.assert_close(out["match"], torch.eye(3)[None])
+    torch.testing.assert_close(score_target(out["match"]), torch.ones(1, 3))
+    # Targets all 1 on scores 0.5: every step costs -log(0.5 + 1e-5).
     assert out["loss_score"].item() == pytest.approx(-math.log(0.5 + EPS), rel=1e-6)
 
 

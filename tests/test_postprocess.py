@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from recattend.postprocess import label_map, relabel_consecutive
+from recattend.postprocess import (
+    PostProcess,
+    bilateral_blur,
+    image_instances,
+    label_map,
+    postprocess,
+    relabel_consecutive,
+    stop_outputs,
+)
+
+# Score weighting, argmax and threshold only: the hand computations of the first tests.
+RAW = PostProcess(blur=False)
 
 
 def test_score_weighting_decides_the_winner() -> None:
@@ -14,17 +28,17 @@ def test_score_weighting_decides_the_winner() -> None:
     # no pixel, hence t=1 is the first (and only) instance: label 1.
     masks = torch.tensor([0.9, 0.6]).view(1, 2, 1, 1)
     scores = torch.tensor([[0.5, 1.0]])
-    out = label_map(masks, scores)
+    out = label_map(masks, scores, RAW)
     assert out.dtype == torch.int64 and out.shape == (1, 1, 1)
     assert out.item() == 1
     # Label 1 alone cannot tell t=0 from t=1, so add a second pixel only t=0 covers:
     # pixel 0: 0.45 vs 0.6 -> t=1; pixel 1: 0.9 * 0.5 = 0.45 vs 0.0 -> t=0.
     # Both timesteps present, numbered in timestep order: t=0 -> 1, t=1 -> 2.
     masks = torch.tensor([[0.9, 0.9], [0.6, 0.0]]).view(1, 2, 1, 2)
-    out = label_map(masks, torch.tensor([[0.5, 1.0]]))
+    out = label_map(masks, torch.tensor([[0.5, 1.0]]), RAW)
     assert out.tolist() == [[[2, 1]]]
     # Unweighted (equal scores), t=0 wins pixel 0 as well (0.9 > 0.6): one instance only.
-    assert label_map(masks, torch.ones(1, 2)).tolist() == [[[1, 1]]]
+    assert label_map(masks, torch.ones(1, 2), RAW).tolist() == [[[1, 1]]]
 
 
 def test_threshold_is_strict_and_drops_weak_pixels() -> None:
@@ -32,11 +46,12 @@ def test_threshold_is_strict_and_drops_weak_pixels() -> None:
     # Default threshold 0.3 (strict >): 0.2 and 0.3 -> background, 0.31 and 0.8 -> instance 1.
     masks = torch.tensor([0.2, 0.3, 0.31, 0.8]).view(1, 1, 1, 4)
     scores = torch.ones(1, 1)
-    assert label_map(masks, scores).tolist() == [[[0, 0, 1, 1]]]
+    assert label_map(masks, scores, RAW).tolist() == [[[0, 0, 1, 1]]]
     # Cityscapes threshold 0.6: only 0.8 survives.
-    assert label_map(masks, scores, threshold=0.6).tolist() == [[[0, 0, 0, 1]]]
+    cityscapes = PostProcess(blur=False, threshold=0.6)
+    assert label_map(masks, scores, cityscapes).tolist() == [[[0, 0, 0, 1]]]
     # A low score pushes every pixel under the threshold: 0.8 * 0.3 = 0.24 <= 0.3.
-    assert label_map(masks, torch.tensor([[0.3]])).tolist() == [[[0, 0, 0, 0]]]
+    assert label_map(masks, torch.tensor([[0.3]]), RAW).tolist() == [[[0, 0, 0, 0]]]
 
 
 def test_empty_timesteps_get_no_label_and_labels_are_consecutive_in_timestep_order() -> None:
@@ -52,20 +67,31 @@ def test_empty_timesteps_get_no_label_and_labels_are_consecutive_in_timestep_ord
     masks[0, 1, 0, 2] = 0.9
     masks[0, 2, 0, :] = 0.5
     masks[0, 3, 0, 0] = 0.7
-    assert label_map(masks, torch.ones(1, 4)).tolist() == [[[3, 2, 1]]]
+    assert label_map(masks, torch.ones(1, 4), RAW).tolist() == [[[3, 2, 1]]]
     # Now t=2 also loses pixel 1 (t=3 covers it at 0.7): t=2 ends up empty, so t=3 becomes 2.
     masks[0, 3, 0, 1] = 0.7
-    assert label_map(masks, torch.ones(1, 4)).tolist() == [[[2, 2, 1]]]
+    assert label_map(masks, torch.ones(1, 4), RAW).tolist() == [[[2, 2, 1]]]
+    # The slot map keeps the output slots (t + 1), and the instances their slots' scores.
+    slots = postprocess(masks, torch.tensor([[0.9, 0.8, 0.7, 1.0]]), RAW)
+    # Weighted: pixel 0, 1: t=3 (0.7) vs t=2 (0.35) -> slot 4; pixel 2: t=1 (0.72) -> slot 2.
+    assert slots.tolist() == [[[4, 4, 2]]]
+    result = image_instances(slots[0], torch.tensor([0.9, 0.8, 0.7, 1.0]))
+    assert result.labels.tolist() == [[2, 2, 1]]
+    assert result.scores.tolist() == pytest.approx([0.8, 1.0])  # slots 2 and 4 in order
 
 
 def test_batch_images_are_independent() -> None:
-    # Random soft masks: the batched result equals the single-image results stacked.
+    # Random soft masks, every switch that acts per image on: the batched result equals the
+    # single-image results stacked.
     torch.manual_seed(0)
     masks = torch.rand(3, 4, 5, 6)
     scores = torch.rand(3, 4)
-    batched = label_map(masks, scores)
-    singles = torch.cat([label_map(masks[i : i + 1], scores[i : i + 1]) for i in range(3)])
-    assert torch.equal(batched, singles)
+    settings = PostProcess(dilate=3, min_size=4)
+    batched = label_map(masks, scores, settings, size=(7, 9))
+    singles = torch.cat(
+        [label_map(masks[i : i + 1], scores[i : i + 1], settings, (7, 9)) for i in range(3)]
+    )
+    assert batched.shape == (3, 7, 9) and torch.equal(batched, singles)
     # Image a uses only t=2, image b uses t=0 (top row) and t=1 (bottom row): each image is
     # numbered from 1 on its own, so a's t=2 is 1 although b holds two instances.
     a = torch.zeros(1, 3, 2, 2)
@@ -73,7 +99,7 @@ def test_batch_images_are_independent() -> None:
     b = torch.zeros(1, 3, 2, 2)
     b[0, 0, 0] = 0.9
     b[0, 1, 1] = 0.9
-    out = label_map(torch.cat([a, b]), torch.ones(2, 3))
+    out = label_map(torch.cat([a, b]), torch.ones(2, 3), RAW)
     assert out[0].tolist() == [[1, 1], [1, 1]]
     assert out[1].tolist() == [[1, 1], [2, 2]]
 
@@ -99,28 +125,198 @@ def test_relabel_consecutive(labels: list[list[int]], expected: list[list[int]])
     assert out.tolist() == expected
 
 
-def test_refine_labels_dilates_ands_and_drops_small_ones_by_hand() -> None:
-    from recattend.postprocess import refine_labels
+# ------------------------------------------------------------------------------------------ blur
+# With sigma_space = sigma_colour = 10, one unit of squared distance and one unit of squared value
+# difference both weigh a = exp(-1/200). The diameter-5 window is the disc r^2 <= 4: the centre
+# (weight 1), 4 pixels at r^2 = 1 (a), 4 at r^2 = 2 (a^2), 4 at r^2 = 4 (a^4); its spatial sum is
+# S = 1 + 4a + 4a^2 + 4a^4 (= 12.86104).
+A = math.exp(-1 / 200)
+S = 1 + 4 * A + 4 * A**2 + 4 * A**4
 
-    labels = torch.zeros(6, 8, dtype=torch.int64)
-    labels[1:3, 1:3] = 4  # 4 pixels
-    labels[4, 6] = 9  # 1 pixel
-    # 3x3 dilation grows instance 4 to rows 0..3, cols 0..3 (16 px) and 9 to rows 3..5, cols 5..7.
-    grown, kept = refine_labels(labels, dilate=3)
-    assert kept.tolist() == [4, 9]
-    assert int((grown == 1).sum()) == 16 and int((grown == 2).sum()) == 9
-    # AND with a foreground that covers only the left half keeps instance 4's 16 px, drops 9.
-    foreground = torch.zeros(6, 8)
-    foreground[:, :4] = 0.9
-    anded, kept = refine_labels(labels, foreground, dilate=3)
-    assert kept.tolist() == [4]
-    assert int(anded.max()) == 1 and int((anded == 1).sum()) == 16
-    # min_size 4 removes both (4 px and 1 px, "at most"), 3 keeps the 4-pixel one.
-    assert int(refine_labels(labels, min_size=4)[0].max()) == 0
-    small, _ = refine_labels(labels, min_size=3)
-    assert int(small.max()) == 1 and int((small == 1).sum()) == 4
-    with pytest.raises(ValueError, match="odd"):
-        refine_labels(labels, dilate=4)
+
+def test_blur_of_a_single_bright_pixel_by_hand() -> None:
+    image = torch.zeros(7, 7)
+    image[3, 3] = 1.0
+    out = bilateral_blur(image)
+    assert out.shape == (7, 7) and out.dtype == torch.float32
+    expected = {
+        # The bright pixel itself: its 12 dark neighbours differ by 1, colour weight a each.
+        (3, 3): 1 / (1 + A * (S - 1)),  # 0.078113
+        # A dark pixel sees the bright one at r^2 = d (spatial a^d, colour a); the rest, dark like
+        # itself, keep their spatial weights: a^(d+1) / (S - a^d + a^(d+1)).
+        (3, 4): A**2 / (S - A + A**2),  # d = 1: 0.077010
+        (2, 2): A**3 / (S - A**2 + A**3),  # d = 2: 0.076626
+        (3, 5): A**5 / (S - A**4 + A**5),  # d = 4: 0.075863
+        (4, 5): 0.0,  # r^2 = 5: outside the disc (a 5 x 5 square would reach it)
+        (1, 1): 0.0,  # r^2 = 8: the square's corner, outside too
+        (0, 0): 0.0,
+    }
+    for (y, x), value in expected.items():
+        assert out[y, x].item() == pytest.approx(value, abs=1e-7), (y, x)
+
+
+def test_blur_mirrors_the_border_about_the_edge_pixel_by_hand() -> None:
+    # Bright pixel at (0, 1) on the top edge of a 5 x 5 map. BORDER_REFLECT_101 mirrors column -1
+    # onto column 1 and row -1 onto row 1 (the edge pixel itself is not repeated).
+    image = torch.zeros(5, 5)
+    image[0, 1] = 1.0
+    out = bilateral_blur(image)
+    # (0, 0): the offsets (0, +1) and (0, -1) (mirrored) both land on the bright pixel: twice the
+    # interior value, 2a^2 / (S - 2a + 2a^2) = 0.154080.
+    assert out[0, 0].item() == pytest.approx(2 * A**2 / (S - 2 * A + 2 * A**2), abs=1e-7)
+    # (0, 1), the bright pixel: offset (0, -2) lands on column -1, mirrored onto itself (spatial
+    # a^4, colour 1); its 11 other neighbours are dark (colour a):
+    # (1 + a^4) / (1 + a^4 + a (S - 1 - a^4)) = 0.154620.
+    self_twice = (1 + A**4) / (1 + A**4 + A * (S - 1 - A**4))
+    assert out[0, 1].item() == pytest.approx(self_twice, abs=1e-7)
+    # (1, 1), below it: row -1 mirrors onto row 1, never row 0, so just the interior value.
+    assert out[1, 1].item() == pytest.approx(A**2 / (S - A + A**2), abs=1e-7)
+
+
+def test_blur_matches_opencv_and_keeps_dtype() -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for shape in [(9, 11), (2, 3), (1, 4), (1, 1)]:
+        image = rng.random(shape).astype(np.float32)
+        expected = cv2.bilateralFilter(image, 5, 10, 10)
+        got = bilateral_blur(torch.from_numpy(image)).numpy()
+        assert np.abs(got - expected).max() < 1e-6, shape
+    # Constant maps are unchanged; a float64 batch of maps stays float64.
+    flat = torch.full((2, 3, 6, 5), 0.25, dtype=torch.float64)
+    out = bilateral_blur(flat)
+    assert out.dtype == torch.float64 and torch.allclose(out, flat)
+
+
+# -------------------------------------------------------------------------------------- dilation
+def test_dilating_each_soft_map_before_the_argmax_by_hand() -> None:
+    # Two soft maps on a 1 x 4 row, scores 1, threshold 0.3, no blur:
+    #   t=0: [0.9, 0,   0,   0  ]
+    #   t=1: [0,   0.4, 0.4, 0  ]
+    # Without dilation: [1, 2, 2, 0].
+    masks = torch.tensor([[0.9, 0.0, 0.0, 0.0], [0.0, 0.4, 0.4, 0.0]]).view(1, 2, 1, 4)
+    scores = torch.ones(1, 2)
+    assert label_map(masks, scores, RAW).tolist() == [[[1, 2, 2, 0]]]
+    # 3-wide max filter of each map (the row is the whole window's height):
+    #   t=0: [0.9, 0.9, 0,   0  ]
+    #   t=1: [0.4, 0.4, 0.4, 0.4]
+    # Argmax: pixel 1 goes to t=0 (0.9 > 0.4), pixel 3 to t=1: [1, 1, 2, 2].
+    per_map = PostProcess(blur=False, dilate=3)
+    assert label_map(masks, scores, per_map).tolist() == [[[1, 1, 2, 2]]]
+    # Dilating the label map after the argmax instead (grow each instance into background, the
+    # larger id winning) leaves pixel 1 to instance 2 and grows 2 into pixel 3: [1, 2, 2, 2].
+    labels = label_map(masks, scores, RAW)[0].float()
+    grown = torch.nn.functional.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0]
+    after = torch.where(labels > 0, labels, grown).long()
+    assert after.tolist() == [[1, 2, 2, 2]]
+    # KITTI's 5 x 5: t=0's 0.9 reaches two pixels each side, so t=0 also takes pixel 2
+    # (0.9 > 0.4): [1, 1, 1, 2].
+    kitti = PostProcess(blur=False, dilate=5)
+    assert label_map(masks, scores, kitti).tolist() == [[[1, 1, 1, 2]]]
+
+
+# ------------------------------------------------------------------------------------ stop rules
+def test_stop_rules_agree_while_every_score_is_high() -> None:
+    torch.manual_seed(1)
+    masks = torch.rand(2, 5, 6, 7)
+    scores = 0.5 + 0.5 * torch.rand(2, 5)  # every s_t >= 0.5
+    for blur, dilate in ((False, 0), (True, 5)):
+        weighted = PostProcess(blur=blur, dilate=dilate, stop_rule="weighted")
+        first_below = PostProcess(blur=blur, dilate=dilate, stop_rule="first_below")
+        assert torch.equal(
+            postprocess(masks, scores, weighted), postprocess(masks, scores, first_below)
+        )
+
+
+def test_stop_rules_differ_after_a_low_score_by_hand() -> None:
+    # Three disjoint masks of value 1 on a 1 x 4 row, scores 0.9, 0.4, 0.8, 0.9:
+    #   t=0 on pixel 0, t=1 on pixel 1, t=2 on pixel 2, t=3 on pixel 3 with value 0.3.
+    masks = torch.zeros(1, 4, 1, 4)
+    for t in range(3):
+        masks[0, t, 0, t] = 1.0
+    masks[0, 3, 0, 3] = 0.3
+    scores = torch.tensor([[0.9, 0.4, 0.8, 0.9]])
+    # weighted: 0.9, 0.4, 0.8 pass the threshold 0.3 (t=1 although s_1 < 0.5, and t=2 after
+    # it); 0.3 * 0.9 = 0.27 does not: [1, 2, 3, 0].
+    weighted = PostProcess(blur=False, stop_rule="weighted")
+    assert postprocess(masks, scores, weighted).tolist() == [[[1, 2, 3, 0]]]
+    # first_below: s_1 = 0.4 < 0.5 stops the image at t=1, so t=1 and t=2 are dropped: [1, 0, 0, 0].
+    first_below = PostProcess(blur=False, stop_rule="first_below")
+    assert postprocess(masks, scores, first_below).tolist() == [[[1, 0, 0, 0]]]
+    # The outputs themselves: zero from t=1 on.
+    kept_masks, kept_scores = stop_outputs(masks, scores, 0.5)
+    assert kept_scores.tolist() == [[pytest.approx(0.9), 0.0, 0.0, 0.0]]
+    assert kept_masks[0, 1:].abs().sum().item() == 0 and torch.equal(kept_masks[0, 0], masks[0, 0])
+    # stop_score 0 never stops: first_below is then the weighted rule.
+    never = PostProcess(blur=False, stop_rule="first_below", stop_score=0.0)
+    assert postprocess(masks, scores, never).tolist() == [[[1, 2, 3, 0]]]
+
+
+def test_stop_outputs_match_the_models_early_stop() -> None:
+    from recattend.models.segmenter import RecurrentSegmenter
+    from tests.models.test_segmenter_training import TINY_NET
+
+    torch.manual_seed(0)
+    model = RecurrentSegmenter(image_size=(32, 32), steps=4, **TINY_NET).eval()
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        every = model.predict(images, threshold=0.0)
+        # A stop score between the scores of image 0 makes it stop after its first step(s).
+        stop = float(every["scores"][0].median()) + 1e-6
+        stopped = model.predict(images, threshold=stop)
+    masks, scores = stop_outputs(every["masks"], every["scores"], stop)
+    assert (scores == 0).any()  # some image did stop
+    assert torch.allclose(stopped["scores"], scores, atol=1e-6)
+    assert torch.allclose(stopped["masks"], masks, atol=1e-6)
+
+
+# --------------------------------------------------------------------- foreground and small ones
+def test_foreground_and_min_size_by_hand() -> None:
+    # 2 x 4 image, scores 1, no blur: t=0 covers columns 0..1 (4 px) at 0.9, t=1 pixel (1, 3).
+    masks = torch.zeros(1, 2, 2, 4)
+    masks[0, 0, :, :2] = 0.9
+    masks[0, 1, 1, 3] = 0.9
+    scores = torch.ones(1, 2)
+    assert postprocess(masks, scores, RAW).tolist() == [[[1, 1, 0, 0], [1, 1, 0, 2]]]
+    # Foreground 0.9 on columns 0..2, 0.2 on column 3: the AND drops t=1's pixel.
+    foreground = torch.full((1, 2, 4), 0.9)
+    foreground[..., 3] = 0.2
+    anded = PostProcess(blur=False, foreground=True)
+    assert postprocess(masks, scores, anded, foreground=foreground).tolist() == [
+        [[1, 1, 0, 0], [1, 1, 0, 0]]
+    ]
+    # The switch off ignores the map.
+    assert postprocess(masks, scores, RAW, foreground=foreground)[0, 1, 3].item() == 2
+    # min_size is "at most": 1 drops t=1 (1 px) only, 4 drops t=0 (4 px) too.
+    assert postprocess(masks, scores, PostProcess(blur=False, min_size=1)).tolist() == [
+        [[1, 1, 0, 0], [1, 1, 0, 0]]
+    ]
+    assert postprocess(masks, scores, PostProcess(blur=False, min_size=4)).sum().item() == 0
+    # At network resolution each pixel stands for pixel_area original pixels: with 2, t=0 covers
+    # 8 > 4 original pixels and stays; per image, the first image (area 1) loses it.
+    two = torch.cat([masks, masks])
+    kept = postprocess(
+        two, torch.ones(2, 2), PostProcess(blur=False, min_size=4), pixel_area=torch.tensor([1, 2])
+    )
+    assert kept[0].sum().item() == 0 and kept[1].tolist() == [[1, 1, 0, 0], [1, 1, 0, 0]]
+
+
+def test_upsampling_comes_before_the_threshold() -> None:
+    # A 1 x 2 map [1, 0] upsampled bilinearly to 1 x 4 (half-pixel centres) is
+    # [1, 0.75, 0.25, 0]: with threshold 0.3 the first two pixels are the instance.
+    masks = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    assert postprocess(masks, torch.ones(1, 1), RAW, size=(1, 4)).tolist() == [[[1, 1, 0, 0]]]
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"unknown keys \['blurr'\]; known: blur, dilate"):
+        PostProcess.from_module(0.3, "weighted", 0.5, {"blurr": True})
+    with pytest.raises(ValueError, match="stop_rule='first' is not one of weighted, first_below"):
+        PostProcess(stop_rule="first")
+    with pytest.raises(ValueError, match="dilate=4 must be odd"):
+        PostProcess(dilate=4)
+    settings = PostProcess.from_module(0.6, "first_below", 0.4, {"dilate": 5, "blur": None})
+    assert settings == PostProcess(threshold=0.6, stop_rule="first_below", stop_score=0.4, dilate=5)
 
 
 def test_majority_class_per_instance() -> None:

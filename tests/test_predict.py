@@ -142,9 +142,47 @@ def test_cityscapes_results_follow_the_official_format(tmp_path: Path) -> None:
     assert txt == tmp_path / f"{stem}_pred.txt"
     lines = txt.read_text().splitlines()
     assert lines == [
-        f"masks/{stem}_001.png 26 0.900000",
-        f"masks/{stem}_002.png 24 0.250000",
+        f"masks/{stem}_001.png 26 0.9",
+        f"masks/{stem}_002.png 24 0.25",
     ]
     for k, line in enumerate(lines, start=1):
         mask = np.asarray(Image.open(tmp_path / line.split()[0]))
-        assert mask.dtype == np.uint8 and ((mask > 0) == (labels == k)).all()
+        assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255}
+        assert ((mask > 0) == (labels == k)).all()
+
+
+def test_cityscapes_results_keep_full_score_precision(tmp_path: Path) -> None:
+    from recattend.export import write_cityscapes_results
+
+    # Scores differing in the 8th decimal: at 6 decimals both would read 0.123457, a tie that
+    # merges them into one point of the precision-recall curve. A third score (0.1 + 0.2 =
+    # 0.30000000000000004) needs all 17 significant digits to read back as the same float64.
+    scores = [0.12345671, 0.12345679, 0.1 + 0.2]
+    assert f"{scores[0]:.6f}" == f"{scores[1]:.6f}"
+    labels = np.zeros((4, 6), np.int64)
+    labels[0, :2], labels[1, :2], labels[2:, 3:] = 1, 2, 3
+    txt = write_cityscapes_results(labels, scores, [26, 26, 24], "a_000000_000000", tmp_path)
+    # Parse as the official readPredInfo does: split on single spaces, float() the third field.
+    read = [float(line.split(" ")[2]) for line in txt.read_text().splitlines()]
+    assert read == scores  # bit-exact round trip
+    assert read[0] < read[1]  # the order of the two close scores survives
+
+
+def test_cityscapes_results_masks_are_disjoint_instances(tmp_path: Path) -> None:
+    from recattend.export import write_cityscapes_results
+
+    # One label map in, so one mask per instance, each pixel in at most one mask; an id without
+    # a pixel (2) writes nothing, and background (0) is in no mask.
+    labels = np.array([[1, 1, 3, 0], [1, 3, 3, 0]], np.int64)
+    txt = write_cityscapes_results(
+        labels, [0.5, 0.4, 0.3], [24, 26, 33], "b_000000_000000", tmp_path
+    )
+    lines = txt.read_text().splitlines()
+    assert [line.split(" ")[0] for line in lines] == [
+        "masks/b_000000_000000_001.png",
+        "masks/b_000000_000000_003.png",
+    ]
+    assert [line.split(" ")[1] for line in lines] == ["24", "33"]
+    masks = np.stack([np.asarray(Image.open(tmp_path / line.split(" ")[0])) > 0 for line in lines])
+    assert (masks.sum(axis=0) == (labels > 0)).all()  # disjoint, and covering every instance
+    assert (masks[0] == (labels == 1)).all() and (masks[1] == (labels == 3)).all()

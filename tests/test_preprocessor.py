@@ -12,7 +12,7 @@ from recattend.data.targets import ANGLE_IGNORE
 from recattend.lit import PreprocessorModule
 from recattend.models import Preprocessor
 
-KITTI_FCN = dict(  # reference/original-system.md section 1.2
+KITTI_FCN = dict(  # the authors' KITTI FCN (experiment=kitti_preprocessor)
     encoder_channels=[
         32,
         64,
@@ -47,10 +47,10 @@ def test_output_shapes_and_heads() -> None:
     assert set(semantic) == {"semantic"} and semantic["semantic"].shape == (1, 9, 16, 16)
 
 
-def test_kitti_configuration_matches_the_reference() -> None:
+def test_kitti_configuration_matches_the_authors() -> None:
     net = Preprocessor(**KITTI_FCN)
     assert net.stride == 32 and net.head_channels == 9
-    # Skip widths as the reference wires them: +h16 (256), +h12 (128), +h4 (96), +RGB (3).
+    # Skip widths as the authors wire them: +h16 (256), +h12 (128), +h4 (96), +RGB (3).
     assert [layer.deconv.in_channels for layer in net.decoder] == [
         512,
         512,
@@ -67,7 +67,7 @@ def test_kitti_configuration_matches_the_reference() -> None:
     weights = sum(
         p.numel() for name, p in net.named_parameters() if name.endswith("weight") and p.dim() > 1
     )
-    assert math.isclose(weights / 1e6, 7.93, abs_tol=0.01)  # the reference's count: about 7.93M
+    assert math.isclose(weights / 1e6, 7.93, abs_tol=0.01)  # the authors' count: about 7.93M
     assert net(torch.rand(1, 3, 128, 448))["angles"].shape == (1, 8, 128, 448)
 
 
@@ -76,6 +76,76 @@ def test_inconsistent_architecture_is_refused() -> None:
         Preprocessor(decoder_unpools=[2, 1, 2, 1, 1, 1])
     with pytest.raises(ValueError, match="one entry per decoder layer"):
         Preprocessor(decoder_skips=[True])
+
+
+def test_default_skip_rule_takes_the_last_encoder_output_per_stride() -> None:
+    # Default network: h0 at stride 1, h1-h2 at 2, h3-h4 at 4, h5 at 8; decoder layers 1, 3 and
+    # 5 run at strides 4, 2 and 1 and take h4, h2 and the image (not h0, also at stride 1).
+    assert Preprocessor().skip_sources == (None, 4, None, 2, None, -1)
+
+
+def test_named_skip_sources_are_wired_and_load_old_weights() -> None:
+    torch.manual_seed(0)
+    # h1 and h2 both 16 channels at stride 2, h3 and h4 both 32 at stride 4: either can be a skip.
+    widths = {"encoder_channels": [16, 16, 16, 32, 32, 64]}
+    old = Preprocessor(**widths).eval()  # the default rule: h4, h2, x
+    named = Preprocessor(**widths, decoder_skip_sources=[None, 3, None, 1, None, "x"]).eval()
+    assert named.skip_sources == (None, 3, None, 1, None, -1)
+    # Skips have no parameters: the same state_dict fits both wirings.
+    named.load_state_dict(old.state_dict())
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(named(x)["angles"], old(x)["angles"])
+        # The same sources named explicitly give the default network's outputs exactly.
+        same = Preprocessor(**widths, decoder_skip_sources=[None, 4, None, 2, None, -1]).eval()
+        same.load_state_dict(old.state_dict())
+        assert torch.equal(same(x)["angles"], old(x)["angles"])
+    # decoder_skips may be left out, or must agree with the sources.
+    assert Preprocessor(decoder_skips=None, decoder_skip_sources=[None, 3, None, 1, None, -1])
+    with pytest.raises(ValueError, match=r"decoder layer 3: decoder_skips says False"):
+        Preprocessor(
+            decoder_skips=[False, True, False, False, False, True],
+            decoder_skip_sources=[None, 3, None, 1, None, "x"],
+        )
+
+
+def test_skip_source_at_the_wrong_resolution_names_layers_and_strides() -> None:
+    message = (
+        r"decoder layer 1 runs at stride 4 but its skip source encoder layer 2 \(h2\) is at "
+        r"stride 2; sources at stride 4: encoder layer 3 \(h3\), encoder layer 4 \(h4\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        Preprocessor(decoder_skip_sources=[None, 2, None, 1, None, "x"])
+    # Upsampling in the last layer leaves decoder layer 5 at stride 2, where the image is not.
+    with pytest.raises(
+        ValueError, match=r"decoder layer 5 runs at stride 2 .* the input image x is at stride 1"
+    ):
+        Preprocessor(
+            decoder_unpools=[2, 1, 2, 1, 1, 2], decoder_skip_sources=[None, 4, None, 2, None, "x"]
+        )
+
+
+@pytest.mark.parametrize("source", [6, -2, "y", True, 1.0])
+def test_unknown_skip_source_is_refused(source) -> None:
+    with pytest.raises(ValueError, match=r"decoder_skip_sources\[1\]=.*encoder layer index 0\.\.5"):
+        Preprocessor(decoder_skip_sources=[None, source, None, 1, None, "x"])
+
+
+def test_checkpoint_with_named_sources_loads(tmp_path) -> None:
+    from recattend.lit.preprocessor import load_preprocessor
+
+    config = {"decoder_skip_sources": [None, 3, None, 1, None, "x"]}
+    net = Preprocessor(**config)
+    path = tmp_path / "fcn.ckpt"
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "hyper_parameters": {"image_size": [16, 16], "net": config},
+        },
+        path,
+    )
+    loaded, loaded_config = load_preprocessor(path)  # weights_only=True
+    assert loaded.skip_sources == net.skip_sources and loaded_config == config
 
 
 def test_resolution_not_divisible_by_the_stride_names_the_key() -> None:

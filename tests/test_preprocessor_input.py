@@ -46,8 +46,10 @@ def test_checkpoint_adds_nine_channels_or_one_without_angles(tmp_path: Path) -> 
     assert _first_conv_inputs(_segmenter()) == 3 + 1
     full = _segmenter(ckpt_path=str(ckpt))
     assert _first_conv_inputs(full) == 3 + 9 + 1
-    assert _first_conv_inputs(_segmenter(ckpt_path=str(ckpt), angles=False)) == 3 + 1 + 1
     assert _first_conv_inputs(_segmenter(ckpt_path=str(ckpt), enabled=False)) == 3 + 1
+    # no_angle reads an FCN trained without angles, never an angle-trained one cut down.
+    with pytest.raises(ValueError, match="needs a pre-processor trained without angles"):
+        _segmenter(ckpt_path=str(ckpt), angles=False)
     x = full.inputs(tiny_batch(2)["image"])
     assert x.shape == (2, 12, 32, 32)
     # Foreground probability, then 8 angle probabilities summing to one.

@@ -40,10 +40,26 @@ def test_scheduled_sampling_probabilities_per_kind() -> None:
     probs = callback.probabilities(10, 3)
     torch.testing.assert_close(probs["box"], torch.tensor([0.5, 1.0, 1.0]))
     assert probs["mask"].tolist() == [0.0, 0.0, 0.0]  # offset None: never
-    off = ScheduledSampling(enabled=False, box_offset=0, mask_offset=0).probabilities(0, 2)
+    off = ScheduledSampling(mode="predictions", box_offset=0, mask_offset=0).probabilities(0, 2)
     assert off["box"].tolist() == off["mask"].tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="decay_steps"):
         ScheduledSampling(decay_steps=0)
+    with pytest.raises(ValueError, match="ground_truth"):
+        ScheduledSampling(mode="off")
+
+
+def test_no_scheduled_sampling_is_always_the_ground_truth_canvas() -> None:
+    # The paper's ablation (section 4.1): the canvas takes the maximally overlapping ground truth
+    # at every step k of the full stage and every timestep t, long after the fading schedule
+    # would have reached ~0 (k = 10^6 with a 3000-step offset and 700-step halving); the box
+    # switch keeps its own schedule (never, here, as in the CVPPP recipe).
+    callback = ScheduledSampling(mode="ground_truth", decay_steps=700, mask_offset=3000)
+    for step in (0, 2999, 3000, 10_000, 1_000_000):
+        probs = callback.probabilities(step, 21)
+        assert probs["mask"].tolist() == [1.0] * 21
+        assert probs["box"].tolist() == [0.0] * 21
+    fading = ScheduledSampling(mode="fade", decay_steps=700, mask_offset=3000)
+    assert fading.probabilities(1_000_000, 21)["mask"].max() < 1e-6
 
 
 def _canvases(module: SegmenterModule) -> list[torch.Tensor]:
@@ -277,3 +293,59 @@ def test_box_stage_checkpoint_initialises_a_full_stage_run(tmp_path: Path) -> No
         load_weights(wider, ckpt)
     with pytest.raises(FileNotFoundError, match="init_from=.*missing.ckpt"):
         load_weights(fresh, tmp_path / "missing.ckpt")
+
+
+def test_stages_set_their_box_padding_and_the_datamodule_stage(tmp_path: Path) -> None:
+    # The authors padded ground-truth boxes by at least 10 px in the box stage and 20 px after;
+    # each stage's value reaches the loss and teacher forcing through module.box_min_pad, and the
+    # datamodule learns the stage (for stage-bound flips).
+    torch.manual_seed(0)
+    stages = [
+        {"name": "box", "steps": 2, "box_min_pad": 10},
+        {"name": "full", "steps": None, "box_min_pad": 20},
+    ]
+    seen: list[tuple[str, float, str | None]] = []
+
+    class PadProbe(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            seen.append((pl_module.stage, pl_module.box_min_pad, trainer.datamodule.stage))
+
+    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET, box_min_pad=4)
+    assert module.box_min_pad == 4  # no stage: the module's own value
+    trainer = _trainer(tmp_path, [BootstrapStages(stages), PadProbe()], max_steps=4)
+    trainer.fit(module, datamodule=tiny_data(16))
+    assert seen == [("box", 10, "box")] * 2 + [("full", 20, "full")] * 2
+
+
+def test_score_head_reinitialised_at_the_switch_only(tmp_path: Path, monkeypatch) -> None:
+    torch.manual_seed(0)
+    stages = [
+        {"name": "box", "steps": 2},
+        {"name": "full", "steps": None, "reinit_score_head": True},
+    ]
+    resets: list[int] = []
+    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    reset = module.reset_score_head
+
+    def recording() -> None:
+        resets.append(module.trainer.global_step)
+        reset()
+
+    monkeypatch.setattr(module, "reset_score_head", recording)
+    before = module.model.score_head.weight.detach().clone()
+    trainer = _trainer(tmp_path, [BootstrapStages(stages)], max_steps=3)
+    trainer.fit(module, datamodule=tiny_data(16))
+    assert resets == [2]  # once, when the full stage begins
+    assert not torch.equal(module.model.score_head.weight, before)
+    # Resuming inside the full stage does not reset it again.
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    resets.clear()
+    again = _trainer(tmp_path / "resumed", [BootstrapStages(stages)], max_steps=4)
+    again.fit(module, datamodule=tiny_data(16), ckpt_path=ckpt)
+    assert resets == []
+    # What a reset does: PyTorch's default Linear initialisation, fresh draws.
+    torch.manual_seed(1)
+    module.model.score_head.weight.data.fill_(7.0)
+    SegmenterModule.reset_score_head(module)
+    bound = 1 / math.sqrt(module.model.score_head.in_features)
+    assert module.model.score_head.weight.abs().max() <= bound

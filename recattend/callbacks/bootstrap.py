@@ -15,10 +15,14 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.strategies import DDPStrategy
 
+from recattend.data.base import InstanceDataModule
+
 log = logging.getLogger(__name__)
 
 OPTIM_KEYS = ("lr", "lr_decay", "lr_decay_steps", "weight_decay")
-STAGE_KEYS = {"name", "steps", *OPTIM_KEYS}
+# Module settings a stage may override while it runs (read through ``pl_module.stage_overrides``).
+OVERRIDE_KEYS = (*OPTIM_KEYS, "box_min_pad")
+STAGE_KEYS = {"name", "steps", "reinit_score_head", *OVERRIDE_KEYS}
 
 
 class BootstrapStages(L.Callback):
@@ -27,8 +31,12 @@ class BootstrapStages(L.Callback):
     Args:
         stages: each a mapping with ``name`` (a stage the module supports: ``box`` or ``full``),
             ``steps`` (its length in optimizer steps; ``None`` for the last, which runs to the
-            end) and optionally ``lr``, ``lr_decay``, ``lr_decay_steps``, ``weight_decay``
-            overriding the module's settings during that stage.
+            end) and optionally ``lr``, ``lr_decay``, ``lr_decay_steps``, ``weight_decay`` and
+            ``box_min_pad`` overriding the module's settings during that stage (e.g. ground-truth
+            boxes padded by at least 10 px in the box stage and 20 px afterwards, the authors'
+            224x224 values), and ``reinit_score_head: true`` to re-initialise the score head
+            when the stage begins (the authors' full model started with a new score head, since
+            their box-stage head read the box network alone).
 
     Stages the module cannot run (the box stage of a model without a box network) are skipped
     with a warning, so one configuration serves every ablation. Under DDP, parameters idle in a
@@ -90,11 +98,13 @@ class BootstrapStages(L.Callback):
         if isinstance(trainer.strategy, DDPStrategy):
             # Parameters idle in a stage would make DDP's gradient reduction wait forever.
             trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
-        self._apply(pl_module)  # before the optimizer is built (or restored, then re-applied)
+        self._apply(
+            trainer, pl_module
+        )  # before the optimizer is built (or restored, then re-applied)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.plan:
-            self._apply(pl_module)  # the stage restored from a checkpoint, if any
+            self._apply(trainer, pl_module)  # the stage restored from a checkpoint, if any
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -122,15 +132,20 @@ class BootstrapStages(L.Callback):
         ):
             self.start_step += self.plan[self.index]["steps"]
             self.index += 1
-            self._apply(pl_module)
+            self._apply(trainer, pl_module)
+            if self.plan[self.index].get("reinit_score_head"):
+                pl_module.reset_score_head()  # at the switch only, not when resuming
             trainer.strategy.setup_optimizers(trainer)  # a fresh optimizer and schedule
             log.info("bootstrap: stage '%s' from step %d", self.current, step)
         pl_module.log("train/stage", float(self.index), batch_size=len(batch["image"]))
 
-    def _apply(self, pl_module: L.LightningModule) -> None:
+    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         spec = self.plan[self.index]
         pl_module.stage = spec["name"]
-        pl_module.optim_overrides = {k: spec[k] for k in OPTIM_KEYS if spec.get(k) is not None}
+        datamodule = getattr(trainer, "datamodule", None)
+        if isinstance(datamodule, InstanceDataModule):  # stage-dependent augmentation
+            datamodule.stage = spec["name"]
+        pl_module.stage_overrides = {k: spec[k] for k in OVERRIDE_KEYS if spec.get(k) is not None}
 
     def state_dict(self) -> dict[str, Any]:
         stage = self.current if self.plan else None

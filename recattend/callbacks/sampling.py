@@ -8,6 +8,12 @@ counted from the start of the ``full`` stage, is
     p(k, t) = min(1, base * decay^(max(0, k - offset) / decay_steps) * (1 + ln(1 + 3 t)))
 
 with an offset per kind, so later timesteps keep ground truth longer (t = 0: x1; t = 19: x5.06).
+
+The paper's "no scheduled sampling" ablation (Table 4, section 4.1) is the other extreme: the canvas
+*always* receives the maximally overlapping ground truth during training (``mode="ground_truth"``:
+mask probability 1 at every step and timestep of the full stage), so the model never reads its own
+masks until test time. ``mode="predictions"`` is the opposite, teacher forcing off: the model
+always reads its own boxes and masks in the full stage.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from torch import Tensor
 
 KINDS = ("box", "mask")
+MODES = ("fade", "ground_truth", "predictions")
 
 
 def knob_probability(
@@ -33,8 +40,10 @@ class ScheduledSampling(L.Callback):
     """Sets ``pl_module.teacher_forcing`` before every training batch (module docstring).
 
     Args:
-        enabled: False for the "no scheduled sampling" ablation (Table 4): probabilities are 0,
-            the model always reads its own predictions.
+        mode: ``"fade"`` (scheduled sampling, the formula above); ``"ground_truth"`` (the paper's
+            "no scheduled sampling" ablation: ground-truth masks on the canvas with probability 1
+            for the whole full stage, boxes still by their schedule); ``"predictions"`` (no
+            teacher forcing: probabilities 0, the model always reads its own boxes and masks).
         base, decay, decay_steps: the schedule shared by both kinds (reference: 1, 0.5, and
             700 steps for CVPPP, 1500 for KITTI and Cityscapes).
         box_offset, mask_offset: step (from the start of the full stage) at which each kind starts
@@ -46,7 +55,7 @@ class ScheduledSampling(L.Callback):
 
     def __init__(
         self,
-        enabled: bool = True,
+        mode: str = "fade",
         base: float = 1.0,
         decay: float = 0.5,
         decay_steps: float = 700,
@@ -58,19 +67,28 @@ class ScheduledSampling(L.Callback):
                 f"scheduled sampling needs 0 < decay <= 1, decay_steps > 0 and base >= 0; got "
                 f"decay={decay}, decay_steps={decay_steps}, base={base}"
             )
-        self.enabled, self.base, self.decay, self.decay_steps = enabled, base, decay, decay_steps
+        if mode not in MODES:
+            raise ValueError(
+                f"scheduled sampling mode={mode!r}: use fade (scheduled sampling), ground_truth "
+                "(the paper's no-scheduled-sampling ablation: always the ground-truth canvas) or "
+                "predictions (no teacher forcing)"
+            )
+        self.mode, self.base, self.decay, self.decay_steps = mode, base, decay, decay_steps
         self.offsets = {"box": box_offset, "mask": mask_offset}
         self.start_step: int | None = None
 
     def probabilities(self, step: int, steps: int) -> dict[str, Tensor]:
         """Per kind, the (steps,) probabilities at ``step`` steps into the schedule."""
         t = torch.arange(steps)
-        return {
+        probs = {
             kind: torch.zeros(steps)
-            if not self.enabled or offset is None
+            if self.mode == "predictions" or offset is None
             else knob_probability(step, t, offset, self.decay, self.decay_steps, self.base)
             for kind, offset in self.offsets.items()
         }
+        if self.mode == "ground_truth":
+            probs["mask"] = torch.ones(steps)
+        return probs
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

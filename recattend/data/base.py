@@ -1,9 +1,9 @@
 """The DataModule base shared by every dataset, and the dataset that turns raw samples into the
-batch contract of DESIGN.md.
+batch contract (docs/architecture.md).
 
 A concrete dataset only says how to read one split as :class:`RawSample` s (image + instance
-masks + meta); augmentation, resizing, sorting, padding, boxes, foreground and angle targets,
-collation and loaders are common and live here.
+masks + meta); augmentation (:mod:`recattend.data.augment`), resizing, sorting, padding, boxes,
+foreground and angle targets, collation and loaders are common and live here.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from recattend.data.augment import AugmentPolicy
 from recattend.data.targets import collate, instance_targets
 from recattend.data.transforms import build_transform
 
@@ -70,12 +71,18 @@ class InstanceDataset(Dataset):
     """
 
     def __init__(
-        self, source: Sequence[RawSample], max_instances: int, transform: Any, augmented: bool
+        self,
+        source: Sequence[RawSample],
+        max_instances: int,
+        transform: Any,
+        augmented: bool,
+        stop_slot: bool = True,
     ) -> None:
         self.source = source
         self.max_instances = max_instances
         self.transform = transform
         self.augmented = augmented
+        self.stop_slot = stop_slot
 
     def __len__(self) -> int:
         return len(self.source)
@@ -98,8 +105,9 @@ class InstanceDataset(Dataset):
         image, transformed = out["image"], np.asarray(out["masks"])
         semantic = transformed[n] if raw.semantic is not None else None
         return instance_targets(
-            image, transformed[:n], self.max_instances, raw.meta, raw.classes, semantic
-        )
+            image, transformed[:n], self.max_instances, raw.meta, raw.classes, semantic,
+            self.stop_slot,
+        )  # fmt: skip
 
 
 class InstanceDataModule(L.LightningDataModule, ABC):
@@ -112,10 +120,18 @@ class InstanceDataModule(L.LightningDataModule, ABC):
             world size).
         num_workers: DataLoader worker processes.
         pin_memory: pin host memory for faster host-to-GPU copies.
-        augment: albumentations name -> kwargs, applied to the training split only
-            (see :mod:`recattend.data.transforms`).
+        augment: the training split's augmentation policy (:mod:`recattend.data.augment`):
+            ``per_image`` albumentations transforms, and a batch-shared ``shift`` and ``flips``
+            (in the bootstrap stages ``flip_stages``); None: none.
         keep_aspect_ratio: fit images inside the resolution and zero-pad (True) rather than
-            stretch them to it (False, the reference's choice).
+            stretch them to it (False, the authors' choice).
+        stop_slot: keep the last of the T slots empty, so every image has a stop target (True);
+            False lets all T slots take instances (the authors' Cityscapes training).
+
+    Attributes:
+        stage: the current bootstrap stage (``box``, ``full``) set by
+            :class:`~recattend.callbacks.BootstrapStages`, None without stages; the policy's
+            flips apply only in its ``flip_stages``.
 
     Raises:
         ValueError: at construction, naming the ``dataset.*`` key and its constraint.
@@ -129,8 +145,9 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         batch_size: int,
         num_workers: int = 0,
         pin_memory: bool = False,
-        augment: Mapping[str, Mapping[str, Any] | None] | None = None,
+        augment: Mapping[str, Any] | None = None,
         keep_aspect_ratio: bool = False,
+        stop_slot: bool = True,
     ) -> None:
         super().__init__()
         if len(resolution) != 2 or any(int(s) < 1 for s in resolution):
@@ -146,8 +163,10 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.pin_memory = pin_memory
-        self.augment = dict(augment or {})
+        self.augment = AugmentPolicy.parse(augment, self.resolution)
         self.keep_aspect_ratio = keep_aspect_ratio
+        self.stop_slot = bool(stop_slot)
+        self.stage: str | None = None
         self._transform(True)  # fail at start-up, not in a worker
         self.datasets: dict[str, InstanceDataset] = {}
 
@@ -171,15 +190,22 @@ class InstanceDataModule(L.LightningDataModule, ABC):
                     f"the {split} split of {type(self).__name__} is empty: nothing to "
                     f"{'train on' if split == 'train' else 'evaluate'}; check the dataset settings"
                 )
-            augmented = split == "train" and bool(self.augment)
+            augmented = split == "train" and bool(self.augment.per_image)
             self.datasets[split] = InstanceDataset(
-                source, self.max_instances, self._transform(augmented), augmented
+                source, self.max_instances, self._transform(augmented), augmented, self.stop_slot
             )
 
     def _transform(self, augmented: bool) -> Any:
         return build_transform(
-            self.augment if augmented else None, self.resolution, self.keep_aspect_ratio
+            self.augment.per_image if augmented else None, self.resolution, self.keep_aspect_ratio
         )
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> Any:
+        """The policy's batch-shared shift and flips, on training batches only, on the device."""
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self.augment.batched:
+            return self.augment(batch, self.stage)
+        return batch
 
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:

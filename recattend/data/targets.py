@@ -77,22 +77,26 @@ def instance_targets(
     meta: dict[str, Any],
     classes: np.ndarray | None = None,
     semantic: np.ndarray | None = None,
+    stop_slot: bool = True,
 ) -> dict[str, Any]:
     """Build one sample of the batch contract from an image and its instance masks.
 
     Instances that are empty (e.g. cropped away by augmentation) are dropped; the rest are sorted
-    by area, largest first (stable for ties). Only the ``max_instances`` largest get a slot, so the
-    last of the T = max_instances + 1 slots is always empty and gives the model its stop target.
+    by area, largest first (stable for ties). With ``stop_slot`` (the default) only the
+    ``max_instances`` largest get a slot, so the last of the T = max_instances + 1 slots is always
+    empty and gives the model its stop target; without it all T slots take instances (the
+    authors' Cityscapes training: the T largest are supervised and a crowded image has no stop).
     ``num_instances`` keeps the true count, which may exceed ``max_instances``; the foreground and
     the angle map cover every instance, kept or not, since they describe the image.
 
     Args:
         image: (H, W, 3) uint8 RGB.
         masks: (N, H, W) binary instance masks, N >= 0, in painter's order (later on top).
-        max_instances: slots for instances, T - 1 (>= 1).
+        max_instances: T - 1 (>= 1).
         meta: per-sample facts passed through (id, source path, original size, ...).
         classes: (N,) class of each instance (1..K), for multi-class data.
         semantic: (H, W) per-pixel class map, for multi-class data.
+        stop_slot: keep the last slot empty (see above).
 
     Returns:
         ``image`` float32 (3, H, W) in [0, 1]; ``masks`` float32 (T, H, W) in {0, 1};
@@ -108,15 +112,16 @@ def instance_targets(
     order = np.argsort(-areas[present], kind="stable")
     masks = masks[present][order]
     num = masks.shape[0]
-    if num > max_instances and not _warned_truncation:
+    capacity = max_instances if stop_slot else max_instances + 1
+    if num > capacity and not _warned_truncation:
         _warned_truncation = True
         log.warning(
-            "an image has %d instances but only max_instances=%d slots: the largest are kept "
+            "an image has %d instances but only %d slots: the largest are kept "
             "(raise dataset.max_instances to keep more); this warning is shown once",
             num,
-            max_instances,
+            capacity,
         )
-    kept = masks[:max_instances]
+    kept = masks[:capacity]
     slots = np.zeros((max_instances + 1, h, w), dtype=np.float32)
     slots[: kept.shape[0]] = kept
     boxes = np.zeros((max_instances + 1, 4), dtype=np.float32)

@@ -1,9 +1,10 @@
-"""Albumentations pipelines built from the ``dataset.augment`` mapping of a dataset config.
+"""Albumentations pipelines from the ``dataset.augment.per_image`` mapping of a dataset config.
 
-``augment`` maps an albumentations transform name to its keyword arguments, in application order,
-e.g. ``{HorizontalFlip: {p: 0.5}, Affine: {rotate: [-10, 10], p: 0.5}}``; a ``null`` value turns an
-entry off (``dataset.augment.HorizontalFlip=null``). Names are resolved here rather than with Hydra
-``_target_`` so that every ``_target_`` in the configs stays inside recattend, torch or lightning.
+``per_image`` maps an albumentations transform name to its keyword arguments, in application
+order, e.g. ``{HorizontalFlip: {p: 0.5}, Affine: {rotate: [-10, 10], p: 0.5}}``; a ``null`` value
+turns an entry off (``dataset.augment.per_image.HorizontalFlip=null``). Names are resolved here
+rather than with Hydra ``_target_`` so that every ``_target_`` in the configs stays inside
+recattend, torch or lightning.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def build_transform(
             close = difflib.get_close_matches(name, dir(A), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ValueError(
-                f"dataset.augment.{name}: '{name}' is not an albumentations transform.{hint} "
+                f"dataset.augment.per_image.{name}: '{name}' is not an albumentations "
+                f"transform.{hint} "
                 "Use a class name from albumentations (e.g. HorizontalFlip, Affine, ColorJitter)."
             )
         try:
@@ -54,7 +56,7 @@ def build_transform(
                 raise ValueError("; ".join(rejected))
         except (TypeError, ValueError) as err:
             raise ValueError(
-                f"dataset.augment.{name}: invalid arguments {dict(kwargs)}: {err}"
+                f"dataset.augment.per_image.{name}: invalid arguments {dict(kwargs)}: {err}"
             ) from err
     height, width = resolution
     interpolation = {"interpolation": cv2.INTER_CUBIC, "mask_interpolation": cv2.INTER_NEAREST}

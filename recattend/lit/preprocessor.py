@@ -1,4 +1,8 @@
-"""Training of the FCN pre-processor (paper section 2, Figure 3; reference section 1.2)."""
+"""Training of the FCN pre-processor (paper section 2, Figure 3).
+
+The authors' recipes for it are ``experiment=kitti_preprocessor`` and
+``experiment=cityscapes_preprocessor`` (momentum SGD, staircase learning-rate decay, batch 8).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ class PreprocessorModule(L.LightningModule):
 
     The foreground loss is the mean over all pixels; the angle loss is summed over ground-truth
     foreground pixels and divided by their count (zero for an image batch without foreground), as
-    in the authors' ``fg_model.py``; the two are added with weight 1. Metrics: foreground IoU at
+    the authors normalised it; the two are added with weight 1. Metrics: foreground IoU at
     probability 0.5 and angle accuracy over foreground pixels.
 
     Every argument is a plain value, saved as a hyper-parameter, so checkpoints load under
@@ -33,11 +37,11 @@ class PreprocessorModule(L.LightningModule):
         image_size: the network input (H, W) (``${dataset.resolution}``); checked against the
             network's stride at construction.
         net: keyword arguments of :class:`~recattend.models.preprocessor.Preprocessor`.
-        optimizer: "adam" or "sgd" (momentum 0.9, as the reference).
+        optimizer: "adam" or "sgd" (momentum 0.9, the authors' choice).
         lr: initial learning rate.
         lr_decay: multiplicative decay applied every ``lr_decay_steps`` optimizer steps (staircase).
         lr_decay_steps: steps between decays.
-        weight_decay: L2 on conv and deconv kernels (the reference: 5e-5).
+        weight_decay: L2 on conv and deconv kernels (the authors': 5e-5).
         compile: ``torch.compile`` the FCN (``model.compile=true``).
     """
 

@@ -18,8 +18,10 @@ the module:
 
 * :class:`~recattend.callbacks.BootstrapStages` sets ``stage``: ``"box"`` trains the box network
   alone, the canvas always receiving (noised) ground truth, with the soft box IoU and score losses;
-  ``"full"`` trains everything with the joint loss (eq. 21). It also sets ``optim_overrides``, the
-  stage's learning-rate settings read by :meth:`SegmenterModule.configure_optimizers`.
+  ``"full"`` trains everything with the joint loss (eq. 21). It also sets ``stage_overrides``, the
+  stage's own learning-rate settings (read by :meth:`SegmenterModule.configure_optimizers`) and
+  ground-truth box padding (``box_min_pad``), and may re-initialise the score head at a switch
+  (:meth:`SegmenterModule.reset_score_head`).
 * :class:`~recattend.callbacks.ScheduledSampling` sets ``teacher_forcing``: per kind (``box``,
   ``mask``) the probability at each timestep of feeding ground truth instead of the prediction.
   Without it the model always reads its own predictions.
@@ -49,6 +51,7 @@ from recattend.losses import (
     padded_box_masks,
     segmenter_losses,
     soft_iou,
+    supervised_counts,
 )
 from recattend.metrics import (
     CityscapesAP,
@@ -70,12 +73,12 @@ from recattend.models.segmenter import (
     TimestepDeconvStack,
 )
 from recattend.postprocess import (
-    FullResolution,
-    full_resolution_labels,
+    Instances,
+    PostProcess,
+    image_instances,
     majority_class,
-    refine_labels,
+    postprocess,
     relabel_consecutive,
-    timestep_labels,
 )
 from recattend.visualise import figure1_grid, stack_rows
 
@@ -130,15 +133,26 @@ class SegmenterModule(L.LightningModule):
         grad_clip: element-wise gradient clipping to [-grad_clip, grad_clip] (the reference: 1).
         lambda_box, lambda_score: eq. (21) (paper: 1, 1).
         box_min_pad: minimum padding (px) of ground-truth boxes for the soft box loss and the
-            boxes fed by teacher forcing.
-        threshold: post-processing threshold on score-weighted masks (reference: 0.3).
-        postprocess: the authors' dataset-specific clean-up of the test split's label maps
-            (:func:`~recattend.postprocess.refine_labels`): ``dilate`` (KITTI 5),
-            ``foreground`` (AND with the pre-processor's foreground: KITTI, Cityscapes; skipped
-            with a warning without a pre-processor),
-            ``min_size`` (Cityscapes 1200). With a semantic pre-processor, each instance also
+            boxes fed by teacher forcing; a bootstrap stage may set its own (:attr:`box_min_pad`).
+        threshold: a pixel is foreground when its largest processed, score-weighted value is
+            > this (CVPPP and KITTI 0.3, Cityscapes 0.6).
+        postprocess: the switches of the post-processing (:mod:`recattend.postprocess`), run
+            alike on validation, on the test split (at the original resolution for file
+            datasets) and by ``predict.py``; missing keys take these defaults (the authors'):
+            ``blur`` (true: bilateral filter of each soft map), ``dilate`` (0; KITTI 5: grey
+            dilation of each soft map before the argmax), ``foreground`` (false; KITTI,
+            Cityscapes: AND with the pre-processor's foreground, skipped with a warning without
+            a pre-processor), ``foreground_threshold`` (0.3), ``min_size`` (0; Cityscapes 1200:
+            instances of at most this many original-image pixels dropped; at network
+            resolution the count is scaled by the image's area ratio when the batch gives
+            ``orig_size``). With a semantic pre-processor, each instance of the test split also
             takes its majority class and Cityscapes AP is computed.
-        stop_score: inference stops an image once its score drops below this (paper: 0.5).
+        stop_score: the score under which ``stop_rule="first_below"`` stops an image (paper:
+            0.5; 0 never stops).
+        stop_rule: ``"weighted"`` (default, the authors' evaluation code, which the tables
+            come from): run all T steps, every mask weighted by its score, so a low-score mask
+            only loses its pixels to the threshold; ``"first_below"`` (the paper's text): each
+            image stops at its first s_t < ``stop_score``, later outputs are dropped.
         checkpoint_steps: what the backward pass recomputes instead of keeping in memory:
             ``False`` (default) nothing (all T steps' activations); ``"full_resolution"`` only
             the box CNN's layers at the input resolution, the largest activations; ``True`` each
@@ -178,6 +192,7 @@ class SegmenterModule(L.LightningModule):
         threshold: float = 0.3,
         postprocess: dict[str, Any] | None = None,
         stop_score: float = 0.5,
+        stop_rule: str = "weighted",
         checkpoint_steps: bool | str = False,
         parallel_backward: bool = True,
         compile: bool = False,
@@ -204,20 +219,16 @@ class SegmenterModule(L.LightningModule):
             if isinstance(m, TimestepConvStack | TimestepDeconvStack)
         ]
         self.stage = "full"  # training stage, set by BootstrapStages (module docstring)
-        self.optim_overrides: dict[str, float] = {}  # the stage's lr settings, idem
+        self.stage_overrides: dict[str, float] = {}  # the stage's own settings, idem
         self.teacher_forcing: dict[str, Tensor] | None = None  # set by ScheduledSampling
         self.test_rows: list[dict[str, Any]] = []  # per test image, for per_image.csv
         self.test_detections: list[dict[str, Any]] = []  # COCO results of the test split
         self.export_dir: Path | None = None  # set by eval.py export=true: test predictions go here
         self.val_metrics, self.test_metrics = instance_metrics(), instance_metrics()
         self.cityscapes_ap = CityscapesAP()  # updated only on Cityscapes with semantic classes
-        unknown = set(postprocess or {}) - {"dilate", "foreground", "min_size"}
-        if unknown:
-            raise ValueError(
-                f"module.postprocess: unknown keys {sorted(unknown)}; known: dilate, foreground, "
-                "min_size"
-            )
-        if (postprocess or {}).get("foreground") and self.preprocessor is None:
+        # The evaluation settings, checked here so that a bad key fails before any training.
+        self.postprocessing = PostProcess.from_module(threshold, stop_rule, stop_score, postprocess)
+        if self.postprocessing.foreground and self.preprocessor is None:
             log.warning(
                 "module.postprocess.foreground=true but there is no pre-processor: the AND with "
                 "its foreground is skipped. The authors' pipeline trains one first (python "
@@ -247,6 +258,16 @@ class SegmenterModule(L.LightningModule):
                 f"the segmenter expects its {preprocessor.feature_channels(True)} channels "
                 "(foreground + 8 angles): use model=no_angle (foreground only) or a pre-processor "
                 "trained with module.net.angles=true"
+            )
+        if not angles and preprocessor.angles:
+            # The paper's no-angle ablation trains the pre-processor without the angle task;
+            # dropping the angle maps of one trained with it is another experiment.
+            raise ValueError(
+                f"model.preprocessor.angles=false (model=no_angle) needs a pre-processor trained "
+                f"without angles, but model.preprocessor.ckpt_path={settings.get('ckpt_path')} "
+                "has an angle head. Train one with module.net.angles=false (e.g. python train.py "
+                "experiment=synthetic_preprocessor module.net.angles=false) and pass it as "
+                "preprocessors.foreground=<its last.ckpt> (or model.preprocessor.ckpt_path)"
             )
         if not settings.get("finetune", False):
             preprocessor.requires_grad_(False).eval()  # and kept in eval mode by train()
@@ -280,6 +301,16 @@ class SegmenterModule(L.LightningModule):
         return self
 
     # ----------------------------------------------------------------------------------- training
+    @property
+    def box_min_pad(self) -> float:
+        """Minimum ground-truth box padding (px) in the current stage: the stage's own value
+        (``callbacks.bootstrap.stages[i].box_min_pad``) or ``module.box_min_pad``."""
+        return float(self.stage_overrides.get("box_min_pad", self.hparams.box_min_pad))
+
+    def reset_score_head(self) -> None:
+        """Give the score head (eq. 20) fresh initial weights, e.g. when the full stage begins."""
+        self.model.score_head.reset_parameters()
+
     def supports_stage(self, stage: str) -> bool:
         """Whether this model can train in ``stage`` (no box stage without a box network)."""
         return stage == "full" or (stage == "box" and self.model.box_net is not None)
@@ -320,7 +351,7 @@ class SegmenterModule(L.LightningModule):
         low, high = GT_BOX_PAD_RATIO
         ratio = low + (high - low) * torch.rand(b, 1, device=device)
         center, size = box_edges_to_center_size(
-            pad_boxes(batch["boxes"][rows, m], self.hparams.box_min_pad, ratio)
+            pad_boxes(batch["boxes"][rows, m], self.box_min_pad, ratio)
         )
         center = center + GT_BOX_SHIFT * (2 * torch.rand_like(center) - 1) * size
         noise = 1 - GT_MASK_NOISE * torch.rand_like(batch["masks"][:, 0])
@@ -391,8 +422,8 @@ class SegmenterModule(L.LightningModule):
         box_masks = padded_box_masks(
             batch["boxes"],
             self.model.image_size,
-            batch["num_instances"].clamp(max=steps - 1),
-            self.hparams.box_min_pad,
+            supervised_counts(batch["num_instances"], batch["boxes"]),
+            self.box_min_pad,
         )
         canvas = x.new_zeros(x.shape[0], 1, *self.model.image_size)
         outs = []
@@ -431,7 +462,7 @@ class SegmenterModule(L.LightningModule):
         if self.stage == "box":
             terms = box_stage_losses(
                 soft_boxes, scores, batch["boxes"], batch["num_instances"],
-                min_pad=hp.box_min_pad, **weights,
+                min_pad=self.box_min_pad, **weights,
             )  # fmt: skip
         else:
             terms = segmenter_losses(
@@ -441,7 +472,7 @@ class SegmenterModule(L.LightningModule):
                 batch["masks"],
                 batch["boxes"],
                 batch["num_instances"],
-                min_pad=hp.box_min_pad,
+                min_pad=self.box_min_pad,
                 **weights,
             )
         self._check_finite(terms)
@@ -478,8 +509,12 @@ class SegmenterModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------- evaluation
     def forward(self, image: Tensor) -> dict[str, Tensor]:
-        """Inference with per-image stopping: see :meth:`RecurrentSegmenter.predict`."""
-        return self.model.predict(self.inputs(image), threshold=self.hparams.stop_score)
+        """Inference under ``stop_rule`` (:meth:`RecurrentSegmenter.predict`): ``"weighted"``
+        runs all T steps; ``"first_below"`` stops each image at its first s_t < ``stop_score``,
+        its later outputs all zero (and the loop ends once every image has stopped)."""
+        settings = self.postprocessing
+        stop = settings.stop_score if settings.stop_rule == "first_below" else 0.0  # 0: never
+        return self.model.predict(self.inputs(image), threshold=stop)
 
     def figure(self, batch: dict[str, Any]) -> np.ndarray:
         """Figure 1-style grids of the batch's images (:func:`recattend.visualise.figure1_grid`)."""
@@ -499,18 +534,18 @@ class SegmenterModule(L.LightningModule):
         )
 
     def _evaluate(self, batch: dict[str, Any], metrics: nn.ModuleDict, split: str) -> None:
-        """Validation scores at network resolution; the test split at the ground truth's original
-        resolution when the data can read it again (file datasets), with one row per image in
+        """Score a batch after the one post-processing path (:meth:`instances`): validation and
+        the test split of generated data at network resolution, the test split of file datasets
+        at the ground truth's original resolution (read again), with one row per image in
         ``test_rows``."""
         out = self(batch["image"])
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        threshold = self.hparams.threshold
         if split == "test" and hasattr(datamodule, "original_target"):
             for i, meta in enumerate(batch["meta"]):
                 target = torch.from_numpy(datamodule.original_target(meta)).to(self.device)
-                size = tuple(target.shape)
-                result = full_resolution_labels(out["masks"][i], out["scores"][i], size, threshold)
-                labels, scores, classes = self._refine(result, batch["image"][i], size)
+                one = {k: out[k][i : i + 1] for k in ("masks", "scores")}
+                result = self.instances(one, batch["image"][i : i + 1], tuple(target.shape))[0]
+                labels, scores, classes = result.labels, result.scores, result.classes
                 self._score(
                     metrics, [meta], result.timesteps[None], target[None], pred=labels[None]
                 )
@@ -530,9 +565,26 @@ class SegmenterModule(L.LightningModule):
                         [gt_ids.to(labels.device)],
                     )
             return
-        timesteps = timestep_labels(out["masks"], out["scores"], threshold)
+        results = self.instances(out, batch["image"], pixel_area=self._pixel_area(batch))
+        timesteps = torch.stack([r.timesteps for r in results])
+        pred = torch.stack([r.labels for r in results])
         target = gt_label_map(batch["masks"])
-        self._score(metrics, batch["meta"], timesteps, target, batch["num_instances"], split)
+        self._score(
+            metrics, batch["meta"], timesteps, target, batch["num_instances"], split, pred=pred
+        )
+
+    def _pixel_area(self, batch: dict[str, Any]) -> Tensor:
+        """(B,) original-image pixels per network pixel, for ``min_size`` at network resolution:
+        the area ratio where the sample's ``meta`` gives its ``orig_size``, else 1 (generated
+        data is made at network resolution)."""
+        h, w = batch["image"].shape[-2:]
+        areas = [
+            float(meta["orig_size"][0]) * float(meta["orig_size"][1]) / (h * w)
+            if "orig_size" in meta
+            else 1.0
+            for meta in batch["meta"]
+        ]
+        return torch.tensor(areas, device=batch["image"].device)
 
     def _score(
         self,
@@ -596,35 +648,62 @@ class SegmenterModule(L.LightningModule):
                 array, scores.tolist(), label_ids, str(meta["id"]), folder / "cityscapes"
             )
 
-    def _refine(
-        self, result: FullResolution, image: Tensor, size: tuple[int, int]
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Apply ``postprocess`` to one image's full-resolution labels.
+    def instances(
+        self,
+        out: dict[str, Tensor],
+        image: Tensor,
+        size: tuple[int, int] | None = None,
+        pixel_area: Tensor | float = 1.0,
+    ) -> list[Instances]:
+        """The post-processed instances of a batch: the one path of validation, test and
+        ``predict.py`` (:func:`~recattend.postprocess.postprocess` with this module's settings,
+        :attr:`postprocessing`).
 
-        Returns the label map, each instance's score and, with a semantic pre-processor, each
-        instance's class (train id 1..K) or None.
+        Args:
+            out: this module's outputs for B images: ``masks`` (B, T, h, w), ``scores`` (B, T).
+            image: (B, C, h, w) the images given to the module; the pre-processor reads them
+                again for its foreground (``postprocess.foreground``) and semantic classes.
+            size: the labels' (H, W), the images' original size; None: network resolution.
+            pixel_area: () or (B,) original-image pixels per output pixel (``min_size``).
+
+        Returns:
+            One :class:`~recattend.postprocess.Instances` per image at ``size``; ``classes``
+            only with a semantic pre-processor.
         """
-        settings = self.hparams.postprocess or {}
-        semantic_net = self.preprocessor is not None and self.preprocessor.num_classes > 0
-        if not settings and not semantic_net:
-            return result.labels, result.scores, None
-        foreground = semantic = None
-        if self.preprocessor is not None:
-            maps = self.preprocessor(image[None])
-            probability = torch.nn.functional.interpolate(
-                foreground_probability(maps), size=size, mode="bilinear", align_corners=False
-            )[0, 0]
-            foreground = probability if settings.get("foreground") else None
-            if semantic_net:
-                semantic = torch.nn.functional.interpolate(
-                    maps["semantic"].softmax(1), size=size, mode="bilinear", align_corners=False
-                )[0].argmax(0)
-        labels, kept = refine_labels(
-            result.labels, foreground, settings.get("dilate", 0), settings.get("min_size", 0)
+        size = tuple(size) if size is not None else tuple(out["masks"].shape[-2:])
+        foreground, semantic = self._guidance(image, size)
+        slots = postprocess(
+            out["masks"], out["scores"], self.postprocessing, size, foreground, pixel_area
         )
-        scores = result.scores[kept - 1]
-        classes = None if semantic is None else majority_class(labels, semantic)
-        return labels, scores, classes
+        results = []
+        for i, image_slots in enumerate(slots):
+            result = image_instances(image_slots, out["scores"][i])
+            if semantic is not None:
+                result = result._replace(classes=majority_class(result.labels, semantic[i]))
+            results.append(result)
+        return results
+
+    def _guidance(
+        self, image: Tensor, size: tuple[int, int]
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The pre-processor's maps the post-processing needs, upsampled bilinearly to ``size``:
+        (B, H, W) float foreground probability when ``postprocess.foreground`` is on, and
+        (B, H, W) int64 semantic classes (train ids, 0 = background) with a semantic
+        pre-processor; None for each one not needed or without a pre-processor."""
+        semantic_net = self.preprocessor is not None and self.preprocessor.num_classes > 0
+        wanted = self.postprocessing.foreground and self.preprocessor is not None
+        if not (wanted or semantic_net):
+            return None, None
+        maps = self.preprocessor(image)
+
+        def resize(x: Tensor) -> Tensor:
+            return torch.nn.functional.interpolate(
+                x, size=size, mode="bilinear", align_corners=False
+            )
+
+        foreground = resize(foreground_probability(maps))[:, 0] if wanted else None
+        semantic = resize(maps["semantic"].softmax(1)).argmax(1) if semantic_net else None
+        return foreground, semantic
 
     def _log_metrics(self, metrics: nn.ModuleDict, split: str) -> None:
         values = {}
@@ -674,7 +753,7 @@ class SegmenterModule(L.LightningModule):
             writer.writerows(sorted(rows, key=lambda row: str(row["id"])))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = {**self.hparams, **self.optim_overrides}  # the bootstrap stage's settings win
+        hp = {**self.hparams, **self.stage_overrides}  # the bootstrap stage's settings win
         opt = adam(self, hp["weight_decay"], lr=hp["lr"], eps=1e-7)
         sched = torch.optim.lr_scheduler.StepLR(
             opt, step_size=hp["lr_decay_steps"], gamma=hp["lr_decay"]

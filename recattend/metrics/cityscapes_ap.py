@@ -1,4 +1,4 @@
-"""Cityscapes instance-level AP and AP50% with official cityscapesScripts semantics (metrics.md).
+"""Cityscapes instance-level AP and AP50% with the semantics of the official cityscapesScripts.
 
 Our own implementation of what ``evalInstanceLevelSemanticLabeling.py`` (``assignGt2Preds``,
 ``evaluateMatches``, ``computeAverages``) computes, without distance-based AP50m / AP100m.
@@ -45,13 +45,18 @@ overlap threshold th in 0.50, 0.55, ..., 0.95:
 **AP of one class and threshold** (:func:`average_precision`, official ``evaluateMatches``): the
 kept predictions of all images are sorted by score; for every distinct score s_0 < ... < s_{U-1},
 precision p_i and recall r_i are those of the predictions with score >= s_i (recall over all N_gt
-GT instances, matched or not). An artificial last point p_U = p_{U-1}, r_U = 0 is appended, and
+GT instances, matched or not). The curve is closed by an artificial last point p_U = 1, r_U = 0
+(precision 1 at recall 0, whatever the precision of the top score group), and
 
     AP = sum_{i=0..U} p_i * (r_{i-1} - r_{i+1}) / 2,   with r_{-1} := r_0 and r_{U+1} := 0,
 
 the official "step" integration written as a convolution of recall with [-0.5, 0, 0.5]: each
-point takes half the recall gap to each neighbour. There is no monotone precision envelope and no
-101-point sampling (unlike COCO). AP is nan without GT instances, and 0 with GT but no kept
+point takes half the recall gap to each neighbour. The artificial point weighs r_{U-1} / 2, so it
+adds (1 - p_{U-1}) r_{U-1} / 2 over repeating p_{U-1} there: the two closures differ exactly when
+the top score group holds both a TP and an FP (e.g. tied top scores). Example: N_gt = 2, scores
+1.0 TP, 1.0 FP, 0.5 TP give p = (2/3, 1/2, 1), r = (1, 1/2, 0), widths (1/4, 1/2, 1/4), and
+AP = 1/6 + 1/4 + 1/4 = 2/3 (13/24 if p_U repeated 1/2). There is no monotone precision envelope
+and no 101-point sampling (unlike COCO). AP is nan without GT instances, and 0 with GT but no kept
 prediction (the official script gives 0 when no prediction of the class exists at all; when
 predictions exist but all were ignored it fails on an empty array, and 0 is the consistent value).
 
@@ -234,7 +239,7 @@ def average_precision(scores: Tensor, is_tp: Tensor, num_gt: int | Tensor) -> Te
     """Official Cityscapes AP of one class at one threshold from the kept predictions of all images.
 
     Step rule of ``evaluateMatches`` (see the module docstring): precision and recall at every
-    distinct score, an artificial last point (precision unchanged, recall 0), then
+    distinct score, an artificial last point with precision 1 and recall 0, then
     AP = Σ_i p_i (r_{i-1} - r_{i+1}) / 2 with r_{-1} := r_0 and r_{U+1} := 0. Ties in score form one
     point, so the result does not depend on the order of tied predictions.
 
@@ -260,8 +265,9 @@ def average_precision(scores: Tensor, is_tp: Tensor, num_gt: int | Tensor) -> Te
     num_at_or_above = (sorted_scores.numel() - first).double()
     precision = tp / num_at_or_above
     recall = tp / num_gt
-    # Artificial last point: precision of the highest score, recall 0.
-    precision = torch.cat([precision, precision[-1:]])
+    # Artificial last point closing the curve: precision 1 at recall 0 (official
+    # ``precision[-1] = 1.``, ``recall[-1] = 0.``), not the precision of the top score group.
+    precision = torch.cat([precision, precision.new_ones(1)])
     recall = torch.cat([recall, recall.new_zeros(1)])
     # Step widths (r_{i-1} - r_{i+1}) / 2 with r_{-1} := r_0 and r_{U+1} := 0: the official
     # convolution of [r_0, r_0, ..., r_U, 0] with [-0.5, 0, 0.5] in "valid" mode.

@@ -2,6 +2,10 @@
 
 Loads a checkpoint (``weights_only=True``) into the configured module class, runs the dataset's
 test split, prints the paper-style table and writes ``metrics.json`` in the run folder.
+
+Every module setting comes from the checkpoint, except the evaluation-only ones that the
+``evaluate`` mapping overrides (:data:`EVALUATION_KEYS`, e.g. ``evaluate.stop_rule=first_below``
+or ``evaluate.postprocess.blur=false``): the post-processing can be changed without retraining.
 """
 
 from __future__ import annotations
@@ -9,22 +13,29 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recattend.callbacks import ProcessGroupTeardown
 from recattend.export import write_json
+from recattend.postprocess import SWITCHES
 from recattend.report import metrics_table
 from recattend.tasks.train import paper_table, scalars
 from recattend.utils.config import instantiate_group, instantiate_trainer, require_writable_dir
 from recattend.utils.loggers import finish_wandb, log_metrics_table
 
 log = logging.getLogger(__name__)
+
+# The module arguments that `evaluate` may override: they change the post-processing only, never
+# the network the checkpoint holds (SegmenterModule's threshold, stop rule and switches).
+EVALUATION_KEYS = ("threshold", "stop_rule", "stop_score", "postprocess")
 
 
 def run(cfg: DictConfig) -> dict[str, float | None]:
@@ -35,7 +46,7 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
         raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    module = load_module(get_class(cfg.module._target_), ckpt)
+    module = load_module(get_class(cfg.module._target_), ckpt, cfg.get("evaluate"))
     datamodule = instantiate(cfg.dataset, _convert_="all")
     _check_compatible(module, datamodule, ckpt)
     loggers = instantiate_group(cfg.get("logger"))
@@ -61,25 +72,87 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
     return metrics
 
 
-def load_module(module_cls: type[L.LightningModule], ckpt: Path) -> L.LightningModule:
+def load_module(
+    module_cls: type[L.LightningModule], ckpt: Path, evaluate: Mapping[str, Any] | None = None
+) -> L.LightningModule:
     """``module_cls`` from a checkpoint (``weights_only=True``), or an error naming what differs.
+
+    Args:
+        evaluate: evaluation settings over the checkpoint's (:func:`evaluation_overrides`).
 
     Raises:
         ValueError: the checkpoint was written by another module (its hyper-parameters are not
-            this class's arguments) or its weights do not fit (names the tensors).
+            this class's arguments), its weights do not fit (names the tensors), or ``evaluate``
+            holds another setting or one this module does not take.
     """
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    saved = checkpoint.get("hyper_parameters", {})
     accepted = set(inspect.signature(module_cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(checkpoint.get("hyper_parameters", {})) - accepted)
+    unknown = sorted(set(saved) - accepted)
     if unknown:
         raise ValueError(
             f"{ckpt} does not hold a {module_cls.__name__}: its settings {unknown} are not this "
             "module's; pick the checkpoint's module (e.g. module=preprocessor or module=segmenter)"
         )
+    overrides = evaluation_overrides(evaluate, saved)
+    foreign = sorted(set(overrides) - accepted)
+    if foreign:
+        raise ValueError(
+            f"evaluate.{foreign[0]}: {module_cls.__name__} has no such setting; evaluate applies "
+            "to the segmenter (module=segmenter) only"
+        )
+    if overrides:
+        log.info("evaluation settings over the checkpoint's: %s", overrides)
     try:
-        return module_cls.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu")
+        return module_cls.load_from_checkpoint(
+            ckpt, weights_only=True, map_location="cpu", **overrides
+        )
     except RuntimeError as err:  # state_dict size mismatch / missing keys
         raise ValueError(f"{ckpt} does not fit {module_cls.__name__}: {err}") from err
+
+
+def evaluation_overrides(
+    evaluate: Mapping[str, Any] | None, saved: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The module arguments that ``evaluate`` changes: its non-null keys; ``postprocess`` is
+    merged switch by switch over the checkpoint's own (``saved``), so that
+    ``evaluate.postprocess.blur=false`` keeps e.g. KITTI's dilation.
+
+    Args:
+        evaluate: the ``evaluate`` mapping of conf/eval.yaml (null values: keep the checkpoint's).
+        saved: the checkpoint's hyper-parameters.
+
+    Raises:
+        ValueError: a key outside :data:`EVALUATION_KEYS`, or a ``postprocess`` key that is not
+            a switch; the message lists the allowed keys.
+    """
+    if isinstance(evaluate, DictConfig):
+        evaluate = OmegaConf.to_container(evaluate, resolve=True)
+    settings = {k: v for k, v in dict(evaluate or {}).items() if v is not None}
+    unknown = sorted(set(settings) - set(EVALUATION_KEYS))
+    if unknown:
+        raise ValueError(
+            f"evaluate.{unknown[0]}: not an evaluation setting; evaluate overrides only "
+            f"{', '.join(EVALUATION_KEYS)} (postprocess: {', '.join(SWITCHES)}). Every other "
+            "setting comes from the checkpoint"
+        )
+    switches = settings.pop("postprocess", None)
+    if switches is not None:
+        if not isinstance(switches, Mapping):
+            raise ValueError(
+                f"evaluate.postprocess={switches!r}: give switches, e.g. "
+                "evaluate.postprocess.blur=false"
+            )
+        switches = {k: v for k, v in switches.items() if v is not None}
+        wrong = sorted(set(switches) - set(SWITCHES))
+        if wrong:
+            raise ValueError(
+                f"evaluate.postprocess.{wrong[0]}: not a post-processing switch; the switches "
+                f"are {', '.join(SWITCHES)}"
+            )
+        if switches:
+            settings["postprocess"] = {**(saved.get("postprocess") or {}), **switches}
+    return settings
 
 
 def _check_compatible(

@@ -2,7 +2,8 @@
 
 For every image: the segmenter runs at its network resolution (the image is resized to it), the
 soft masks are upsampled back to the image's size and post-processed into one label per pixel
-(:func:`recattend.postprocess.full_resolution_labels`), and the output folder receives
+by the checkpoint's post-processing, the path evaluation uses
+(:meth:`recattend.lit.SegmenterModule.instances`), and the output folder receives
 ``<stem>_labels.png`` (8-bit, or 16-bit above 255 instances), ``<stem>_overlay.png`` (instances
 tinted and outlined, the count written on it) and a row of ``counts.csv``; ``coco_json=true`` adds
 ``results.json`` (COCO results, RLE). Files that are not images, unreadable, or larger than
@@ -28,7 +29,6 @@ from rich.progress import track
 from recattend.data.files import READ_ERRORS
 from recattend.export import coco_results, overlay, write_json, write_label_png
 from recattend.lit import SegmenterModule
-from recattend.postprocess import full_resolution_labels
 from recattend.utils.config import require_writable_dir
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,11 @@ def run(cfg: DictConfig) -> dict[str, int]:
         "cuda" if cfg.device == "auto" and torch.cuda.is_available() else
         ("cpu" if cfg.device == "auto" else cfg.device)
     )  # fmt: skip
-    module = SegmenterModule.load_from_checkpoint(ckpt, weights_only=True, map_location=device)
+    threshold = {} if cfg.threshold is None else {"threshold": float(cfg.threshold)}
+    module = SegmenterModule.load_from_checkpoint(
+        ckpt, weights_only=True, map_location=device, **threshold
+    )
     module.eval()
-    threshold = module.hparams.threshold if cfg.threshold is None else float(cfg.threshold)
     height, width = module.hparams.image_size
     counts: dict[str, int] = {}
     results = []
@@ -105,8 +107,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
         resized = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC)
         x = torch.from_numpy(resized).permute(2, 0, 1).float().div(255)[None].to(device)
         with torch.no_grad():
-            out = module(x)
-        result = full_resolution_labels(out["masks"][0], out["scores"][0], rgb.shape[:2], threshold)
+            result = module.instances(module(x), x, tuple(rgb.shape[:2]))[0]
         labels, scores = result.labels.cpu().numpy(), result.scores
         write_label_png(labels, output / f"{path.stem}_labels.png")
         Image.fromarray(overlay(rgb, labels)).save(output / f"{path.stem}_overlay.png")

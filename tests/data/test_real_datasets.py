@@ -172,7 +172,7 @@ def test_augmentation_keeps_masks_on_their_pixels(tmp_path: Path) -> None:
     }
     dm = CVPPPDataModule(
         root=folder, val_fraction=0.5, resolution=[64, 64], max_instances=2, batch_size=1,
-        augment=augment,
+        augment={"per_image": augment},
     )  # fmt: skip
     dm.setup("fit")
     torch.manual_seed(0)

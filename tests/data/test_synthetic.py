@@ -102,7 +102,10 @@ def test_augmentation_moves_masks_with_the_image() -> None:
     # of the unflipped one, and the image mirrors too.
     plain = make(style="shapes", min_objects=1, max_objects=1)
     flipped = make(
-        style="shapes", min_objects=1, max_objects=1, augment={"HorizontalFlip": {"p": 1.0}}
+        style="shapes",
+        min_objects=1,
+        max_objects=1,
+        augment={"per_image": {"HorizontalFlip": {"p": 1.0}}},
     )
     plain.setup("fit")
     flipped.setup("fit")
@@ -125,7 +128,7 @@ def test_augmentations_are_reproducible_and_differ_between_workers() -> None:
             num_train=8,
             batch_size=1,
             num_workers=workers,
-            augment={"HorizontalFlip": {"p": 0.5}, "VerticalFlip": {"p": 0.5}},
+            augment={"per_image": {"HorizontalFlip": {"p": 0.5}, "VerticalFlip": {"p": 0.5}}},
         )
         loader = dm.train_dataloader()
         return [b["image"] for b in loader]
@@ -139,7 +142,7 @@ def test_augmentations_are_reproducible_and_differ_between_workers() -> None:
         num_train=8,
         batch_size=1,
         num_workers=2,
-        augment={"HorizontalFlip": {"p": 0.5}, "VerticalFlip": {"p": 0.5}},
+        augment={"per_image": {"HorizontalFlip": {"p": 0.5}, "VerticalFlip": {"p": 0.5}}},
     )
     dm.setup("fit")
     base = make(style="shapes", num_train=8, batch_size=1)
@@ -166,8 +169,12 @@ def test_augmentations_are_reproducible_and_differ_between_workers() -> None:
         ({"min_objects": 5, "max_objects": 2}, "dataset.min_objects"),
         ({"num_val": 0}, "dataset.num_val"),
         ({"kinds": ["hexagon"]}, "dataset.kinds"),
-        ({"augment": {"HorizontalFlipp": {"p": 0.5}}}, "HorizontalFlip"),
-        ({"augment": {"HorizontalFlip": {"prob": 0.5}}}, "dataset.augment.HorizontalFlip"),
+        ({"augment": {"per_image": {"HorizontalFlipp": {"p": 0.5}}}}, "HorizontalFlip"),
+        (
+            {"augment": {"per_image": {"HorizontalFlip": {"prob": 0.5}}}},
+            "dataset.augment.per_image.HorizontalFlip",
+        ),
+        ({"augment": {"HorizontalFlip": {"p": 0.5}}}, "dataset.augment.per_image"),
     ],
 )
 def test_bad_settings_name_the_key(kwargs: dict, key: str) -> None:

@@ -61,6 +61,19 @@ def test_instance_targets_sort_pad_truncate_and_count() -> None:
     assert out["image"].shape == (3, h, w) and out["angles"].dtype == torch.int64
 
 
+def test_without_a_stop_slot_all_t_slots_take_instances() -> None:
+    # The same three instances with max_instances=2 (T = 3): the stop slot is filled too.
+    h, w = 8, 8
+    masks = np.zeros((3, h, w), bool)
+    masks[0, 0:1, 0:2] = True  # area 2
+    masks[1, 2:6, 2:6] = True  # area 16
+    masks[2, 7:8, 0:8] = True  # area 8
+    out = instance_targets(np.zeros((h, w, 3), np.uint8), masks, 2, {}, stop_slot=False)
+    assert out["masks"].sum((1, 2)).tolist() == [16, 8, 2]
+    np.testing.assert_array_equal(out["boxes"].numpy(), [[2, 2, 6, 6], [7, 0, 8, 8], [0, 0, 1, 2]])
+    assert out["num_instances"].item() == 3
+
+
 def test_instance_targets_without_instances() -> None:
     out = instance_targets(np.full((4, 6, 3), 255, np.uint8), np.zeros((0, 4, 6), bool), 3, {})
     assert out["num_instances"].item() == 0

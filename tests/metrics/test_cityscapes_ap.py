@@ -105,24 +105,25 @@ def test_thresholds_and_classes() -> None:
     [
         # Sorted by score: 0.7 T, 0.8 F, 0.9 T; N_gt = 2. Points (score >= s):
         #   s=0.7: 2 TP / 3 -> p0 = 2/3, r0 = 1;  s=0.8: 1/2 -> p1 = 1/2, r1 = 1/2;
-        #   s=0.9: 1/1 -> p2 = 1, r2 = 1/2;  artificial p3 = p2 = 1, r3 = 0.
+        #   s=0.9: 1/1 -> p2 = 1, r2 = 1/2;  artificial closing point p3 = 1, r3 = 0.
         # Widths (r_{i-1} - r_{i+1}) / 2 with r_{-1} = r0, r4 = 0:
         #   w0 = (1 - 1/2)/2 = 1/4, w1 = (1 - 1/2)/2 = 1/4, w2 = (1/2 - 0)/2 = 1/4,
         #   w3 = (1/2 - 0)/2 = 1/4.
         # AP = (2/3 + 1/2 + 1 + 1) / 4 = 19/24 (COCO-style envelope would give 5/6).
         ([0.9, 0.8, 0.7], [True, False, True], 2, 19 / 24),
-        # 0.8 F, 0.9 T; N_gt = 2: p0 = 1/2, r0 = 1/2; p1 = 1, r1 = 1/2; p2 = 1, r2 = 0.
+        # 0.8 F, 0.9 T; N_gt = 2: p0 = 1/2, r0 = 1/2; p1 = 1, r1 = 1/2; artificial p2 = 1, r2 = 0.
         # w0 = (1/2 - 1/2)/2 = 0, w1 = (1/2 - 0)/2 = 1/4, w2 = (1/2 - 0)/2 = 1/4. AP = 1/2.
         ([0.9, 0.8], [True, False], 2, 1 / 2),
-        # 0.8 T, 0.9 F; N_gt = 2: p0 = 1/2, r0 = 1/2; p1 = 0, r1 = 0; p2 = 0, r2 = 0.
-        # w0 = (1/2 - 0)/2 = 1/4, w1 = (1/2 - 0)/2 = 1/4, w2 = 0. AP = 1/2 * 1/4 = 1/8
+        # 0.8 T, 0.9 F; N_gt = 2: p0 = 1/2, r0 = 1/2; p1 = 0, r1 = 0; artificial p2 = 1, r2 = 0.
+        # w0 = (1/2 - 0)/2 = 1/4, w1 = (1/2 - 0)/2 = 1/4, w2 = (0 - 0)/2 = 0. AP = 1/2 * 1/4 = 1/8
         # (a plain sum of p * delta r would give 1/4).
         ([0.9, 0.8], [False, True], 2, 1 / 8),
-        # Tied scores form one point: p0 = 1/2, r0 = 1; p1 = 1/2, r1 = 0.
-        # w0 = (1 - 0)/2 = 1/2, w1 = (1 - 0)/2 = 1/2. AP = 1/2.
-        ([0.8, 0.8], [True, False], 1, 1 / 2),
-        ([0.8, 0.8], [False, True], 1, 1 / 2),
-        # One TP on one GT: p0 = 1, r0 = 1; p1 = 1, r1 = 0; w0 = w1 = 1/2. AP = 1.
+        # Tied scores form one point: p0 = 1/2, r0 = 1; artificial p1 = 1, r1 = 0.
+        # w0 = (1 - 0)/2 = 1/2, w1 = (1 - 0)/2 = 1/2. AP = 1/2 * 1/2 + 1 * 1/2 = 3/4
+        # (repeating p0 at the artificial point would give 1/2).
+        ([0.8, 0.8], [True, False], 1, 3 / 4),
+        ([0.8, 0.8], [False, True], 1, 3 / 4),
+        # One TP on one GT: p0 = 1, r0 = 1; artificial p1 = 1, r1 = 0; w0 = w1 = 1/2. AP = 1.
         ([0.3], [True], 1, 1.0),
         # Only FPs: every recall is 0. AP = 0.
         ([0.9, 0.4], [False, False], 3, 0.0),
@@ -142,6 +143,59 @@ def test_average_precision_step_rule_by_hand(
 
 def test_average_precision_without_gt_is_nan() -> None:
     assert math.isnan(average_precision(torch.tensor([0.5]), torch.tensor([False]), 0).item())
+
+
+@pytest.mark.parametrize(
+    ("scores", "is_tp", "num_gt", "expected", "repeated_last"),
+    [
+        # Tied top scores holding a TP and an FP: 1.0 T, 1.0 F, 0.5 T; N_gt = 2.
+        # Points in ascending score (predictions with score >= s):
+        #   s=0.5: 2 TP / 3 -> p0 = 2/3, r0 = 2/2 = 1;  s=1.0: 1 TP / 2 -> p1 = 1/2, r1 = 1/2;
+        #   closing point p2 = 1, r2 = 0 (not p2 = p1 = 1/2).
+        # Recall padded as [r0, r0, r1, r2, 0] = [1, 1, 1/2, 0, 0]; widths (r_{i-1} - r_{i+1}) / 2:
+        #   w0 = (1 - 1/2)/2 = 1/4, w1 = (1 - 0)/2 = 1/2, w2 = (1/2 - 0)/2 = 1/4.
+        # AP = 2/3 * 1/4 + 1/2 * 1/2 + 1 * 1/4 = 1/6 + 1/4 + 1/4 = 2/3 ≈ 0.667.
+        # Repeating p1 = 1/2 at the closing point: 1/6 + 1/4 + 1/8 = 13/24 ≈ 0.542.
+        ([1.0, 1.0, 0.5], [True, False, True], 2, 2 / 3, 13 / 24),
+        # Everything scored 1 (one tied group): 2 TP + 1 FP; N_gt = 3.
+        #   s=1.0: p0 = 2/3, r0 = 2/3; closing point p1 = 1, r1 = 0.
+        #   Padded [2/3, 2/3, 0, 0]: w0 = (2/3 - 0)/2 = 1/3, w1 = (2/3 - 0)/2 = 1/3.
+        # AP = 2/3 * 1/3 + 1 * 1/3 = 5/9 (repeated p0: 2/9 + 2/9 = 4/9).
+        ([1.0, 1.0, 1.0], [True, True, False], 3, 5 / 9, 4 / 9),
+        # 0.9 T, 0.9 F, 0.6 F, 0.4 T; N_gt = 3:
+        #   s=0.4: 2/4 -> p0 = 1/2, r0 = 2/3;  s=0.6: 1/3 -> p1 = 1/3, r1 = 1/3;
+        #   s=0.9: 1/2 -> p2 = 1/2, r2 = 1/3;  closing p3 = 1, r3 = 0.
+        #   Padded [2/3, 2/3, 1/3, 1/3, 0, 0]: w0 = w1 = (2/3 - 1/3)/2 = 1/6, w2 = w3 = 1/6.
+        # AP = (1/2 + 1/3 + 1/2 + 1) / 6 = 7/18 (repeated p2: (1/2 + 1/3 + 1/2 + 1/2) / 6 = 11/36).
+        ([0.9, 0.9, 0.6, 0.4], [True, False, False, True], 3, 7 / 18, 11 / 36),
+    ],
+)
+def test_curve_is_closed_with_precision_one_at_recall_zero(
+    scores: list[float], is_tp: list[bool], num_gt: int, expected: float, repeated_last: float
+) -> None:
+    # The closing point differs from "repeat the last precision" exactly when the top score group
+    # holds both a TP and an FP: the difference is (1 - p_top) * r_top / 2.
+    assert expected - repeated_last > 0.05
+    scores_t = torch.tensor(scores, dtype=torch.float64)
+    is_tp_t = torch.tensor(is_tp, dtype=torch.bool)
+    assert average_precision(scores_t, is_tp_t, num_gt).item() == pytest.approx(expected)
+    # Tied predictions form one point: reversing the input order changes nothing.
+    reversed_ap = average_precision(scores_t.flip(0), is_tp_t.flip(0), num_gt)
+    assert reversed_ap.item() == pytest.approx(expected)
+
+
+def test_tied_top_scores_in_an_image() -> None:
+    # Two GT cars; a model scoring car 1 (TP) and a road box (FP) both 1.0, and car 2 at 0.5.
+    # At every threshold the records are 1.0 T, 1.0 F, 0.5 T with N_gt = 2: AP = 2/3 (first case
+    # of the closing-point test above), so ap = ap50 = ap_car = 2/3.
+    gt = gt_map((TOP_LEFT, 26001), (BOTTOM_LEFT, 26002))
+    img = image(gt, (TOP_LEFT, CAR, 1.0), (TOP_RIGHT, CAR, 1.0), (BOTTOM_LEFT, CAR, 0.5))
+    assert records(img) == at_every_threshold((1.0, True), (1.0, False), (0.5, True))
+    out = evaluate(img)
+    assert out["ap"] == pytest.approx(2 / 3)
+    assert out["ap50"] == pytest.approx(2 / 3)
+    assert out["ap_car"] == pytest.approx(2 / 3)
+    assert_nan_except(out, "car")
 
 
 def test_perfect_prediction() -> None:
@@ -196,7 +250,7 @@ def test_duplicate_detection_lower_score_is_false_positive() -> None:
     # Two identical perfect masks, the lower-scoring one listed first: it is the FP.
     img = image(gt, (TOP_LEFT, CAR, 0.6), (TOP_LEFT, CAR, 0.9))
     assert records(img) == at_every_threshold((0.9, True), (0.6, False))
-    # Records 0.9 T, 0.6 F, N_gt = 1: p0 = 1/2, r0 = 1; p1 = 1, r1 = 1; p2 = 1, r2 = 0.
+    # Records 0.9 T, 0.6 F, N_gt = 1: p0 = 1/2, r0 = 1; p1 = 1, r1 = 1; artificial p2 = 1, r2 = 0.
     # w0 = (1 - 1)/2 = 0, w1 = (1 - 0)/2 = 1/2, w2 = (1 - 0)/2 = 1/2. AP = 1.
     assert evaluate(img)["ap"] == 1.0
 
@@ -206,8 +260,8 @@ def test_duplicate_with_higher_score_wins_while_it_matches() -> None:
     # A: exact, score 0.6. B: 80 px of the car, IoU 0.8, score 0.9.
     # th 0.5..0.75: both match, B (higher score) is the TP, A an FP: records 0.9 T, 0.6 F -> AP 1.
     # th 0.8..0.95: B no longer matches; its pixels are on a normal car, so it is an FP; A is TP:
-    #   records 0.9 F, 0.6 T, N_gt = 1: p0 = 1/2, r0 = 1; p1 = 0, r1 = 0; p2 = 0, r2 = 0.
-    #   w0 = (1 - 0)/2 = 1/2, w1 = (1 - 0)/2 = 1/2, w2 = 0. AP = 1/4.
+    #   records 0.9 F, 0.6 T, N_gt = 1: p0 = 1/2, r0 = 1; p1 = 0, r1 = 0; artificial p2 = 1,
+    #   r2 = 0. w0 = (1 - 0)/2 = 1/2, w1 = (1 - 0)/2 = 1/2, w2 = (0 - 0)/2 = 0. AP = 1/4.
     # AP = (6 * 1 + 4 * 1/4) / 10 = 0.7; AP50 = 1.
     img = image(gt, (TOP_LEFT, CAR, 0.6), (box((0, 8), (0, 10)), CAR, 0.9))
     low = [(t, s, tp) for t in range(6) for s, tp in ((0.9, True), (0.6, False))]
@@ -352,7 +406,7 @@ def _ddp_worker(rank: int, world_size: int, folder) -> None:
         got = {key: value.item() for key, value in metric.compute().items()}
         (folder / f"rank{rank}.json").write_text(json.dumps(got))  # nan survives as NaN
     finally:
-        # Gloo threads alive at exit abort the process (reference/platform.md, section 2 row 9).
+        # Gloo threads still alive at interpreter exit abort the process: sync, then tear down.
         dist.barrier()
         dist.destroy_process_group()
 
