@@ -25,9 +25,10 @@ Choices, and where this port departs from the authors' code or the text:
 - **Logs.** Eq. (27) is written without a stabiliser; as in the code, 1e-5 is added inside both
   logs. Its 1/T is averaged over the batch too, i.e. 1/(B T).
 - **Padded GT boxes.** Boxes use the batch contract's pixel edges (y1, x1 exclusive), so a side's
-  size is ``y1 - y0`` pixels; the code uses the difference of inclusive indices (one less). Each
-  side grows by max(ratio * size, min_pad) (min_pad 20 px in the full model, 10 px in box
-  pre-training). The code rasterises inclusive integer corners; here a pixel is inside when its
+  size is ``y1 - y0`` pixels; the authors' code uses the difference of inclusive indices (one
+  less). Each side grows by max(ratio * size, min_pad); the caller passes the current bootstrap
+  stage's ``min_pad`` (the paper recipes: 10 px in the box stage, 20 px in the full stage, at
+  224x224). The authors' code rasterises inclusive integer corners; here a pixel is inside when its
   centre (y + 0.5, x + 0.5) lies in the half-open padded box, i.e. each real-valued edge is rounded
   to the nearest integer (halves down), so both sides of an axis grow by the same whole number of
   pixels. The raster covers only image pixels, which is the clipping to the image.
@@ -118,7 +119,7 @@ def pad_boxes(boxes: Tensor, min_pad: float = 20.0, ratio: float | Tensor = 0.2)
     ``ratio`` may be a tensor broadcasting against (..., 2), e.g. (B, 1) for one ratio per box.
 
     The padding of the soft box targets (eq. 26, Pad(b*)) and of the ground-truth boxes fed by
-    teacher forcing (reference 2.3: min_pad 20 px in the full model, 10 in box pre-training).
+    teacher forcing; ``min_pad`` is the current stage's (:attr:`SegmenterModule.box_min_pad`).
     """
     lo, hi = boxes[..., :2], boxes[..., 2:]
     pad = (ratio * (hi - lo)).clamp(min=min_pad)
@@ -144,8 +145,8 @@ def padded_box_masks(
             (rows 2..4 give y0 = 2, y1 = 5); padded slots are zero.
         size: image (H, W).
         num_valid: int64 (B,) number n_b of real boxes; slots j >= n_b are all zero.
-        min_pad: smallest growth of a side, in pixels (20 in the full model, 10 in box
-            pre-training; reference 2.3).
+        min_pad: smallest growth of a side, in pixels (the paper recipes: 10 in the box stage,
+            20 in the full stage).
         ratio: growth as a fraction of the box's height (top, bottom) or width (left, right).
 
     Returns:

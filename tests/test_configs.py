@@ -15,6 +15,7 @@ GROUPS = [
     "module",
     "model",
     "dataset",
+    "dataset/augment",
     "trainer",
     "callbacks",
     "logger",
@@ -90,6 +91,29 @@ def test_output_folders_follow_task_and_timestamp() -> None:
     stamp = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d"
     assert re.fullmatch(f"outputs/eval/runs/{stamp}", cfg.hydra.run.dir)
     assert re.fullmatch(f"outputs/eval/multiruns/{stamp}", cfg.hydra.sweep.dir)
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("full", "/runs/fcn/last.ckpt"),
+        ("iter1", "/runs/fcn/last.ckpt"),
+        ("no_sched_samp", "/runs/fcn/last.ckpt"),
+        ("no_angle", "/runs/fcn_fg/last.ckpt"),
+    ],
+)
+def test_ablation_presets_pick_the_registered_preprocessor(compose_train, option, expected) -> None:
+    # One multirun sweeps every Table 4 row: the no_angle preset reads the FCN trained without
+    # angles, the others the one with angles.
+    cfg = compose_train(
+        "experiment=synthetic_ablation",
+        f"model={option}",
+        "preprocessors.angles=/runs/fcn/last.ckpt",
+        "preprocessors.foreground=/runs/fcn_fg/last.ckpt",
+    )
+    assert cfg.module.preprocessor.ckpt_path == expected
+    assert cfg.dataset.augment.shift == 16 and cfg.dataset.augment.flip_stages == ["box"]
+    assert cfg.trainer.max_steps == 800
 
 
 def test_unknown_option_lists_the_choices(compose_train) -> None:

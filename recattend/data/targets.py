@@ -1,8 +1,9 @@
 """Targets of the batch contract, computed once in the data pipeline from instance masks.
 
-The contract (DESIGN.md) asks every DataModule for instances sorted by area, largest first, padded
-to T = max_instances + 1 slots, with tight boxes, the foreground and an 8-way angle map. All of it
-derives from the post-augmentation instance masks, so it lives here and nowhere else.
+The contract (the README's "The batch contract") asks every DataModule for instances sorted by
+area, largest first, padded to T = max_instances + 1 slots, with tight boxes, the foreground and an
+8-way angle map. All of it derives from the post-augmentation instance masks, so it lives here and
+nowhere else (a batch transform re-derives it: :mod:`recattend.data.augment`).
 """
 
 from __future__ import annotations

@@ -43,13 +43,18 @@ def test_tight_boxes_are_pixel_edges() -> None:
     np.testing.assert_array_equal(tight_boxes(masks), [[2, 1, 5, 3], [0, 0, 0, 0]])
 
 
-def test_instance_targets_sort_pad_truncate_and_count() -> None:
-    h, w = 8, 8
-    masks = np.zeros((4, h, w), bool)
+def _three_instances() -> np.ndarray:
+    """(4, 8, 8) masks: areas 2, 16, 8 and an empty one."""
+    masks = np.zeros((4, 8, 8), bool)
     masks[0, 0:1, 0:2] = True  # area 2
     masks[1, 2:6, 2:6] = True  # area 16
     masks[2, 7:8, 0:8] = True  # area 8
-    masks[3] = False  # empty: dropped
+    return masks  # masks[3] is empty: dropped
+
+
+def test_instance_targets_sort_pad_truncate_and_count() -> None:
+    h, w = 8, 8
+    masks = _three_instances()
     out = instance_targets(np.zeros((h, w, 3), np.uint8), masks, max_instances=2, meta={"id": "x"})
     assert out["masks"].shape == (3, h, w) and out["masks"].dtype == torch.float32
     assert out["num_instances"].item() == 3  # the true count, beyond the 2 slots
@@ -63,12 +68,9 @@ def test_instance_targets_sort_pad_truncate_and_count() -> None:
 
 def test_without_a_stop_slot_all_t_slots_take_instances() -> None:
     # The same three instances with max_instances=2 (T = 3): the stop slot is filled too.
-    h, w = 8, 8
-    masks = np.zeros((3, h, w), bool)
-    masks[0, 0:1, 0:2] = True  # area 2
-    masks[1, 2:6, 2:6] = True  # area 16
-    masks[2, 7:8, 0:8] = True  # area 8
-    out = instance_targets(np.zeros((h, w, 3), np.uint8), masks, 2, {}, stop_slot=False)
+    out = instance_targets(
+        np.zeros((8, 8, 3), np.uint8), _three_instances(), 2, {}, stop_slot=False
+    )
     assert out["masks"].sum((1, 2)).tolist() == [16, 8, 2]
     np.testing.assert_array_equal(out["boxes"].numpy(), [[2, 2, 6, 6], [7, 0, 8, 8], [0, 0, 1, 2]])
     assert out["num_instances"].item() == 3
