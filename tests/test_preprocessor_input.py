@@ -50,6 +50,10 @@ def test_checkpoint_adds_nine_channels_or_one_without_angles(tmp_path: Path) -> 
     # no_angle reads an FCN trained without angles, never an angle-trained one cut down.
     with pytest.raises(ValueError, match="needs a pre-processor trained without angles"):
         _segmenter(ckpt_path=str(ckpt), angles=False)
+    # A segmenter checkpoint saved before that rule (an angle FCN, its angle maps dropped) still
+    # rebuilds from its own stored network: 3 + 1 channels.
+    net = {**SMALL_FCN, "angles": True}
+    assert _first_conv_inputs(_segmenter(net=net, angles=False)) == 3 + 1 + 1
     x = full.inputs(tiny_batch(2)["image"])
     assert x.shape == (2, 12, 32, 32)
     # Foreground probability, then 8 angle probabilities summing to one.

@@ -9,6 +9,8 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from recattend.callbacks import BootstrapStages, ScheduledSampling
 from recattend.callbacks.sampling import knob_probability
@@ -307,14 +309,27 @@ def test_stages_set_their_box_padding_and_the_datamodule_stage(tmp_path: Path) -
     seen: list[tuple[str, float, str | None]] = []
 
     class PadProbe(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             seen.append((pl_module.stage, pl_module.box_min_pad, trainer.datamodule.stage))
 
     module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET, box_min_pad=4)
     assert module.box_min_pad == 4  # no stage: the module's own value
+    data = tiny_data(16)
+    augmented_in: list[str | None] = []  # the stage each batch was augmented for
+    transfer = data.on_after_batch_transfer
+
+    def recording(batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        if data.trainer.training:
+            augmented_in.append(data.stage)
+        return transfer(batch, dataloader_idx)
+
+    data.on_after_batch_transfer = recording
     trainer = _trainer(tmp_path, [BootstrapStages(stages), PadProbe()], max_steps=4)
-    trainer.fit(module, datamodule=tiny_data(16))
+    trainer.fit(module, datamodule=data)
     assert seen == [("box", 10, "box")] * 2 + [("full", 20, "full")] * 2
+    # A batch is augmented before its on_train_batch_start switches the stage: the first
+    # full-stage batch must already be augmented as a full-stage one (no box-stage flips).
+    assert augmented_in == ["box", "box", "full", "full"]
 
 
 def test_score_head_reinitialised_at_the_switch_only(tmp_path: Path, monkeypatch) -> None:
@@ -349,3 +364,26 @@ def test_score_head_reinitialised_at_the_switch_only(tmp_path: Path, monkeypatch
     SegmenterModule.reset_score_head(module)
     bound = 1 / math.sqrt(module.model.score_head.in_features)
     assert module.model.score_head.weight.abs().max() <= bound
+
+
+def _reset_on_rank(rank: int, folder: Path) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder / 'process_group'}", rank=rank, world_size=2
+    )
+    try:
+        torch.manual_seed(rank)  # each rank would draw other weights
+        module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+        module.reset_score_head()
+        torch.save(module.model.score_head.state_dict(), folder / f"head{rank}.pt")
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def test_score_head_reset_agrees_across_ddp_ranks(tmp_path: Path) -> None:
+    # DDP synchronises parameters only when it wraps the model; a head re-drawn later must be
+    # broadcast, or the replicas train different score heads.
+    mp.spawn(_reset_on_rank, args=(tmp_path,), nprocs=2, join=True)
+    heads = [torch.load(tmp_path / f"head{r}.pt", weights_only=True) for r in range(2)]
+    for name, value in heads[0].items():
+        assert torch.equal(value, heads[1][name]), name

@@ -36,7 +36,7 @@ class BootstrapStages(L.Callback):
             boxes padded by at least 10 px in the box stage and 20 px afterwards, the authors'
             224x224 values), and ``reinit_score_head: true`` to re-initialise the score head
             when the stage begins (the authors' full model started with a new score head, since
-            their box-stage head read the box network alone).
+            their box-stage head read the box network's LSTM state alone).
 
     Stages the module cannot run (the box stage of a model without a box network) are skipped
     with a warning, so one configuration serves every ablation. Under DDP, parameters idle in a
@@ -126,10 +126,7 @@ class BootstrapStages(L.Callback):
         if not self.plan:
             return
         step = trainer.global_step
-        while (
-            self.index + 1 < len(self.plan)
-            and step >= self.start_step + self.plan[self.index]["steps"]
-        ):
+        while self.index < self._position(step)[0]:
             self.start_step += self.plan[self.index]["steps"]
             self.index += 1
             self._apply(trainer, pl_module)
@@ -138,6 +135,29 @@ class BootstrapStages(L.Callback):
             trainer.strategy.setup_optimizers(trainer)  # a fresh optimizer and schedule
             log.info("bootstrap: stage '%s' from step %d", self.current, step)
         pl_module.log("train/stage", float(self.index), batch_size=len(batch["image"]))
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # The next batch is augmented (DataModule.on_after_batch_transfer) before its
+        # on_train_batch_start switches the stage, so the datamodule learns the next step's stage
+        # now: the first full-stage batch is never flipped by a box-stage-only policy.
+        datamodule = getattr(trainer, "datamodule", None)
+        if self.plan and isinstance(datamodule, InstanceDataModule):
+            datamodule.stage = self.plan[self._position(trainer.global_step)[0]]["name"]
+
+    def _position(self, step: int) -> tuple[int, int]:
+        """(stage index, its first global step) at global ``step``, from the current stage on."""
+        index, start = self.index, self.start_step
+        while index + 1 < len(self.plan) and step >= start + self.plan[index]["steps"]:
+            start += self.plan[index]["steps"]
+            index += 1
+        return index, start
 
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         spec = self.plan[self.index]

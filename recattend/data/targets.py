@@ -141,7 +141,7 @@ def instance_targets(
     }
     if classes is not None:
         slot_classes = np.zeros(max_instances + 1, dtype=np.int64)
-        kept_classes = np.asarray(classes, dtype=np.int64)[present][order][:max_instances]
+        kept_classes = np.asarray(classes, dtype=np.int64)[present][order][:capacity]
         slot_classes[: kept_classes.shape[0]] = kept_classes
         sample["instance_classes"] = torch.from_numpy(slot_classes)
     if semantic is not None:

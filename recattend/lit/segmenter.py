@@ -250,6 +250,17 @@ class SegmenterModule(L.LightningModule):
             preprocessor = Preprocessor(**settings["net"])
         else:
             preprocessor, config = load_preprocessor(settings["ckpt_path"])
+            if not settings.get("angles", True) and preprocessor.angles:
+                # The paper's no-angle ablation trains the pre-processor without the angle task;
+                # dropping the angle maps of one trained with it is another experiment.
+                raise ValueError(
+                    "model.preprocessor.angles=false (model=no_angle) needs a pre-processor "
+                    "trained without angles, but model.preprocessor.ckpt_path="
+                    f"{settings.get('ckpt_path')} has an angle head. Train one with "
+                    "module.net.angles=false (e.g. python train.py "
+                    "experiment=synthetic_preprocessor module.net.angles=false) and pass it as "
+                    "preprocessors.foreground=<its last.ckpt> (or model.preprocessor.ckpt_path)"
+                )
             self.hparams["preprocessor"] = {**settings, "net": config}
         angles = settings.get("angles", True)
         if angles and not preprocessor.angles:
@@ -258,16 +269,6 @@ class SegmenterModule(L.LightningModule):
                 f"the segmenter expects its {preprocessor.feature_channels(True)} channels "
                 "(foreground + 8 angles): use model=no_angle (foreground only) or a pre-processor "
                 "trained with module.net.angles=true"
-            )
-        if not angles and preprocessor.angles:
-            # The paper's no-angle ablation trains the pre-processor without the angle task;
-            # dropping the angle maps of one trained with it is another experiment.
-            raise ValueError(
-                f"model.preprocessor.angles=false (model=no_angle) needs a pre-processor trained "
-                f"without angles, but model.preprocessor.ckpt_path={settings.get('ckpt_path')} "
-                "has an angle head. Train one with module.net.angles=false (e.g. python train.py "
-                "experiment=synthetic_preprocessor module.net.angles=false) and pass it as "
-                "preprocessors.foreground=<its last.ckpt> (or model.preprocessor.ckpt_path)"
             )
         if not settings.get("finetune", False):
             preprocessor.requires_grad_(False).eval()  # and kept in eval mode by train()
@@ -308,8 +309,15 @@ class SegmenterModule(L.LightningModule):
         return float(self.stage_overrides.get("box_min_pad", self.hparams.box_min_pad))
 
     def reset_score_head(self) -> None:
-        """Give the score head (eq. 20) fresh initial weights, e.g. when the full stage begins."""
+        """Give the score head (eq. 20) fresh initial weights, e.g. when the full stage begins.
+
+        Under DDP every rank draws its own; rank 0's are then broadcast so the replicas agree
+        (DDP synchronises parameters only when it wraps the model).
+        """
         self.model.score_head.reset_parameters()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for parameter in self.model.score_head.parameters():
+                torch.distributed.broadcast(parameter.data, src=0)
 
     def supports_stage(self, stage: str) -> bool:
         """Whether this model can train in ``stage`` (no box stage without a box network)."""

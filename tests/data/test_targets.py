@@ -74,6 +74,12 @@ def test_without_a_stop_slot_all_t_slots_take_instances() -> None:
     assert out["masks"].sum((1, 2)).tolist() == [16, 8, 2]
     np.testing.assert_array_equal(out["boxes"].numpy(), [[2, 2, 6, 6], [7, 0, 8, 8], [0, 0, 1, 2]])
     assert out["num_instances"].item() == 3
+    # Classes follow their instances into every slot, the last one included.
+    classes = np.array([7, 8, 9])  # of the masks in their given order (areas 2, 16, 8)
+    out = instance_targets(
+        np.zeros((8, 8, 3), np.uint8), _three_instances()[:3], 2, {}, classes, stop_slot=False
+    )
+    assert out["instance_classes"].tolist() == [8, 9, 7]
 
 
 def test_instance_targets_without_instances() -> None:
