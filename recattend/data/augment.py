@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recattend.data.targets import ANGLE_IGNORE, NUM_ANGLE_CLASSES
+from recattend.data.targets import ANGLE_IGNORE, NUM_ANGLE_CLASSES, tight_boxes
 
 FLIPS = ("horizontal", "vertical", "transpose")
 POLICY_KEYS = ("per_image", "shift", "flips", "flip_stages")
@@ -188,29 +188,3 @@ def _refresh_instances(batch: dict[str, Any], before: Tensor) -> dict[str, Any]:
     batch["num_instances"] = batch["num_instances"] - vanished
     batch["boxes"] = tight_boxes(batch["masks"])
     return batch
-
-
-def tight_boxes(masks: Tensor) -> Tensor:
-    """Tight boxes of binary masks as pixel edges (y0, x0, y1, x1), y1 and x1 exclusive.
-
-    The batched torch twin of :func:`recattend.data.targets.tight_boxes`.
-
-    Args:
-        masks: (..., H, W) in {0, 1}, any float or bool dtype.
-
-    Returns:
-        (..., 4) float32 boxes on the masks' device; all zero for empty masks.
-    """
-    h, w = masks.shape[-2:]
-    rows, cols = masks.amax(-1) > 0, masks.amax(-2) > 0  # (..., H), (..., W)
-    present = rows.any(-1)
-
-    def edges(line: Tensor, size: int) -> tuple[Tensor, Tensor]:
-        first = line.int().argmax(-1)
-        last = size - line.flip(-1).int().argmax(-1)
-        return first, last
-
-    y0, y1 = edges(rows, h)
-    x0, x1 = edges(cols, w)
-    boxes = torch.stack([y0, x0, y1, x1], -1).float()
-    return torch.where(present[..., None], boxes, torch.zeros_like(boxes))

@@ -50,25 +50,30 @@ def angle_classes(masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def tight_boxes(masks: np.ndarray) -> np.ndarray:
+def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight boxes of binary masks as pixel edges ``(y0, x0, y1, x1)``, y1/x1 exclusive.
 
     A mask covering rows 2..4 has y0 = 2 and y1 = 5, so ``y1 - y0`` is its height in pixels.
-    Empty masks get an all-zero box.
+    Empty masks get an all-zero box. Used for one sample's slots here and for whole batches after
+    a batch transform (:mod:`recattend.data.augment`).
 
     Args:
-        masks: (N, H, W) binary masks.
+        masks: (..., H, W) in {0, 1}, any float or bool dtype, any device.
 
     Returns:
-        (N, 4) float32 boxes.
+        (..., 4) float32 boxes on the masks' device.
     """
-    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
-    for i in range(masks.shape[0]):
-        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
-        if ys.size:
-            boxes[i] = (ys[0], xs[0], ys[-1] + 1, xs[-1] + 1)
-    return boxes
+    h, w = masks.shape[-2:]
+    rows, cols = masks.amax(-1) > 0, masks.amax(-2) > 0  # (..., H), (..., W)
+
+    def edges(line: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # The first and one past the last True index along the line.
+        return line.int().argmax(-1), size - line.flip(-1).int().argmax(-1)
+
+    y0, y1 = edges(rows, h)
+    x0, x1 = edges(cols, w)
+    boxes = torch.stack([y0, x0, y1, x1], -1).float()
+    return torch.where(rows.any(-1)[..., None], boxes, torch.zeros_like(boxes))
 
 
 def instance_targets(
@@ -125,13 +130,11 @@ def instance_targets(
     kept = masks[:capacity]
     slots = np.zeros((max_instances + 1, h, w), dtype=np.float32)
     slots[: kept.shape[0]] = kept
-    boxes = np.zeros((max_instances + 1, 4), dtype=np.float32)
-    boxes[: kept.shape[0]] = tight_boxes(kept)
     sample = {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0,
         "masks": torch.from_numpy(slots),
         "num_instances": torch.tensor(num, dtype=torch.int64),
-        "boxes": torch.from_numpy(boxes),
+        "boxes": tight_boxes(torch.from_numpy(slots)),  # empty slots: all-zero boxes
         "foreground": torch.from_numpy(masks.any(axis=0, keepdims=True).astype(np.float32))
         if num
         else torch.zeros(1, h, w),

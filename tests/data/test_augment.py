@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from recattend.data import SyntheticDataModule
-from recattend.data.augment import AugmentPolicy, tight_boxes, transform_batch
+from recattend.data.augment import AugmentPolicy, transform_batch
 from recattend.data.targets import angle_classes, collate, instance_targets
-from recattend.data.targets import tight_boxes as np_boxes
 
 PAPER = {"shift": 16, "flips": ["horizontal", "vertical", "transpose"], "flip_stages": ["box"]}
 
@@ -70,22 +69,22 @@ def test_an_instance_moved_out_of_the_image_is_counted_out_and_the_slots_resorte
 
 @pytest.mark.parametrize("flip", ["horizontal", "vertical", "transpose"])
 def test_flips_mirror_the_angle_classes(flip: str) -> None:
-    # The flipped angle map equals the angle classes computed afresh on the flipped masks.
+    # The flipped angle map equals the angle classes computed afresh on the flipped masks, and
+    # each box is its mirror image on the 12x12 grid.
     batch = _batch()
     out = transform_batch(batch, [flip])
     for b in range(2):
         masks = out["masks"][b, : int(out["num_instances"][b])].numpy().astype(bool)
         assert (out["angles"][b].numpy() == angle_classes(masks[::-1])).all()
-        assert (
-            out["boxes"][b].numpy() == np.pad(np_boxes(masks), ((0, 4 - len(masks)), (0, 0)))
-        ).all()
-
-
-def test_tight_boxes_match_the_numpy_targets() -> None:
-    masks = torch.zeros(3, 5, 7)
-    masks[0, 1:4, 2:3] = 1
-    masks[1, 4, 6] = 1
-    assert tight_boxes(masks).tolist() == [[1, 2, 4, 3], [4, 6, 5, 7], [0, 0, 0, 0]]
+        y0, x0, y1, x1 = batch["boxes"][b].unbind(-1)
+        mirrored = {
+            "horizontal": (y0, 12 - x1, y1, 12 - x0),
+            "vertical": (12 - y1, x0, 12 - y0, x1),
+            "transpose": (x0, y0, x1, y1),
+        }[flip]
+        present = batch["boxes"][b, :, 2] > 0
+        expected = torch.where(present[:, None], torch.stack(mirrored, -1), 0.0)
+        assert torch.equal(out["boxes"][b], expected)
 
 
 def test_paper_policy_never_flips_in_the_full_stage_and_flips_in_the_box_stage() -> None:

@@ -40,7 +40,11 @@ def test_angle_classes_overlap_later_mask_on_top() -> None:
 def test_tight_boxes_are_pixel_edges() -> None:
     masks = np.zeros((2, 6, 7), bool)
     masks[0, 2:5, 1:3] = True  # rows 2..4, cols 1..2
-    np.testing.assert_array_equal(tight_boxes(masks), [[2, 1, 5, 3], [0, 0, 0, 0]])
+    assert tight_boxes(torch.from_numpy(masks)).tolist() == [[2, 1, 5, 3], [0, 0, 0, 0]]
+    # Any leading shape (a batch of slots), any dtype; a single pixel is a 1x1 box.
+    batch = torch.zeros(1, 2, 5, 7)
+    batch[0, 0, 4, 6] = 1.0
+    assert tight_boxes(batch).tolist() == [[[4, 6, 5, 7], [0, 0, 0, 0]]]
 
 
 def _three_instances() -> np.ndarray:
