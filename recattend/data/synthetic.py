@@ -1,6 +1,6 @@
 """Embedded synthetic instance data: generated from a seed, no files, the default dataset.
 
-Two styles (reference/datasets.md):
+Two styles:
 
 * ``leaves``: CVPPP-like rosettes. Elongated leaves of varied length, width and green shade radiate
   from a centre at the golden angle (as real phyllotaxis does); younger, shorter leaves are drawn

@@ -1,4 +1,4 @@
-"""Evaluation metrics with their exact definitions (reference/metrics.md).
+"""Evaluation metrics with their exact definitions (each module states the definition it computes).
 
 Instance metrics share one pairwise-overlap helper (:mod:`recattend.metrics.overlap`); the
 torchmetrics classes keep per-image values so mean and std are over images, also under DDP.

@@ -1,4 +1,4 @@
-"""MS-COCO segmentation AP through pycocotools' COCOeval (metrics.md: do not reimplement)."""
+"""MS-COCO segmentation AP through pycocotools' COCOeval, the official evaluator."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CVPPP leaf segmentation and counting metrics (metrics.md).
+"""CVPPP leaf segmentation and counting metrics (the CVPPP 2017 scorer's definitions).
 
 Official definitions: SBD, DiC, |DiC| and the CVPPP 2017 scorer's FgBgDice. Also rec-attend's own
 SBD variant (the authors' evaluation code), to compare with the paper's validation numbers.
@@ -120,7 +120,7 @@ def foreground_dice(pred: Tensor, target: Tensor) -> Tensor:
     """FgBgDice of one image (CVPPP 2017 scorer): Dice(pred > 0, target > 0).
 
     Instance ids do not matter, only foreground versus background. 0 when both are empty
-    (metrics.md: 0 when the denominator is 0).
+    (the scorer's convention: 0 when the denominator is 0).
 
     Args:
         pred: (H, W) integer predicted label map, 0 = background.

@@ -1,6 +1,6 @@
 """KITTI car segmentation metrics as used by Zhang et al. and the paper: MWCov, MUCov, FP, FN.
 
-Definitions from metrics.md ("KITTI car segmentation"). Per image, with ground-truth instances
+Definitions (as in Zhang et al.'s evaluation). Per image, with ground-truth instances
 G_1..G_N (N' = max(N, 1)) and non-empty predicted instances P_i:
 
 - MUCov = (1/N') Σ_j max_i IoU(P_i, G_j)
@@ -44,7 +44,7 @@ class CoverageScores(NamedTuple):
 
 
 def coverage_scores(pred: Tensor, target: Tensor) -> CoverageScores:
-    """MWCov, MUCov, FP and FN of one image (KITTI, Zhang et al.; metrics.md).
+    """MWCov, MUCov, FP and FN of one image (KITTI, Zhang et al.).
 
     Both maps are renumbered to consecutive ids first, so gaps or offsets in ids do not matter and
     every instance is non-empty (an absent id is no instance). Edge cases follow the definitions:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """Elementwise float32 ``numerator / denominator`` with 0/0 := 0 (metrics.md conventions)."""
+    """Elementwise float32 ``numerator / denominator`` with 0/0 := 0 (benchmark convention)."""
     quotient = numerator.float() / denominator.clamp(min=1).float()
     return torch.where(denominator > 0, quotient, 0.0)
 

@@ -1,4 +1,4 @@
-"""Gaussian filterbank attention (paper eq. 6-16, 19, 25; reference/original-system.md 2.3).
+"""Gaussian filterbank attention (paper eq. 6-16, 19, 25, as the authors' code computed them).
 
 A box is given by its centre ``g`` and size ``delta`` in pixels (y, x) and a per-axis variance.
 Along one axis of length L, patch position i in 0..F-1 has kernel centre

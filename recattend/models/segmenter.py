@@ -1,4 +1,4 @@
-"""The recurrent attention segmenter (paper section 2; reference/original-system.md section 2).
+"""The recurrent attention segmenter (paper section 2, as the authors' code ran it).
 
 Per step t (names from the paper):
 

@@ -47,7 +47,7 @@ def check_multirun_strategy(trainer_cfg: DictConfig) -> None:
 
     Lightning's ``ddp`` (also what ``strategy: auto`` picks for several devices) re-executes
     ``sys.argv`` in each child rank, so inside ``-m`` every rank would relaunch the whole sweep
-    (reference/platform.md section 4.3). ``ddp_spawn`` (or ``ddp_fork`` on CPU) starts the ranks
+    (Lightning's documented behaviour). ``ddp_spawn`` (or ``ddp_fork`` on CPU) starts the ranks
     from the running job instead. Under ``hydra/launcher=slurm`` every rank is a SLURM task, so
     any strategy is safe as long as the tasks per job equal devices x nodes.
     """

@@ -52,7 +52,7 @@ def _ddp_worker(
         got = metric_values(make(), pred[shard], target[shard])
         (folder / f"rank{rank}.json").write_text(json.dumps(got))
     finally:
-        # Gloo threads alive at exit abort the process (reference/platform.md, section 2 row 9).
+        # Gloo threads alive at exit abort the process (see recattend.callbacks.teardown).
         dist.barrier()
         dist.destroy_process_group()
 
