@@ -169,7 +169,7 @@ def box_loss(
 ) -> tuple[Tensor, Tensor]:
     """Soft box IoU loss L_b (eq. 26): matched soft IoU of b_t against the padded GT boxes.
 
-    The matching is the boxes' own (reference section 3), not the segmentation's.
+    The matching is the boxes' own (as in the authors' code), not the segmentation's.
 
     Args:
         soft_boxes: float (B, T, H, W) in [0, 1], the re-projected soft boxes b_t (eq. 25).
@@ -304,7 +304,7 @@ def box_stage_losses(
     lambda_score: float = 1.0,
     min_pad: float = 20.0,
 ) -> dict[str, Tensor]:
-    """The loss of the bootstrap ``box`` stage (reference section 1.3): no segmentation network.
+    """The loss of the bootstrap ``box`` stage (the authors' first stage): no segmentation network.
 
     L = lambda_b L_b + lambda_s L_s: the soft box IoU loss (eq. 25-26) and the monotonic score loss
     (eq. 27) whose targets come from the box matching, as in the authors' box pre-training.

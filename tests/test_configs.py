@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
-from recattend.utils.config import instantiate_group
+from recattend.utils.config import instantiate_data, instantiate_group
 from tests.conftest import CONF
 
 GROUPS = [
@@ -16,6 +16,7 @@ GROUPS = [
     "model",
     "dataset",
     "dataset/augment",
+    "dataset/evaluator",
     "trainer",
     "callbacks",
     "logger",
@@ -35,7 +36,7 @@ def test_every_group_has_options() -> None:
 def test_option_composes_and_instantiates(compose_train, group: str, option: str) -> None:
     cfg = compose_train(f"{group}={option}")
     assert cfg.hydra.runtime.choices[group] == option
-    instantiate(cfg.dataset, _convert_="all")
+    instantiate_data(cfg.dataset)
     instantiate(cfg.module, _convert_="all")
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
@@ -51,34 +52,52 @@ def test_default_run_is_synthetic_with_wandb_offline_and_csv(compose_train) -> N
     assert cfg.hydra.runtime.choices.dataset == "synthetic"
     assert set(cfg.logger) == {"wandb", "csv"} and cfg.logger.wandb.offline is True
     assert cfg.dataset.max_instances == cfg.dataset.max_objects  # interpolated, not repeated
-    assert list(cfg.module.image_size) == list(cfg.dataset.resolution)
+    assert list(cfg.module.net.image_size) == list(cfg.dataset.resolution)
 
 
 @pytest.mark.parametrize(
     ("option", "key", "value"),
     [
-        ("full", "module.net.glimpses", 5),
-        ("iter1", "module.net.glimpses", 1),
-        ("iter3", "module.net.glimpses", 3),
-        ("no_box_net", "module.net.box_network", False),
+        ("full", "model.segmenter.glimpses", 5),
+        ("iter1", "model.segmenter.glimpses", 1),
+        ("iter3", "model.segmenter.glimpses", 3),
+        ("no_box_net", "model.segmenter.box_network", False),
+        ("no_angle", "model.preprocessor.angles", False),
+        ("no_pre_proc", "model.preprocessor.enabled", False),
         ("no_sched_samp", "callbacks.scheduled_sampling.mode", "ground_truth"),
         ("no_teacher_forcing", "callbacks.scheduled_sampling.mode", "predictions"),
-        ("no_angle", "module.preprocessor.angles", False),
-        ("no_pre_proc", "module.preprocessor.enabled", False),
         ("full", "callbacks.scheduled_sampling.mode", "fade"),
     ],
 )
-def test_ablations_reach_the_module_and_callbacks(compose_train, option, key, value) -> None:
+def test_ablations_change_one_setting_of_the_network_or_the_training(
+    compose_train, option, key, value
+) -> None:
     from omegaconf import OmegaConf
 
     cfg = compose_train(f"model={option}")
     assert OmegaConf.select(cfg, key) == value
-    # Everything else stays as in the full model.
+    # The module receives the network node itself; everything else stays as in the full model
+    # (no_angle also picks the FCN trained without angles, which is null here).
+    assert cfg.module.net == cfg.model
     full = compose_train("model=full")
-    changed = {
-        k for k in full.module.net if OmegaConf.select(cfg, f"module.net.{k}") != full.module.net[k]
-    }
-    assert changed <= {key.rsplit(".", 1)[1]}
+    for node in ("model.segmenter", "model.preprocessor", "callbacks.scheduled_sampling"):
+        mine, theirs = OmegaConf.select(cfg, node), OmegaConf.select(full, node)
+        changed = {k for k in theirs if mine[k] != theirs[k]}
+        assert changed <= ({key.rsplit(".", 1)[1]} if key.startswith(node) else set()), node
+
+
+def test_the_network_node_builds_the_network_the_module_receives(compose_train) -> None:
+    from recattend.lit import SegmenterModule
+    from recattend.models import SegmenterNetwork
+
+    cfg = compose_train("model=iter1", "dataset.resolution=[64,64]", "dataset.max_objects=3")
+    module = instantiate(cfg.module, _convert_="all")
+    assert isinstance(module, SegmenterModule) and isinstance(module.net, SegmenterNetwork)
+    assert module.net.steps == 4 and module.net.image_size == (64, 64)
+    assert module.net.segmenter.box_net.glimpses == 1
+    # Saved as plain values, which rebuild the same network.
+    rebuilt = SegmenterModule(**module.hparams)
+    assert rebuilt.state_dict().keys() == module.state_dict().keys()
 
 
 def test_output_folders_follow_task_and_timestamp() -> None:
@@ -111,7 +130,7 @@ def test_ablation_presets_pick_the_registered_preprocessor(compose_train, option
         "preprocessors.angles=/runs/fcn/last.ckpt",
         "preprocessors.foreground=/runs/fcn_fg/last.ckpt",
     )
-    assert cfg.module.preprocessor.ckpt_path == expected
+    assert cfg.module.net.preprocessor.ckpt_path == expected
     assert cfg.dataset.augment.shift == 16 and cfg.dataset.augment.flip_stages == ["box"]
     assert cfg.trainer.max_steps == 800
 
@@ -120,3 +139,84 @@ def test_unknown_option_lists_the_choices(compose_train) -> None:
     with pytest.raises(MissingConfigException) as err:
         compose_train("dataset=cityscpes")
     assert "synthetic" in str(err.value)
+
+
+def _target_nodes(node, path=""):
+    """Every mapping with a recattend ``_target_`` inside a config file, with its path."""
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(node, DictConfig):
+        if str(node.get("_target_", "")).startswith("recattend."):
+            yield path, node
+        for key in node:
+            yield from _target_nodes(node._get_node(key), f"{path}.{key}".strip("."))
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            yield from _target_nodes(node._get_node(i), f"{path}[{i}]")
+
+
+# The option files that define defaults (experiments and debug presets override them on purpose).
+DEFAULT_FILES = sorted(
+    p
+    for group in ("module", "model", "callbacks", "dataset", "dataset/evaluator")
+    for p in (CONF / group).glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize(
+    "path", DEFAULT_FILES, ids=[str(p.relative_to(CONF)) for p in DEFAULT_FILES]
+)
+def test_each_default_is_defined_once(path) -> None:
+    # A YAML value of a constructor argument that has a default must equal that default: a
+    # reader of either finds the same value (values set from other keys by interpolation, and
+    # arguments without a default, are the YAML's alone).
+    import inspect
+
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    def plain(value):
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    for where, node in _target_nodes(OmegaConf.load(path)):
+        target = get_object(node._target_)
+        parameters = inspect.signature(target).parameters
+        for key in node:
+            if key.startswith("_") or key not in parameters:
+                continue
+            default = parameters[key].default
+            if default is inspect.Parameter.empty or OmegaConf.is_interpolation(node, key):
+                continue
+            value = OmegaConf.to_container(node, resolve=False)[key]
+            if isinstance(value, dict):  # settings passed on to another class: checked below
+                continue
+            assert plain(value) == plain(default), f"{where}.{key}: YAML {value}, code {default}"
+
+
+def test_the_nested_settings_agree_with_their_classes() -> None:
+    # model.segmenter holds RecurrentSegmenter's arguments and module.postprocess PostProcess's
+    # switches: the YAML lists every one of them, with the code's default.
+    import dataclasses
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from recattend.models import RecurrentSegmenter
+    from recattend.postprocess import PostProcess
+
+    segmenter = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "full.yaml").segmenter)
+    defaults = {
+        name: list(p.default) if isinstance(p.default, tuple) else p.default
+        for name, p in inspect.signature(RecurrentSegmenter).parameters.items()
+        if name not in ("image_size", "steps")
+    }
+    assert segmenter == defaults
+    switches = OmegaConf.to_container(
+        OmegaConf.load(CONF / "module" / "segmenter.yaml").postprocess
+    )
+    fields = {f.name: f.default for f in dataclasses.fields(PostProcess)}
+    assert switches == {k: fields[k] for k in switches}

@@ -12,7 +12,7 @@ import pytest
 from recattend.report import metrics_table
 from recattend.tasks import eval as eval_task
 from recattend.tasks import train
-from tests.test_train import TINY
+from tests.helpers import TINY, tiny_segmenter
 
 
 def test_metrics_table_by_hand() -> None:
@@ -135,8 +135,9 @@ def test_cityscapes_test_split_gets_classes_postprocessing_and_ap(tmp_path: Path
 
     from recattend.data import CityscapesDataModule
     from recattend.data.fixtures import write_cityscapes
-    from recattend.lit import PreprocessorModule, SegmenterModule
-    from tests.models.test_segmenter_training import TINY_NET
+    from recattend.evaluation import CityscapesEvaluator, Evaluate
+    from recattend.lit import PreprocessorModule
+    from tests.helpers import tiny_segmenter
     from tests.test_preprocessor_input import SMALL_FCN
 
     root = tmp_path / "cityscapes"
@@ -146,10 +147,11 @@ def test_cityscapes_test_split_gets_classes_postprocessing_and_ap(tmp_path: Path
         root=root, resolution=[32, 64], max_instances=6, batch_size=2, num_workers=0
     )
 
-    def trainer(folder: str) -> L.Trainer:
+    def trainer(folder: str, *callbacks: L.Callback) -> L.Trainer:
         return L.Trainer(
             default_root_dir=tmp_path / folder, max_steps=1, accelerator="cpu", logger=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+            callbacks=list(callbacks),
         )  # fmt: skip
 
     torch.manual_seed(0)
@@ -157,25 +159,29 @@ def test_cityscapes_test_split_gets_classes_postprocessing_and_ap(tmp_path: Path
         PreprocessorModule(image_size=[32, 64], net={**SMALL_FCN, "num_classes": 8}), data
     )
     fcn = next((tmp_path / "fcn" / "checkpoints").glob("*.ckpt"))
-    segmenter = SegmenterModule(
-        image_size=[32, 64], max_instances=6, net=TINY_NET, threshold=0.0,
+    segmenter = tiny_segmenter(
+        max_instances=6, image_size=[32, 64], threshold=0.0,
         preprocessor={"ckpt_path": str(fcn), "angles": True},
         postprocess={"foreground": True, "min_size": 10},
     )  # fmt: skip
-    assert segmenter.model.box_net.cnn.convs[0].in_channels == 3 + 9 + 8 + 1  # 9 classes, 8 angles
-    run = trainer("seg")
-    segmenter.export_dir = tmp_path / "exported"
+    convs = segmenter.net.segmenter.box_net.cnn.convs
+    assert convs[0].in_channels == 3 + 9 + 8 + 1  # 9 classes, 8 angles, the canvas
+    run = trainer("seg", Evaluate(test=CityscapesEvaluator(), export=True))
     metrics = run.test(segmenter, datamodule=data)[0]
     stems = sorted(p.name[: -len("_leftImg8bit.png")] for p in root.glob("leftImg8bit/val/*/*.png"))
-    assert sorted(p.stem for p in (tmp_path / "exported" / "labels").glob("*.png")) == stems
+    assert (
+        sorted(p.stem for p in (tmp_path / "seg" / "predictions" / "labels").glob("*.png")) == stems
+    )
     for (
         stem
     ) in stems:  # the official result format: <stem>_pred.txt, "<mask png> <labelId> <score>"
         for line in (
-            (tmp_path / "exported" / "cityscapes" / f"{stem}_pred.txt").read_text().splitlines()
+            (tmp_path / "seg" / "predictions" / "cityscapes" / f"{stem}_pred.txt")
+            .read_text()
+            .splitlines()
         ):
             mask, label_id, score = line.split()
-            assert (tmp_path / "exported" / "cityscapes" / mask).is_file()
+            assert (tmp_path / "seg" / "predictions" / "cityscapes" / mask).is_file()
             assert int(label_id) in (24, 25, 26, 27, 28, 31, 32, 33) and 0 <= float(score) <= 1
     assert {"test/ap", "test/ap50", "test/ap_car", "test/sbd", "test/mwcov"} <= set(metrics)
     assert 0.0 <= metrics["test/ap"] <= 1.0 and not math.isnan(metrics["test/ap50"])
@@ -187,17 +193,16 @@ def test_a_checkpoint_of_another_module_names_the_mismatching_settings(tmp_path:
     import lightning as L
 
     from recattend.lit import PreprocessorModule, SegmenterModule
-    from recattend.tasks.eval import load_module
-    from tests.models.test_segmenter_training import TINY_NET
-    from tests.test_training_procedure import tiny_data
+    from recattend.utils.checkpoint import load_module
+    from tests.helpers import tiny_data
 
     trainer = L.Trainer(
         default_root_dir=tmp_path, max_steps=1, accelerator="cpu", logger=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
     )  # fmt: skip
-    trainer.fit(SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET), tiny_data())
+    trainer.fit(tiny_segmenter(), tiny_data())
     ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
-    with pytest.raises(ValueError, match=r"not hold a PreprocessorModule.*'max_instances'"):
+    with pytest.raises(ValueError, match=r"not hold a PreprocessorModule.*'lambda_box'"):
         load_module(PreprocessorModule, ckpt)
     assert isinstance(load_module(SegmenterModule, ckpt), SegmenterModule)
     # Evaluation settings over the checkpoint's reach the module and its saved hyper-parameters.
@@ -227,8 +232,8 @@ def test_test_split_at_network_resolution_runs_the_switches() -> None:
     # must go through the same post-processing. Hand-made outputs replace the network's.
     import torch
 
-    from recattend.lit import SegmenterModule
-    from tests.models.test_segmenter_training import TINY_NET
+    from recattend.evaluation import InstanceEvaluator
+    from tests.helpers import tiny_segmenter
 
     masks = torch.zeros(1, 4, 32, 32)
     masks[0, 0, :8, :8] = 1.0  # s 0.9
@@ -245,10 +250,10 @@ def test_test_split_at_network_resolution_runs_the_switches() -> None:
     }
 
     def predicted(**settings) -> int:
-        module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET, **settings)
-        module.forward = lambda image: outputs  # the network's outputs, by hand
-        module.test_step(batch, 0)
-        return module.test_rows[0]["pred_count"]
+        module = tiny_segmenter(**settings)
+        evaluator = InstanceEvaluator(original_resolution=False, per_image=True)
+        evaluator.process(batch, outputs, module.instances)  # the network's outputs, by hand
+        return evaluator.rows[0]["pred_count"]
 
     # weighted keeps all three; first_below stops at s_1 = 0.4 < 0.5 and keeps one.
     assert predicted() == 3

@@ -254,10 +254,10 @@ def test_stop_rules_differ_after_a_low_score_by_hand() -> None:
 
 def test_stop_outputs_match_the_models_early_stop() -> None:
     from recattend.models.segmenter import RecurrentSegmenter
-    from tests.models.test_segmenter_training import TINY_NET
+    from tests.helpers import TINY_SEGMENTER
 
     torch.manual_seed(0)
-    model = RecurrentSegmenter(image_size=(32, 32), steps=4, **TINY_NET).eval()
+    model = RecurrentSegmenter(image_size=(32, 32), steps=4, **TINY_SEGMENTER).eval()
     images = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         every = model.predict(images, threshold=0.0)

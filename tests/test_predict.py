@@ -12,12 +12,10 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from recattend.evaluation.export import coco_results, overlay, write_label_png
 
-from recattend.export import coco_results, overlay, write_label_png
-from recattend.lit import SegmenterModule
 from recattend.tasks import predict
-from tests.models.test_segmenter_training import TINY_NET
-from tests.test_training_procedure import tiny_data
+from tests.helpers import tiny_data, tiny_segmenter
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +27,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     torch.manual_seed(0)
     # threshold 0: every pixel goes to some instance, so the outputs are never trivially empty.
-    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET, threshold=0.0)
+    module = tiny_segmenter(threshold=0.0)
     trainer.fit(module, datamodule=tiny_data())
     return next((folder / "checkpoints").glob("*.ckpt"))
 
@@ -131,7 +129,7 @@ def test_coco_results_round_trip_and_skip_empty_ids() -> None:
 
 
 def test_cityscapes_results_follow_the_official_format(tmp_path: Path) -> None:
-    from recattend.export import write_cityscapes_results
+    from recattend.evaluation.export import write_cityscapes_results
 
     labels = np.zeros((8, 16), np.int64)
     labels[1:4, 2:6] = 1
@@ -152,7 +150,7 @@ def test_cityscapes_results_follow_the_official_format(tmp_path: Path) -> None:
 
 
 def test_cityscapes_results_keep_full_score_precision(tmp_path: Path) -> None:
-    from recattend.export import write_cityscapes_results
+    from recattend.evaluation.export import write_cityscapes_results
 
     # Scores differing in the 8th decimal: at 6 decimals both would read 0.123457, a tie that
     # merges them into one point of the precision-recall curve. A third score (0.1 + 0.2 =
@@ -169,7 +167,7 @@ def test_cityscapes_results_keep_full_score_precision(tmp_path: Path) -> None:
 
 
 def test_cityscapes_results_masks_are_disjoint_instances(tmp_path: Path) -> None:
-    from recattend.export import write_cityscapes_results
+    from recattend.evaluation.export import write_cityscapes_results
 
     # One label map in, so one mask per instance, each pixel in at most one mask; an id without
     # a pixel (2) writes nothing, and background (0) is in no mask.

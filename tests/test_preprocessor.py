@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recattend.data.targets import ANGLE_IGNORE
 from recattend.lit import PreprocessorModule
 from recattend.models import Preprocessor
+from recattend.structures import ANGLE_IGNORE
 
 KITTI_FCN = dict(  # the authors' KITTI FCN (experiment=kitti_preprocessor)
     encoder_channels=[

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from recattend.lit import PreprocessorModule, SegmenterModule
-from tests.models.test_segmenter_training import TINY_NET, tiny_batch
-from tests.test_training_procedure import tiny_data
+from tests.helpers import tiny_batch, tiny_data, tiny_segmenter
 
 SMALL_FCN = dict(
     encoder_channels=[4, 4],
@@ -32,13 +31,11 @@ def _preprocessor_ckpt(tmp_path: Path, angles: bool = True) -> Path:
 
 
 def _segmenter(**preprocessor) -> SegmenterModule:
-    return SegmenterModule(
-        image_size=[32, 32], max_instances=3, net=TINY_NET, preprocessor=preprocessor
-    )
+    return tiny_segmenter(preprocessor=preprocessor)
 
 
 def _first_conv_inputs(module: SegmenterModule) -> int:
-    return module.model.box_net.cnn.convs[0].in_channels  # x plus the canvas
+    return module.net.segmenter.box_net.cnn.convs[0].in_channels  # x plus the canvas
 
 
 def test_checkpoint_adds_nine_channels_or_one_without_angles(tmp_path: Path) -> None:
@@ -54,14 +51,14 @@ def test_checkpoint_adds_nine_channels_or_one_without_angles(tmp_path: Path) -> 
     # rebuilds from its own stored network: 3 + 1 channels.
     net = {**SMALL_FCN, "angles": True}
     assert _first_conv_inputs(_segmenter(net=net, angles=False)) == 3 + 1 + 1
-    x = full.inputs(tiny_batch(2)["image"])
+    x = full.net.inputs(tiny_batch(2)["image"])
     assert x.shape == (2, 12, 32, 32)
     # Foreground probability, then 8 angle probabilities summing to one.
     assert ((x[:, 3] >= 0) & (x[:, 3] <= 1)).all()
     torch.testing.assert_close(x[:, 4:].sum(1), torch.ones(2, 32, 32))
     # The same weights as the checkpoint's.
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
-    for name, value in full.preprocessor.state_dict().items():
+    for name, value in full.net.preprocessor.state_dict().items():
         assert torch.equal(saved[f"net.{name}"], value), name
 
 
@@ -73,14 +70,14 @@ def test_frozen_by_default_fine_tunable_by_flag(monkeypatch, tmp_path: Path) -> 
         monkeypatch.setattr(module, "log", lambda *a, **k: None)
         monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
         module.train()
-        assert module.preprocessor.training is finetune  # frozen: evaluation mode
+        assert module.net.preprocessor.training is finetune  # frozen: evaluation mode
         module.training_step(batch, 0).backward()
-        grads = [p.grad for p in module.preprocessor.parameters()]
+        grads = [p.grad for p in module.net.preprocessor.parameters()]
         if finetune:
             assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
         else:
             assert all(g is None for g in grads)
-            assert not any(p.requires_grad for p in module.preprocessor.parameters())
+            assert not any(p.requires_grad for p in module.net.preprocessor.parameters())
 
 
 def test_segmenter_checkpoint_rebuilds_without_the_preprocessor_file(tmp_path: Path) -> None:
@@ -97,7 +94,7 @@ def test_segmenter_checkpoint_rebuilds_without_the_preprocessor_file(tmp_path: P
     image = tiny_batch(1)["image"]
     module.eval()
     loaded.eval()
-    torch.testing.assert_close(loaded.inputs(image), module.inputs(image))
+    torch.testing.assert_close(loaded.net.inputs(image), module.net.inputs(image))
 
 
 def test_missing_or_mismatched_checkpoints_are_clear_errors(tmp_path: Path) -> None:

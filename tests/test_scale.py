@@ -21,7 +21,7 @@ from recattend.utils.config import check_multirun_strategy, resolved_devices, tr
 from recattend.utils.hydra import run_dir
 from recattend.utils.loggers import previous_wandb_id
 from tests.conftest import ROOT, run_cli
-from tests.test_train import TINY
+from tests.helpers import TINY, tiny_segmenter
 
 
 def _trainer(**settings: object):
@@ -314,12 +314,12 @@ def test_multirun_of_two_jobs_with_two_cpu_processes_each(
 
 @pytest.mark.slow
 def test_compile_keeps_the_eager_results_and_checkpoint_names(tmp_path: Path) -> None:
-    from recattend.lit import PreprocessorModule, SegmenterModule
-    from tests.models.test_segmenter_training import TINY_NET, tiny_batch
+    from recattend.lit import PreprocessorModule
+    from tests.helpers import tiny_batch
 
     torch.manual_seed(0)
-    eager = SegmenterModule(image_size=[32, 32], max_instances=1, net=TINY_NET)
-    compiled = SegmenterModule(image_size=[32, 32], max_instances=1, net=TINY_NET, compile=True)
+    eager = tiny_segmenter(max_instances=1)
+    compiled = tiny_segmenter(max_instances=1, compile=True)
     compiled.load_state_dict(eager.state_dict())  # same parameter names
     batch = tiny_batch(2)
     # Training steps recomputing the box CNN's full-resolution layers (the default: they run

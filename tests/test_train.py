@@ -13,18 +13,7 @@ import torch
 
 from recattend.tasks import train
 from tests.conftest import ROOT, run_cli
-
-TINY = [
-    "dataset.resolution=[32,32]",
-    "dataset.num_train=8",
-    "dataset.num_val=4",
-    "dataset.num_test=4",
-    "dataset.batch_size=4",
-    "dataset.max_objects=3",
-    "dataset.num_workers=0",
-    "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-]
+from tests.helpers import TINY
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,9 @@ import torch.multiprocessing as mp
 
 from recattend.callbacks import BootstrapStages, ScheduledSampling
 from recattend.callbacks.sampling import knob_probability
-from recattend.data import SyntheticDataModule
 from recattend.lit import SegmenterModule
 from recattend.utils.checkpoint import load_weights
-from tests.models.test_segmenter_training import TINY_NET, tiny_batch
+from tests.helpers import tiny_batch, tiny_data, tiny_segmenter
 
 
 def test_knob_probability_at_hand_picked_steps_and_timesteps() -> None:
@@ -67,13 +66,13 @@ def test_no_scheduled_sampling_is_always_the_ground_truth_canvas() -> None:
 def _canvases(module: SegmenterModule) -> list[torch.Tensor]:
     """Record the canvas the box network reads at every step."""
     seen: list[torch.Tensor] = []
-    locate = module.model.locate
+    locate = module.net.segmenter.locate
 
     def recording(x: torch.Tensor, canvas: torch.Tensor, t: int) -> Any:
         seen.append(canvas.detach().clone())
         return locate(x, canvas, t)
 
-    module.model.locate = recording
+    module.net.segmenter.locate = recording
     return seen
 
 
@@ -88,12 +87,12 @@ def test_canvas_receives_exactly_the_noised_ground_truth(monkeypatch, stage: str
     # instance, so the canvas is 0 off the instances and in [0.7, 1] on those written.
     torch.manual_seed(0)
     batch = tiny_batch(2)
-    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    module = tiny_segmenter()
     _quiet(module, monkeypatch)
     module.train()
     module.stage = stage
-    steps = module.model.steps
-    module.teacher_forcing = {"box": torch.zeros(steps), "mask": torch.ones(steps)}
+    steps = module.net.segmenter.steps
+    module.teacher_forcing.probabilities = {"box": torch.zeros(steps), "mask": torch.ones(steps)}
     canvases = _canvases(module)
     module.training_step(batch, 0)
     assert len(canvases) == steps and (canvases[0] == 0).all()
@@ -115,27 +114,12 @@ def test_canvas_receives_exactly_the_noised_ground_truth(monkeypatch, stage: str
 def test_own_predictions_only_without_teacher_forcing(monkeypatch) -> None:
     # Probability 0: the canvas holds the model's own (soft, nowhere exactly zero) masks.
     torch.manual_seed(0)
-    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    module = tiny_segmenter()
     _quiet(module, monkeypatch)
     module.train()
     canvases = _canvases(module)
     module.training_step(tiny_batch(2), 0)
     assert (canvases[1] > 0).all()
-
-
-def tiny_data(num_train: int = 8) -> SyntheticDataModule:
-    return SyntheticDataModule(
-        resolution=[32, 32],
-        max_instances=3,
-        batch_size=4,
-        num_train=num_train,
-        num_val=4,
-        num_test=4,
-        min_objects=1,
-        max_objects=3,
-        num_workers=0,
-        augment=None,
-    )
 
 
 class Probe(L.Callback):
@@ -145,7 +129,7 @@ class Probe(L.Callback):
         self.seen: list[dict[str, Any]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        forcing = pl_module.teacher_forcing
+        forcing = pl_module.teacher_forcing.probabilities
         self.seen.append(
             {
                 "step": trainer.global_step - 1,
@@ -179,7 +163,7 @@ def test_stage_switch_at_the_configured_step(tmp_path: Path) -> None:
     torch.manual_seed(0)
     probe = Probe()
     sampling = ScheduledSampling(decay=0.5, decay_steps=1, mask_offset=1)
-    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    module = tiny_segmenter()
     trainer = _trainer(tmp_path, [BootstrapStages(_stages()), sampling, probe], max_steps=4)
     trainer.fit(module, datamodule=tiny_data(16))
     stages = [s["stage"] for s in probe.seen]
@@ -205,7 +189,7 @@ def test_resume_continues_in_the_same_stage_and_schedule_point(tmp_path: Path) -
         max_steps=3,
     )
     first.fit(
-        SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET),
+        tiny_segmenter(),
         datamodule=tiny_data(16),
     )
     ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
@@ -216,7 +200,7 @@ def test_resume_continues_in_the_same_stage_and_schedule_point(tmp_path: Path) -
     probe, bootstrap = Probe(), BootstrapStages(_stages())
     sampling = ScheduledSampling(decay=0.5, decay_steps=1, mask_offset=0)
     second = _trainer(tmp_path / "resumed", [bootstrap, sampling, probe], max_steps=5)
-    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    module = tiny_segmenter()
     second.fit(module, datamodule=tiny_data(16), ckpt_path=ckpt)
     assert [s["step"] for s in probe.seen] == [3, 4]
     assert [s["stage"] for s in probe.seen] == ["full", "full"]
@@ -229,7 +213,7 @@ def test_resume_with_other_stages_is_refused(tmp_path: Path) -> None:
     torch.manual_seed(0)
     first = _trainer(tmp_path, [BootstrapStages(_stages())], max_steps=3)
     first.fit(
-        SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET),
+        tiny_segmenter(),
         datamodule=tiny_data(16),
     )
     ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
@@ -237,7 +221,7 @@ def test_resume_with_other_stages_is_refused(tmp_path: Path) -> None:
     second = _trainer(tmp_path / "resumed", [other], max_steps=5)
     with pytest.raises(ValueError, match="bootstrap stage 'full'"):
         second.fit(
-            SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET),
+            tiny_segmenter(),
             datamodule=tiny_data(16),
             ckpt_path=ckpt,
         )
@@ -246,9 +230,7 @@ def test_resume_with_other_stages_is_refused(tmp_path: Path) -> None:
 def test_model_without_box_network_skips_the_box_stage(tmp_path: Path, caplog) -> None:
     torch.manual_seed(0)
     probe = Probe()
-    module = SegmenterModule(
-        image_size=[32, 32], max_instances=3, net={**TINY_NET, "box_network": False}
-    )
+    module = tiny_segmenter(segmenter={"box_network": False})
     trainer = _trainer(tmp_path, [BootstrapStages(_stages()), probe], max_steps=2)
     trainer.fit(module, datamodule=tiny_data())
     assert [s["stage"] for s in probe.seen] == ["full", "full"]
@@ -273,7 +255,7 @@ def test_unknown_stage_name_is_refused(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, [BootstrapStages([{"name": "segm", "steps": None}])], 1)
     with pytest.raises(ValueError, match="unknown bootstrap stage"):
         trainer.fit(
-            SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET),
+            tiny_segmenter(),
             datamodule=tiny_data(),
         )
 
@@ -281,16 +263,16 @@ def test_unknown_stage_name_is_refused(tmp_path: Path) -> None:
 def test_box_stage_checkpoint_initialises_a_full_stage_run(tmp_path: Path) -> None:
     torch.manual_seed(0)
     trainer = _trainer(tmp_path, [BootstrapStages([{"name": "box", "steps": None}])], 2)
-    trained = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    trained = tiny_segmenter()
     trainer.fit(trained, datamodule=tiny_data())
     ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
-    fresh = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    fresh = tiny_segmenter()
     assert load_weights(fresh, ckpt) == []
     for name, value in trained.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], value), name
 
-    wider = SegmenterModule(image_size=[32, 32], max_instances=3, net={**TINY_NET, "hidden": 8})
-    shapes = r"model.box_net.lstm.weight_ih \(checkpoint \(64, 8\), model \(32, 8\)\)"
+    wider = tiny_segmenter(segmenter={"hidden": 8})
+    shapes = r"net.segmenter.box_net.lstm.weight_ih \(checkpoint \(64, 8\), model \(32, 8\)\)"
     with pytest.raises(ValueError, match=shapes):
         load_weights(wider, ckpt)
     with pytest.raises(FileNotFoundError, match="init_from=.*missing.ckpt"):
@@ -312,7 +294,7 @@ def test_stages_set_their_box_padding_and_the_datamodule_stage(tmp_path: Path) -
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             seen.append((pl_module.stage, pl_module.box_min_pad, trainer.datamodule.stage))
 
-    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET, box_min_pad=4)
+    module = tiny_segmenter(box_min_pad=4)
     assert module.box_min_pad == 4  # no stage: the module's own value
     data = tiny_data(16)
     augmented_in: list[str | None] = []  # the stage each batch was augmented for
@@ -339,7 +321,7 @@ def test_score_head_reinitialised_at_the_switch_only(tmp_path: Path, monkeypatch
         {"name": "full", "steps": None, "reinit_score_head": True},
     ]
     resets: list[int] = []
-    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    module = tiny_segmenter()
     reset = module.reset_score_head
 
     def recording() -> None:
@@ -347,11 +329,11 @@ def test_score_head_reinitialised_at_the_switch_only(tmp_path: Path, monkeypatch
         reset()
 
     monkeypatch.setattr(module, "reset_score_head", recording)
-    before = module.model.score_head.weight.detach().clone()
+    before = module.net.segmenter.score_head.weight.detach().clone()
     trainer = _trainer(tmp_path, [BootstrapStages(stages)], max_steps=3)
     trainer.fit(module, datamodule=tiny_data(16))
     assert resets == [2]  # once, when the full stage begins
-    assert not torch.equal(module.model.score_head.weight, before)
+    assert not torch.equal(module.net.segmenter.score_head.weight, before)
     # Resuming inside the full stage does not reset it again.
     ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
     resets.clear()
@@ -360,10 +342,10 @@ def test_score_head_reinitialised_at_the_switch_only(tmp_path: Path, monkeypatch
     assert resets == []
     # What a reset does: PyTorch's default Linear initialisation, fresh draws.
     torch.manual_seed(1)
-    module.model.score_head.weight.data.fill_(7.0)
+    module.net.segmenter.score_head.weight.data.fill_(7.0)
     SegmenterModule.reset_score_head(module)
-    bound = 1 / math.sqrt(module.model.score_head.in_features)
-    assert module.model.score_head.weight.abs().max() <= bound
+    bound = 1 / math.sqrt(module.net.segmenter.score_head.in_features)
+    assert module.net.segmenter.score_head.weight.abs().max() <= bound
 
 
 def _reset_on_rank(rank: int, folder: Path) -> None:
@@ -372,9 +354,9 @@ def _reset_on_rank(rank: int, folder: Path) -> None:
     )
     try:
         torch.manual_seed(rank)  # each rank would draw other weights
-        module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+        module = tiny_segmenter()
         module.reset_score_head()
-        torch.save(module.model.score_head.state_dict(), folder / f"head{rank}.pt")
+        torch.save(module.net.segmenter.score_head.state_dict(), folder / f"head{rank}.pt")
     finally:
         dist.barrier()
         dist.destroy_process_group()

@@ -3,6 +3,7 @@
 from recattend.callbacks.bootstrap import BootstrapStages
 from recattend.callbacks.curve import LearningCurve
 from recattend.callbacks.figures import ValidationFigures
+from recattend.callbacks.process import ProcessSettings
 from recattend.callbacks.sampling import ScheduledSampling
 from recattend.callbacks.teardown import ProcessGroupTeardown
 
@@ -10,6 +11,7 @@ __all__ = [
     "BootstrapStages",
     "LearningCurve",
     "ProcessGroupTeardown",
+    "ProcessSettings",
     "ScheduledSampling",
     "ValidationFigures",
 ]

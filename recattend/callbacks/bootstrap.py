@@ -1,4 +1,4 @@
-"""Bootstrap training in named stages (paper 2.6; reference 1.1 and 1.3).
+"""Bootstrap training in named stages (paper 2.6, as the authors' code ran it).
 
 The authors trained the box network first (ground-truth canvas at every step, box and score losses,
 no segmentation network) and then the whole model from those weights. Here the two are stages of one

@@ -1,4 +1,4 @@
-"""Scheduled sampling (paper 2.6; reference 1.4): feed ground truth early, fade it out.
+"""Scheduled sampling (paper 2.6): feed ground truth early, fade it out, as the authors did.
 
 Per image and timestep t, two independent Bernoulli switches decide whether the segmentation
 network reads its patch from the ground-truth box ("box knob") and whether the canvas receives the
@@ -24,6 +24,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from recattend.callbacks.teacher_forcing import TeacherForcing
+
 KINDS = ("box", "mask")
 MODES = ("fade", "ground_truth", "predictions")
 
@@ -37,17 +39,21 @@ def knob_probability(
 
 
 class ScheduledSampling(L.Callback):
-    """Sets ``pl_module.teacher_forcing`` before every training batch (module docstring).
+    """Sets ``pl_module.teacher_forcing.probabilities`` (a
+    :class:`~recattend.callbacks.teacher_forcing.TeacherForcing`) before every training batch
+    (module docstring).
 
     Args:
         mode: ``"fade"`` (scheduled sampling, the formula above); ``"ground_truth"`` (the paper's
             "no scheduled sampling" ablation: ground-truth masks on the canvas with probability 1
             for the whole full stage, boxes still by their schedule); ``"predictions"`` (no
             teacher forcing: probabilities 0, the model always reads its own boxes and masks).
-        base, decay, decay_steps: the schedule shared by both kinds (reference: 1, 0.5, and
-            700 steps for CVPPP, 1500 for KITTI and Cityscapes).
+        base, decay, decay_steps: the schedule shared by both kinds (the defaults are sized for
+            the short default run; the authors': 1, 0.5, and 700 steps for CVPPP, 1500 for KITTI
+            and Cityscapes).
         box_offset, mask_offset: step (from the start of the full stage) at which each kind starts
-            to fade; ``None`` never feeds that kind.
+            to fade; ``None`` never feeds that kind (the authors' CVPPP: boxes never, the canvas
+            from step 3000).
 
     State (saved in checkpoints): ``start_step``, the global step at which the schedule began
     (the first batch of the ``full`` stage), so a resumed run continues at the same point.
@@ -58,9 +64,9 @@ class ScheduledSampling(L.Callback):
         mode: str = "fade",
         base: float = 1.0,
         decay: float = 0.5,
-        decay_steps: float = 700,
+        decay_steps: float = 150,
         box_offset: float | None = None,
-        mask_offset: float | None = 3000,
+        mask_offset: float | None = 150,
     ) -> None:
         if not 0 < decay <= 1 or decay_steps <= 0 or base < 0:
             raise ValueError(
@@ -93,15 +99,16 @@ class ScheduledSampling(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not hasattr(pl_module, "teacher_forcing"):  # e.g. the pre-processor
+        forcing = getattr(pl_module, "teacher_forcing", None)
+        if not isinstance(forcing, TeacherForcing):  # e.g. the pre-processor
             return
         if getattr(pl_module, "stage", "full") != "full":  # the box stage feeds its own truth
-            pl_module.teacher_forcing = None
+            forcing.probabilities = None
             return
         if self.start_step is None:
             self.start_step = trainer.global_step
-        probs = self.probabilities(trainer.global_step - self.start_step, pl_module.model.steps)
-        pl_module.teacher_forcing = {k: p.to(pl_module.device) for k, p in probs.items()}
+        probs = self.probabilities(trainer.global_step - self.start_step, pl_module.net.steps)
+        forcing.probabilities = {k: p.to(pl_module.device) for k, p in probs.items()}
         pl_module.log_dict(
             {f"train/p_gt_{kind}_t0": probs[kind][0] for kind in KINDS},
             batch_size=len(batch["image"]),

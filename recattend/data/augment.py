@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recattend.data.targets import ANGLE_IGNORE, NUM_ANGLE_CLASSES, tight_boxes
+from recattend.data.targets import tight_boxes
+from recattend.structures import ANGLE_IGNORE, NUM_ANGLE_CLASSES
 
 FLIPS = ("horizontal", "vertical", "transpose")
 POLICY_KEYS = ("per_image", "shift", "flips", "flip_stages")

@@ -1,5 +1,5 @@
 """The DataModule base shared by every dataset, and the dataset that turns raw samples into the
-batch contract (the README's "The batch contract").
+batch contract (docs/design.md, "The batch contract").
 
 A concrete dataset only says how to read one split as :class:`RawSample` s (image + instance
 masks + meta); augmentation (:mod:`recattend.data.augment`), resizing, sorting, padding, boxes,

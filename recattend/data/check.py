@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
 
 from recattend.data.files import FileDataModule
+from recattend.utils.config import instantiate_data
 
 
 def format_report(name: str, report: dict[str, Any]) -> str:
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
     with initialize_config_module("recattend.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    datamodule = instantiate(cfg.dataset, _convert_="all")
+    datamodule, _ = instantiate_data(cfg.dataset)
     if not isinstance(datamodule, FileDataModule):
         print(f"{type(datamodule).__name__} reads no files: nothing to check")
         return 0

@@ -60,6 +60,22 @@ def decode_instance_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return masks, _LOOKUP[instance_ids // 1000], semantic
 
 
+def label_ids(train_ids: torch.Tensor) -> torch.Tensor:
+    """The official Cityscapes label ids of the authors' train ids.
+
+    Args:
+        train_ids: integer tensor of any shape, values 0..8 (person 1 ... bicycle 8; 0 no class).
+
+    Returns:
+        int64 tensor of the same shape and device: person 24, rider 25, car 26, truck 27, bus 28,
+        train 31, motorcycle 32, bicycle 33; 0 stays 0.
+    """
+    lookup = torch.zeros(len(CLASS_NAMES) + 1, dtype=torch.int64, device=train_ids.device)
+    for label_id, train_id in INSTANCE_CLASSES.items():
+        lookup[train_id] = label_id
+    return lookup[train_ids.long()]
+
+
 class CityscapesDataModule(FileDataModule):
     """``dataset=cityscapes`` (module docstring).
 
@@ -92,18 +108,11 @@ class CityscapesDataModule(FileDataModule):
         return entries
 
     def original_instance_ids(self, meta: dict[str, Any]) -> np.ndarray:
-        """The raw instanceIds map of a sample at full resolution (for Cityscapes AP)."""
+        """The raw instanceIds map of a sample at full resolution (for Cityscapes AP): (H, W)
+        int64, ``label_id * 1000 + k`` on instances, the plain label id elsewhere."""
         with Image.open(meta["label"]) as label:
             label.load()
             return np.asarray(label).astype(np.int64)
-
-    @staticmethod
-    def label_ids(train_ids: torch.Tensor) -> torch.Tensor:
-        """Train ids 1..8 -> Cityscapes label ids (24 person ... 33 bicycle); 0 stays 0."""
-        lookup = torch.zeros(len(CLASS_NAMES) + 1, dtype=torch.int64, device=train_ids.device)
-        for label_id, train_id in INSTANCE_CLASSES.items():
-            lookup[train_id] = label_id
-        return lookup[train_ids]
 
     def read_instances(self, entry: Entry) -> Instances:
         with Image.open(entry.label) as label:

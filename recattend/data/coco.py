@@ -13,11 +13,9 @@ val -> val2017, test -> val2017: test-dev labels are not public).
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import io
-import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,9 +23,6 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from recattend.data.files import Entry, FileDataModule, Instances, layout_error
-from recattend.metrics.coco import coco_segm_ap
-
-log = logging.getLogger(__name__)
 
 SOURCE = "https://cocodataset.org/#download (2017 train/val images and annotations)"
 EXAMPLES = ("annotations/instances_train2017.json", "train2017/000000000009.jpg")
@@ -47,7 +42,8 @@ def segmentation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
 class COCODataModule(FileDataModule):
     """``dataset=coco`` (module docstring).
 
-    :meth:`coco_evaluate` scores COCO results of the test split with pycocotools (segm AP).
+    What the COCO evaluator (:class:`recattend.evaluation.CocoEvaluator`) reads besides the
+    batches: :meth:`annotation_file`, :attr:`category_ids` and :meth:`image_ids`.
 
     Args:
         categories: category names to segment (e.g. ``[zebra]``, ``[person]``).
@@ -74,9 +70,27 @@ class COCODataModule(FileDataModule):
         self.splits = {"train": "train2017", "val": "val2017", "test": "val2017", **(splits or {})}
         self._category_ids: list[int] = []
 
+    def annotation_file(self, split: str) -> Path:
+        """The official annotation file of ``split``: ``root/annotations/instances_<name>.json``
+        (``name`` from ``dataset.splits``; it may not exist)."""
+        return self.root / "annotations" / f"instances_{self.splits[split]}.json"
+
+    @property
+    def category_ids(self) -> list[int]:
+        """The COCO ids of the chosen ``categories``, in the order given (empty until a split
+        was listed, e.g. by ``setup``)."""
+        return list(self._category_ids)
+
+    def image_ids(self, split: str) -> set[int]:
+        """The COCO ``image_id`` of every sample of ``split``: the images kept (with a chosen
+        instance unless ``keep_empty``; after ``setup``, without skipped bad files)."""
+        source = self.datasets.get(split)
+        entries = source.source.entries if source is not None else self.entries(split)
+        return {int(e.extra["meta"]["image_id"]) for e in entries}
+
     def entries(self, split: str) -> list[Entry]:
         name = self.splits[split]
-        annotations = self.root / "annotations" / f"instances_{name}.json"
+        annotations = self.annotation_file(split)
         if not annotations.is_file():
             why = "no such folder" if not self.root.is_dir() else f"no {annotations.name}"
             raise layout_error("COCO", self.root, EXAMPLES, SOURCE, why)
@@ -107,27 +121,6 @@ class COCODataModule(FileDataModule):
             path = self.root / name / info["file_name"]
             entries.append(Entry(str(image_id), path, annotations, extra))
         return entries
-
-    def coco_evaluate(self, results: list[dict[str, Any]]) -> dict[str, float]:
-        """Segm AP, AP50, AP75, AR100 of class-agnostic results on the test split.
-
-        The segmenter does not classify, so with one chosen category (zebra) every result is that
-        category; with several categories nothing is computed (a warning says so).
-        """
-        if len(self.categories) != 1:
-            log.warning("COCO AP needs one category (class-agnostic segmenter); not computed")
-            return {}
-        annotations = self.root / "annotations" / f"instances_{self.splits['test']}.json"
-        with contextlib.redirect_stdout(io.StringIO()):
-            ground_truth = COCO(str(annotations))
-        image_ids = sorted({int(r["image_id"]) for r in results} | self._test_image_ids())
-        results = [{**r, "category_id": self._category_ids[0]} for r in results]
-        return coco_segm_ap(ground_truth, results, image_ids, self._category_ids)
-
-    def _test_image_ids(self) -> set[int]:
-        source = self.datasets.get("test")
-        entries = source.source.entries if source is not None else self.entries("test")
-        return {int(e.extra["meta"]["image_id"]) for e in entries}
 
     def read_instances(self, entry: Entry) -> Instances:
         h, w = entry.extra["size"]

@@ -1,7 +1,7 @@
 """Small datasets written in the official on-disk layouts, for tests and the loading benchmark.
 
 The real datasets cannot be downloaded here nor redistributed; these writers produce the same file
-names, PNG modes, bit depths and JSON schema (the README's Data section) with known instances drawn
+names, PNG modes, bit depths and JSON schema (docs/datasets.md) with known instances drawn
 by the synthetic ``shapes`` renderer. Each writer returns {sample id: (N, H, W) bool masks} (and
 the classes where the dataset has them) so tests can compare what a loader reads with the truth.
 """

@@ -145,7 +145,7 @@ def render_shapes(
         image (H, W, 3) uint8 RGB, and visible masks (N, H, W) bool in drawing order.
     """
     h, w = size
-    k = min(h, w) / 224.0  # the reference sizes are for 224x224
+    k = min(h, w) / 224.0  # the authors' toy sizes are for 224x224
     img = np.full((h, w, 3), 100, np.uint8)
     labels = np.zeros((h, w), np.int32)
     border = max(1, round(3 * k))

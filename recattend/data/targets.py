@@ -1,6 +1,6 @@
 """Targets of the batch contract, computed once in the data pipeline from instance masks.
 
-The contract (the README's "The batch contract") asks every DataModule for instances sorted by
+The contract (docs/design.md, "The batch contract") asks every DataModule for instances sorted by
 area, largest first, padded to T = max_instances + 1 slots, with tight boxes, the foreground and an
 8-way angle map. All of it derives from the post-augmentation instance masks, so it lives here and
 nowhere else (a batch transform re-derives it: :mod:`recattend.data.augment`).
@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
+from recattend.structures import ANGLE_IGNORE, NUM_ANGLE_CLASSES
 
-NUM_ANGLE_CLASSES = 8
-ANGLE_IGNORE = 255  # angle target off the instances (the loss masks it out)
+log = logging.getLogger(__name__)
 
 _warned_truncation = False
 

@@ -27,7 +27,7 @@ def build_transform(
 
     Geometric transforms are applied jointly to the image and to every instance mask (pass them
     as ``masks=`` of shape (N, H, W)); masks are resized with nearest neighbour and images with
-    bicubic interpolation, as the reference did. With ``keep_aspect_ratio`` the image is fitted
+    bicubic interpolation, as the authors did. With ``keep_aspect_ratio`` the image is fitted
     inside the resolution and zero-padded at the bottom and right instead of stretched.
 
     Raises:

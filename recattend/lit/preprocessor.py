@@ -7,7 +7,6 @@ The authors' recipes for it are ``experiment=kitti_preprocessor`` and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryJaccardIndex, MulticlassAccuracy
 
-from recattend.data.targets import ANGLE_IGNORE, NUM_ANGLE_CLASSES
 from recattend.lit.optim import adam, decay_groups
-from recattend.models.preprocessor import Preprocessor
+from recattend.models.preprocessor import Preprocessor, foreground_probability
+from recattend.structures import ANGLE_IGNORE, NUM_ANGLE_CLASSES
 from recattend.visualise import figure3_row, stack_rows
 
 
@@ -42,7 +41,7 @@ class PreprocessorModule(L.LightningModule):
         lr_decay: multiplicative decay applied every ``lr_decay_steps`` optimizer steps (staircase).
         lr_decay_steps: steps between decays.
         weight_decay: L2 on conv and deconv kernels (the authors': 5e-5).
-        compile: ``torch.compile`` the FCN (``model.compile=true``).
+        compile: ``torch.compile`` the FCN (``module.compile=true``).
     """
 
     def __init__(
@@ -162,45 +161,6 @@ class PreprocessorModule(L.LightningModule):
             opt = torch.optim.SGD(decay_groups(self, hp.weight_decay), lr=hp.lr, momentum=0.9)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_steps, gamma=hp.lr_decay)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def foreground_probability(out: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, 1, H, W) foreground probability: sigmoid of the foreground logit, or 1 - p(background)
-    of the semantic classes."""
-    if "semantic" in out:
-        return 1 - out["semantic"].softmax(1)[:, :1]
-    return out["foreground"].sigmoid()
-
-
-def load_preprocessor(
-    path: str | Path, key: str = "model.preprocessor.ckpt_path"
-) -> tuple[Preprocessor, dict[str, Any]]:
-    """The :class:`Preprocessor` of a ``module=preprocessor`` checkpoint (``weights_only=True``),
-    with the keyword arguments that build it.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a pre-processor checkpoint.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"{key}={path}: no such file; train one with `python train.py module=preprocessor "
-            "dataset=...` and pass its checkpoints/last.ckpt"
-        )
-    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
-    weights = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
-    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if not weights or "image_size" not in hparams:
-        raise ValueError(
-            f"{key}={path} is not a pre-processor checkpoint (module=preprocessor): it has no "
-            "'net.*' weights and pre-processor hyper-parameters"
-        )
-    config = dict(hparams.get("net") or {})
-    net = Preprocessor(**config)
-    net.load_state_dict(weights)
-    return net, config
 
 
 def _round_up(size: int, multiple: int) -> int:

@@ -1,7 +1,8 @@
 """Evaluation metrics with their exact definitions (each module states the definition it computes).
 
-Instance metrics share one pairwise-overlap helper (:mod:`recattend.metrics.overlap`); the
-torchmetrics classes keep per-image values so mean and std are over images, also under DDP.
+Instance metrics share one pairwise-overlap helper (:mod:`recattend.metrics.overlap`: overlaps,
+best matches, 0/0-safe ratios) and one input check and summary (:mod:`recattend.metrics.per_image`);
+the torchmetrics classes keep per-image values so mean and std are over images, also under DDP.
 """
 
 from torch import nn
@@ -19,7 +20,8 @@ from recattend.metrics.cvppp import (
     symmetric_best_dice,
 )
 from recattend.metrics.kitti import Coverage, CoverageScores, coverage_scores
-from recattend.metrics.overlap import Overlaps, instance_overlaps
+from recattend.metrics.overlap import Overlaps, best_match, instance_overlaps, safe_ratio
+from recattend.metrics.per_image import LABEL_DTYPES, check_label_maps, mean_std
 
 
 def instance_metrics() -> nn.ModuleDict:
@@ -38,6 +40,7 @@ def instance_metrics() -> nn.ModuleDict:
 
 
 __all__ = [
+    "LABEL_DTYPES",
     "CityscapesAP",
     "Coverage",
     "CoverageScores",
@@ -48,12 +51,16 @@ __all__ = [
     "SymmetricBestDice",
     "average_precision",
     "best_dice",
+    "best_match",
+    "check_label_maps",
     "count_instances",
     "coverage_scores",
     "foreground_dice",
     "instance_metrics",
     "instance_overlaps",
     "match_image",
+    "mean_std",
     "recattend_sbd",
+    "safe_ratio",
     "symmetric_best_dice",
 ]

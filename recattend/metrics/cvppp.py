@@ -13,31 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from recattend.metrics.overlap import _ratio, instance_overlaps
+from recattend.metrics.overlap import best_match, instance_overlaps, safe_ratio
+from recattend.metrics.per_image import check_label_maps, mean_std
 from recattend.postprocess import relabel_consecutive
-
-_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
-def _best_match(scores: Tensor) -> Tensor:
-    """Best score of each row: max_b scores[a, b], and 0 for every row when there is no column.
-
-    Shared by every "max over the other side's instances" of the instance metrics (BD, coverage):
-    a max over no instance is 0, as is the score of any pair with an empty instance.
-
-    Args:
-        scores: (A, B) float pairwise scores (Dice or IoU), all >= 0.
-
-    Returns:
-        (A,) tensor of scores' dtype.
-    """
-    # A zero column makes the max over no column 0 (scores are >= 0, so it changes no other max).
-    return F.pad(scores, (0, 1)).amax(dim=1)
 
 
 def best_dice(dice: Tensor) -> Tensor:
@@ -51,7 +33,7 @@ def best_dice(dice: Tensor) -> Tensor:
     Returns:
         0-d float tensor in [0, 1].
     """
-    best = _best_match(dice)
+    best = best_match(dice)
     return best.sum() / max(best.numel(), 1)
 
 
@@ -111,8 +93,8 @@ def recattend_sbd(pred: Tensor, target: Tensor) -> Tensor:
     dice = instance_overlaps(pred, relabel_consecutive(target)).dice()  # (T, N)
     slots = max(dice.shape[1], 1)
     # Rows past the last id present are empty outputs: scoring 0, they add nothing to the sums.
-    outputs_to_gt = _best_match(dice[:slots]).sum()
-    gt_to_outputs = _best_match(dice.T).sum()
+    outputs_to_gt = best_match(dice[:slots]).sum()
+    gt_to_outputs = best_match(dice.T).sum()
     return torch.minimum(outputs_to_gt, gt_to_outputs) / slots
 
 
@@ -130,7 +112,7 @@ def foreground_dice(pred: Tensor, target: Tensor) -> Tensor:
         0-d float32 tensor in [0, 1].
     """
     pred_fg, target_fg = pred > 0, target > 0
-    return _ratio(2 * (pred_fg & target_fg).sum(), pred_fg.sum() + target_fg.sum())
+    return safe_ratio(2 * (pred_fg & target_fg).sum(), pred_fg.sum() + target_fg.sum())
 
 
 def count_instances(labels: Tensor) -> Tensor:
@@ -143,22 +125,6 @@ def count_instances(labels: Tensor) -> Tensor:
         0-d int64 tensor >= 0.
     """
     return (torch.unique(labels) != 0).sum()
-
-
-def _check_label_maps(pred: Tensor, target: Tensor) -> None:
-    """Raise ValueError unless pred and target are integer (B, H, W) label maps of one shape."""
-    if pred.dim() != 3 or pred.shape != target.shape:
-        raise ValueError(
-            "expected pred and target label maps of one shape (B, H, W), got "
-            f"{tuple(pred.shape)} and {tuple(target.shape)}"
-        )
-    if pred.dtype not in _LABEL_DTYPES or target.dtype not in _LABEL_DTYPES:
-        raise ValueError(f"label maps must be integer tensors, got {pred.dtype} and {target.dtype}")
-
-
-def _mean_std(name: str, values: Tensor) -> dict[str, Tensor]:
-    """``{name: mean, name_std: population std}`` of per-image values."""
-    return {name: values.mean(), f"{name}_std": values.std(correction=0)}
 
 
 class SymmetricBestDice(Metric):
@@ -180,13 +146,13 @@ class SymmetricBestDice(Metric):
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add the SBD of each image of a batch of (B, H, W) integer label maps."""
-        _check_label_maps(pred, target)
+        check_label_maps(pred, target)
         sbd = [symmetric_best_dice(p, t) for p, t in zip(pred, target, strict=True)]
         self.sbd.append(torch.stack(sbd))
 
     def compute(self) -> dict[str, Tensor]:
         """``{"sbd": mean, "sbd_std": population std}`` over all images seen (all ranks)."""
-        return _mean_std("sbd", dim_zero_cat(self.sbd))
+        return mean_std("sbd", dim_zero_cat(self.sbd))
 
 
 class DifferenceInCount(Metric):
@@ -213,7 +179,7 @@ class DifferenceInCount(Metric):
         contract's true ``num_instances``, which may exceed the instances a truncated label map
         holds.
         """
-        _check_label_maps(pred, target)
+        check_label_maps(pred, target)
         pred_counts = torch.stack([count_instances(p) for p in pred])
         if target_counts is None:
             target_counts = torch.stack([count_instances(t) for t in target])
@@ -222,7 +188,7 @@ class DifferenceInCount(Metric):
     def compute(self) -> dict[str, Tensor]:
         """Mean and population std of DiC and |DiC| over all images seen (all ranks)."""
         dic = dim_zero_cat(self.dic)
-        return _mean_std("dic", dic) | _mean_std("abs_dic", dic.abs())
+        return mean_std("dic", dic) | mean_std("abs_dic", dic.abs())
 
 
 class RecAttendSBD(Metric):
@@ -245,13 +211,13 @@ class RecAttendSBD(Metric):
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add the rec-attend SBD of each image of a batch of (B, H, W) integer label maps."""
-        _check_label_maps(pred, target)
+        check_label_maps(pred, target)
         sbd = [recattend_sbd(p, t) for p, t in zip(pred, target, strict=True)]
         self.sbd_recattend.append(torch.stack(sbd))
 
     def compute(self) -> dict[str, Tensor]:
         """Mean and population std of the rec-attend SBD over all images seen (all ranks)."""
-        return _mean_std("sbd_recattend", dim_zero_cat(self.sbd_recattend))
+        return mean_std("sbd_recattend", dim_zero_cat(self.sbd_recattend))
 
 
 class ForegroundDice(Metric):
@@ -272,10 +238,10 @@ class ForegroundDice(Metric):
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add the foreground Dice of each image of a batch of (B, H, W) integer label maps."""
-        _check_label_maps(pred, target)
+        check_label_maps(pred, target)
         dice = [foreground_dice(p, t) for p, t in zip(pred, target, strict=True)]
         self.fg_dice.append(torch.stack(dice))
 
     def compute(self) -> dict[str, Tensor]:
         """Mean and population std of the foreground Dice over all images seen (all ranks)."""
-        return _mean_std("fg_dice", dim_zero_cat(self.fg_dice))
+        return mean_std("fg_dice", dim_zero_cat(self.fg_dice))

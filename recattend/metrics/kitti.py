@@ -22,8 +22,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from recattend.metrics.cvppp import _best_match, _check_label_maps, _mean_std
-from recattend.metrics.overlap import instance_overlaps
+from recattend.metrics.overlap import best_match, instance_overlaps
+from recattend.metrics.per_image import check_label_maps, mean_std
 from recattend.postprocess import relabel_consecutive
 
 
@@ -59,7 +59,7 @@ def coverage_scores(pred: Tensor, target: Tensor) -> CoverageScores:
         The image's :class:`CoverageScores`, on pred's device.
     """
     overlaps = instance_overlaps(relabel_consecutive(pred), relabel_consecutive(target))
-    coverage = _best_match(overlaps.iou().T)  # (N,) max_i IoU(P_i, G_j), 0 without prediction
+    coverage = best_match(overlaps.iou().T)  # (N,) max_i IoU(P_i, G_j), 0 without prediction
     area = overlaps.target_area.float()
     # Σ_k |G_k| is 0 only without GT, where the sum is empty and MWCov is 0.
     mwcov = (area * coverage).sum() / area.sum().clamp(min=1)
@@ -93,7 +93,7 @@ class Coverage(Metric):
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add the scores of each image of a batch of (B, H, W) integer label maps."""
-        _check_label_maps(pred, target)
+        check_label_maps(pred, target)
         per_image = [coverage_scores(p, t) for p, t in zip(pred, target, strict=True)]
         for name, values in zip(CoverageScores._fields, zip(*per_image, strict=True), strict=True):
             getattr(self, name).append(torch.stack(values).float())
@@ -102,5 +102,5 @@ class Coverage(Metric):
         """Mean and population std of MWCov, MUCov, FP and FN over all images seen (all ranks)."""
         out: dict[str, Tensor] = {}
         for name in CoverageScores._fields:
-            out |= _mean_std(name, dim_zero_cat(getattr(self, name)))
+            out |= mean_std(name, dim_zero_cat(getattr(self, name)))
         return out

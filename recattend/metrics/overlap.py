@@ -10,11 +10,20 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
-def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """Elementwise float32 ``numerator / denominator`` with 0/0 := 0 (benchmark convention)."""
+def safe_ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """Elementwise float32 ``numerator / denominator`` with 0/0 := 0 (benchmark convention).
+
+    Args:
+        numerator: integer or float tensor.
+        denominator: integer or float tensor broadcastable with ``numerator``, values >= 0.
+
+    Returns:
+        float32 tensor of the broadcast shape; 0 wherever ``denominator`` is 0.
+    """
     quotient = numerator.float() / denominator.clamp(min=1).float()
     return torch.where(denominator > 0, quotient, 0.0)
 
@@ -35,12 +44,12 @@ class Overlaps(NamedTuple):
     def dice(self) -> Tensor:
         """(P, G) float32 Dice(p_i, g_j) = 2|p_i ∩ g_j| / (|p_i| + |g_j|) in [0, 1], 0/0 := 0."""
         total = self.pred_area[:, None] + self.target_area[None, :]
-        return _ratio(2 * self.intersection, total)
+        return safe_ratio(2 * self.intersection, total)
 
     def iou(self) -> Tensor:
         """(P, G) float32 IoU(p_i, g_j) = |p_i ∩ g_j| / |p_i ∪ g_j| in [0, 1], 0/0 := 0."""
         union = self.pred_area[:, None] + self.target_area[None, :] - self.intersection
-        return _ratio(self.intersection, union)
+        return safe_ratio(self.intersection, union)
 
 
 def instance_overlaps(pred: Tensor, target: Tensor) -> Overlaps:
@@ -69,3 +78,21 @@ def instance_overlaps(pred: Tensor, target: Tensor) -> Overlaps:
     counts = counts.view(num_pred + 1, num_target + 1)
     # Row 0 / column 0 are background: they still count towards the other side's areas.
     return Overlaps(counts[1:, 1:], counts[1:].sum(dim=1), counts[:, 1:].sum(dim=0))
+
+
+def best_match(scores: Tensor) -> Tensor:
+    """Best score of each row: max_b scores[a, b], and 0 for every row when there is no column.
+
+    Shared by every "max over the other side's instances" of the instance metrics (best Dice,
+    rec-attend's SBD, coverage): a max over no instance is 0, as is the score of any pair with an
+    empty instance.
+
+    Args:
+        scores: (A, B) float pairwise scores (e.g. :meth:`Overlaps.dice` or
+            :meth:`Overlaps.iou`), all >= 0; A or B may be 0.
+
+    Returns:
+        (A,) tensor of ``scores``' dtype, each value >= 0.
+    """
+    # A zero column makes the max over no column 0 (scores are >= 0, so it changes no other max).
+    return F.pad(scores, (0, 1)).amax(dim=1)

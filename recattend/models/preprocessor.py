@@ -35,8 +35,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from recattend.data.targets import NUM_ANGLE_CLASSES
 from recattend.models.layers import ConvBlock, DeconvBlock, kaiming_init_
+from recattend.structures import NUM_ANGLE_CLASSES
 
 IMAGE = -1
 """Skip source index of the input image (written ``-1`` or ``x`` in ``decoder_skip_sources``)."""
@@ -250,3 +250,11 @@ def _parse_source(source: int | str | None, layer: int, num_encoder: int) -> int
 
 def _name(source: int) -> str:
     return "the input image x" if source == IMAGE else f"encoder layer {source} (h{source})"
+
+
+def foreground_probability(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, 1, H, W) foreground probability of :meth:`Preprocessor.forward`'s outputs: sigmoid of
+    the foreground logit, or 1 - p(background) of the semantic classes."""
+    if "semantic" in out:
+        return 1 - out["semantic"].softmax(1)[:, :1]
+    return out["foreground"].sigmoid()

@@ -43,8 +43,8 @@ from recattend.models.filterbank import (
     reproject,
     rows_layout,
 )
-from recattend.models.kernels import batchnorm_relu, conv3x3
-from recattend.models.layers import kaiming_init_, recomputed
+from recattend.models.layers import kaiming_init_
+from recattend.ops import batchnorm_relu, conv3x3, recomputed
 
 BETA = 5.0  # eq. (19), (25): constant that suppresses pixels outside the box
 

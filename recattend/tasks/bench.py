@@ -12,8 +12,8 @@ training and inference figures also under ``*_runs``), and each variant in one p
   (:data:`VARIANTS`, keys ending in their suffix, with their peak memory): ``_whole_steps``
   recomputing whole steps (``module.checkpoint_steps=true``), ``_full_resolution`` recomputing
   the box CNN's full-resolution layers (``full_resolution``), ``_one_backward`` without the
-  parallel backward (``module.parallel_backward=false``), ``_bf16`` under bfloat16 autocast
-  (``trainer.precision=bf16-mixed``);
+  parallel backward (``recattend.ops.configure(parallel_backward=False)``), ``_bf16`` under
+  bfloat16 autocast (``trainer.precision=bf16-mixed``);
 * ``infer_images_per_s``: :meth:`RecurrentSegmenter.predict` running all T steps (no early stop:
   the worst case);
 * ``peak_train_memory_gib``: the process's peak resident memory after the training steps
@@ -46,9 +46,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
+
+if TYPE_CHECKING:
+    from recattend.lit import SegmenterModule
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "cvppp": {"resolution": [224, 224], "max_instances": 20, "batch_size": 5},
@@ -62,7 +65,8 @@ LOADING_SIZES = {
     "coco": (480, 640),
 }
 TRAIN_WARMUP = 2  # untimed training steps before the timed ones (see measure)
-# Training variants besides the defaults: key suffix -> SegmenterModule arguments (bf16: autocast).
+# Training variants besides the defaults: key suffix -> arguments of measure (SegmenterModule
+# arguments, bf16: autocast, parallel_backward: recattend.ops.configure).
 VARIANTS: dict[str, dict[str, Any]] = {
     "_whole_steps": {"checkpoint_steps": True},
     "_full_resolution": {"checkpoint_steps": "full_resolution"},
@@ -71,15 +75,31 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def measure(name: str, steps: int, bf16: bool = False, **module_args: Any) -> dict[str, float]:
-    """Benchmark one configuration in the current process (``module_args`` override the
-    SegmenterModule's defaults)."""
+def _segmenter(name: str, **module_args: Any) -> SegmenterModule:
+    """The SegmenterModule of configuration ``name``: the full network with the authors' CVPPP
+    sizes (:class:`~recattend.models.RecurrentSegmenter`'s defaults), raw pixels, ground-truth
+    boxes padded by at least 20 px; ``module_args`` override the module's other defaults."""
+    from recattend.lit import SegmenterModule
+    from recattend.models import SegmenterNetwork
+
+    config = CONFIGS[name]
+    net = SegmenterNetwork(image_size=config["resolution"], max_instances=config["max_instances"])
+    return SegmenterModule(net=net, **{"box_min_pad": 20.0, **module_args})
+
+
+def measure(
+    name: str, steps: int, bf16: bool = False, parallel_backward: bool = True, **module_args: Any
+) -> dict[str, float]:
+    """Benchmark one configuration in the current process, which it configures first
+    (:func:`recattend.ops.configure` with ``parallel_backward``); ``module_args`` override the
+    SegmenterModule's defaults."""
     import torch
 
     import recattend.lit.segmenter as segmenter_module
     from recattend.data import SyntheticDataModule
-    from recattend.lit import SegmenterModule
+    from recattend.ops import configure
 
+    configure(parallel_backward=parallel_backward)
     config = CONFIGS[name]
     torch.manual_seed(0)
     data = SyntheticDataModule(
@@ -91,9 +111,7 @@ def measure(name: str, steps: int, bf16: bool = False, **module_args: Any) -> di
         augment=None,
     )
     batch = next(iter(data.train_dataloader()))
-    module = SegmenterModule(
-        image_size=config["resolution"], max_instances=config["max_instances"], **module_args
-    )
+    module = _segmenter(name, **module_args)
     module.log = module.log_dict = lambda *a, **k: None  # no Trainer: logging is a no-op
     optimizer = module.configure_optimizers()["optimizer"]
 
@@ -133,10 +151,10 @@ def measure(name: str, steps: int, bf16: bool = False, **module_args: Any) -> di
 
     module.eval()
     with torch.no_grad():
-        module.model.predict(batch["image"], threshold=0.0)
+        module.net.segmenter.predict(batch["image"], threshold=0.0)
         start = time.perf_counter()
         for _ in range(steps):
-            module.model.predict(batch["image"], threshold=0.0)
+            module.net.segmenter.predict(batch["image"], threshold=0.0)
         infer_time = time.perf_counter() - start
     images = steps * config["batch_size"]
     return {
@@ -204,8 +222,9 @@ def measure_ddp(devices: int, steps: int, warmup: int = 3) -> float:
 
     from recattend.callbacks import ProcessGroupTeardown
     from recattend.data import SyntheticDataModule
-    from recattend.lit import SegmenterModule
+    from recattend.ops import configure
 
+    configure()  # in this process (devices 1); ddp_spawn's processes take the same defaults
     config = CONFIGS["synthetic"]
     with tempfile.TemporaryDirectory() as folder:
         result = Path(folder) / "images_per_s"
@@ -218,9 +237,7 @@ def measure_ddp(devices: int, steps: int, warmup: int = 3) -> float:
             num_train=config["batch_size"] * devices * (warmup + steps),
             num_workers=1,
         )
-        module = SegmenterModule(
-            image_size=config["resolution"], max_instances=config["max_instances"]
-        )
+        module = _segmenter("synthetic")
         trainer = L.Trainer(
             accelerator="cpu",
             devices=devices,

@@ -10,7 +10,6 @@ or ``evaluate.postprocess.blur=false``): the post-processing can be changed with
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 from collections.abc import Mapping
@@ -20,15 +19,25 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from recattend.callbacks import ProcessGroupTeardown
-from recattend.export import write_json
+from recattend import ops
+from recattend.callbacks import ProcessGroupTeardown, ProcessSettings
+from recattend.evaluation import Evaluate
+from recattend.lit import SegmenterModule
 from recattend.postprocess import SWITCHES
 from recattend.report import metrics_table
 from recattend.tasks.train import paper_table, scalars
-from recattend.utils.config import instantiate_group, instantiate_trainer, require_writable_dir
+from recattend.utils.checkpoint import load_module
+from recattend.utils.config import (
+    instantiate_data,
+    instantiate_group,
+    instantiate_trainer,
+    process_settings,
+    require_writable_dir,
+    resolved_devices,
+)
 from recattend.utils.loggers import finish_wandb, log_metrics_table
 
 log = logging.getLogger(__name__)
@@ -46,23 +55,35 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
         raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    module = load_module(get_class(cfg.module._target_), ckpt, cfg.get("evaluate"))
-    datamodule = instantiate(cfg.dataset, _convert_="all")
+    module_cls = get_class(cfg.module._target_)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    overrides = evaluation_overrides(cfg.get("evaluate"), saved.get("hyper_parameters", {}))
+    if overrides:
+        log.info("evaluation settings over the checkpoint's: %s", overrides)
+    module = load_module(module_cls, ckpt, overrides)
+    segmenter = isinstance(module, SegmenterModule)
+    settings = process_settings(
+        cfg,
+        resolved_devices(cfg.trainer)[0],
+        steps=module.net.steps if segmenter else 0,
+        compiled=segmenter and module.hparams.compile,
+    )
+    ops.configure(**settings)
+    datamodule, evaluator = instantiate_data(cfg.dataset)
     _check_compatible(module, datamodule, ckpt)
+    callbacks = [ProcessSettings(**settings), ProcessGroupTeardown()]
+    if segmenter:  # the pre-processor scores its own pixel metrics
+        callbacks.append(Evaluate(test=evaluator, export=bool(cfg.get("export"))))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate_trainer(
-        cfg.trainer, callbacks=[ProcessGroupTeardown()], logger=loggers or False
+        cfg.trainer, callbacks=callbacks, logger=loggers or False
     )
-    if cfg.get("export"):
-        module.export_dir = output_dir / "predictions"
     try:
         trainer.test(module, datamodule=datamodule)
         metrics = scalars(trainer.callback_metrics)
         log_metrics_table(trainer.loggers, metrics)
     finally:
         finish_wandb()
-    if cfg.get("export") and module.test_detections and trainer.is_global_zero:
-        write_json(module.test_detections, output_dir / "predictions" / "coco_results.json")
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(
             json.dumps(metrics, indent=2, sort_keys=True) + "\n"
@@ -70,45 +91,6 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
         print(metrics_table(metrics, "test", ckpt.name, paper_table(module, datamodule)))
         log.info("outputs in %s", output_dir)
     return metrics
-
-
-def load_module(
-    module_cls: type[L.LightningModule], ckpt: Path, evaluate: Mapping[str, Any] | None = None
-) -> L.LightningModule:
-    """``module_cls`` from a checkpoint (``weights_only=True``), or an error naming what differs.
-
-    Args:
-        evaluate: evaluation settings over the checkpoint's (:func:`evaluation_overrides`).
-
-    Raises:
-        ValueError: the checkpoint was written by another module (its hyper-parameters are not
-            this class's arguments), its weights do not fit (names the tensors), or ``evaluate``
-            holds another setting or one this module does not take.
-    """
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    saved = checkpoint.get("hyper_parameters", {})
-    accepted = set(inspect.signature(module_cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(saved) - accepted)
-    if unknown:
-        raise ValueError(
-            f"{ckpt} does not hold a {module_cls.__name__}: its settings {unknown} are not this "
-            "module's; pick the checkpoint's module (e.g. module=preprocessor or module=segmenter)"
-        )
-    overrides = evaluation_overrides(evaluate, saved)
-    foreign = sorted(set(overrides) - accepted)
-    if foreign:
-        raise ValueError(
-            f"evaluate.{foreign[0]}: {module_cls.__name__} has no such setting; evaluate applies "
-            "to the segmenter (module=segmenter) only"
-        )
-    if overrides:
-        log.info("evaluation settings over the checkpoint's: %s", overrides)
-    try:
-        return module_cls.load_from_checkpoint(
-            ckpt, weights_only=True, map_location="cpu", **overrides
-        )
-    except RuntimeError as err:  # state_dict size mismatch / missing keys
-        raise ValueError(f"{ckpt} does not fit {module_cls.__name__}: {err}") from err
 
 
 def evaluation_overrides(
@@ -159,9 +141,10 @@ def _check_compatible(
     module: L.LightningModule, datamodule: L.LightningDataModule, ckpt: Path
 ) -> None:
     """The data must match what the checkpoint's network was built for."""
-    wanted = {"resolution": list(module.hparams.image_size)}
-    if "max_instances" in module.hparams:
-        wanted["max_instances"] = module.hparams.max_instances
+    settings = module.hparams.net if isinstance(module, SegmenterModule) else module.hparams
+    wanted = {"resolution": list(settings["image_size"])}
+    if "max_instances" in settings:
+        wanted["max_instances"] = settings["max_instances"]
     got = {"resolution": list(datamodule.resolution), "max_instances": datamodule.max_instances}
     wrong = [f"dataset.{k}={got[k]} (checkpoint: {v})" for k, v in wanted.items() if got[k] != v]
     if wrong:

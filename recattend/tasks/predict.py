@@ -26,10 +26,12 @@ from omegaconf import DictConfig
 from PIL import Image
 from rich.progress import track
 
+from recattend import ops
 from recattend.data.files import READ_ERRORS
-from recattend.export import coco_results, overlay, write_json, write_label_png
+from recattend.evaluation.export import coco_results, overlay, write_json, write_label_png
 from recattend.lit import SegmenterModule
-from recattend.utils.config import require_writable_dir
+from recattend.utils.checkpoint import load_module
+from recattend.utils.config import process_settings, require_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +93,10 @@ def run(cfg: DictConfig) -> dict[str, int]:
         ("cpu" if cfg.device == "auto" else cfg.device)
     )  # fmt: skip
     threshold = {} if cfg.threshold is None else {"threshold": float(cfg.threshold)}
-    module = SegmenterModule.load_from_checkpoint(
-        ckpt, weights_only=True, map_location=device, **threshold
-    )
+    module = load_module(SegmenterModule, ckpt, threshold, map_location=device)
     module.eval()
-    height, width = module.hparams.image_size
+    ops.configure(**process_settings(cfg, device.type, module.net.steps, module.hparams.compile))
+    height, width = module.net.image_size
     counts: dict[str, int] = {}
     results = []
     for path in track(images, description="predicting", disable=not cfg.progress):

@@ -1,6 +1,7 @@
 """Training task: ``python train.py [overrides]`` or ``recattend-train [overrides]``.
 
-Order: start-up checks -> seed -> data -> module (weights from ``init_from`` if set) -> callbacks
+Order: start-up checks and process-wide settings (:func:`recattend.ops.configure`) -> seed ->
+data and the dataset's evaluator -> module (weights from ``init_from`` if set) -> callbacks
 and loggers -> trainer -> fit -> test (best checkpoint if one was written) -> ``metrics.json`` in
 the run folder (and a W&B table). W&B runs are finished in every case, so each job of a multirun
 gets its own run.
@@ -24,14 +25,20 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from recattend.callbacks import ProcessGroupTeardown
+from recattend import ops
+from recattend.callbacks import ProcessGroupTeardown, ProcessSettings
+from recattend.evaluation import Evaluate
+from recattend.lit import SegmenterModule
 from recattend.report import metrics_table
 from recattend.utils.checkpoint import load_weights
 from recattend.utils.config import (
     check_multirun_strategy,
+    instantiate_data,
     instantiate_group,
     instantiate_trainer,
+    process_settings,
     require_writable_dir,
+    resolved_devices,
 )
 from recattend.utils.loggers import finish_wandb, log_metrics_table, previous_wandb_id
 
@@ -46,7 +53,14 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: L.LightningDataModule = instantiate(cfg.dataset, _convert_="all")
+    settings = process_settings(
+        cfg,
+        resolved_devices(cfg.trainer)[0],
+        steps=cfg.dataset.get("max_instances", 0) + 1,
+        compiled=cfg.module.get("compile", False),
+    )
+    ops.configure(**settings)
+    datamodule, evaluator = instantiate_data(cfg.dataset)
     if cfg.get("test", False) and not getattr(datamodule, "labelled", lambda split: True)("test"):
         raise ValueError(  # before training, so no work is lost at the end
             "the test split has no labels (e.g. dataset.test_root is the unlabelled official "
@@ -55,7 +69,13 @@ def run(cfg: DictConfig) -> float | None:
     module: L.LightningModule = instantiate(cfg.module, _convert_="all")
     if cfg.get("init_from"):
         load_weights(module, cfg.init_from)
-    callbacks = [*instantiate_group(cfg.get("callbacks")), ProcessGroupTeardown()]
+    callbacks = [
+        *instantiate_group(cfg.get("callbacks")),
+        ProcessSettings(**settings),
+        ProcessGroupTeardown(),
+    ]
+    if isinstance(module, SegmenterModule):  # the pre-processor scores its own pixel metrics
+        callbacks.append(Evaluate(test=evaluator))
     if ckpt_path is not None:
         _continue_wandb_run(cfg, output_dir)
     loggers = instantiate_group(cfg.get("logger"))

@@ -22,6 +22,19 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     ]
 
 
+def instantiate_data(dataset_cfg: DictConfig) -> tuple[Any, Any]:
+    """The DataModule that ``cfg.dataset`` describes and the evaluator its ``evaluator`` node names
+    (the ``dataset/evaluator`` group: instances, kitti, cityscapes, coco), or None without one.
+
+    The ``evaluator`` node is the dataset's choice of benchmark, not a DataModule argument, so it
+    is taken out before the DataModule is built.
+    """
+    settings = OmegaConf.to_container(dataset_cfg, resolve=True)
+    evaluator = settings.pop("evaluator", None)
+    datamodule = instantiate(settings, _convert_="all")
+    return datamodule, None if evaluator is None else instantiate(evaluator, _convert_="all")
+
+
 def require_writable_dir(path: str | os.PathLike[str], key: str) -> Path:
     """Create ``path`` if needed and prove a file can be written there.
 
@@ -111,7 +124,7 @@ def trainer_settings(trainer_cfg: DictConfig) -> dict[str, Any]:
     """Checked Trainer arguments that need deciding before instantiation.
 
     * ``sync_batchnorm: auto`` becomes true with more than one CUDA device: the per-timestep
-      BatchNorm statistics are then those of the global batch (the reference trained on one GPU
+      BatchNorm statistics are then those of the global batch (the authors trained on one GPU
       with the whole batch). PyTorch's SyncBatchNorm has no CPU (gloo) implementation, so an
       explicit ``true`` with several CPU processes is an error.
     * ``precision`` must be one of :data:`PRECISIONS`.
@@ -137,6 +150,18 @@ def trainer_settings(trainer_cfg: DictConfig) -> dict[str, Any]:
             "own batch) or trainer.sync_batchnorm=auto"
         )
     return {"sync_batchnorm": bool(sync)}
+
+
+def process_settings(
+    cfg: DictConfig, accelerator: str, steps: int, compiled: bool
+) -> dict[str, Any]:
+    """The arguments of :func:`recattend.ops.configure` for a run: the CPU fast path when
+    ``cpu_fast_path`` is on and the run computes on the CPU (so a GPU run never builds the CPU
+    kernels), and Dynamo's recompile limit raised for ``steps`` when ``compiled``."""
+    return {
+        "fast_path": bool(cfg.get("cpu_fast_path", True)) and accelerator == "cpu",
+        "compile_steps": steps if compiled else 0,
+    }
 
 
 def instantiate_trainer(trainer_cfg: DictConfig, **kwargs: Any) -> Any:

@@ -8,7 +8,7 @@ import torch
 
 from recattend.data import SyntheticDataModule
 from recattend.data.synthetic import SyntheticInstances
-from recattend.data.targets import ANGLE_IGNORE
+from recattend.structures import ANGLE_IGNORE
 
 
 def make(**kwargs) -> SyntheticDataModule:

@@ -9,7 +9,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from recattend.data.fixtures import write_coco
-from recattend.export import coco_results
+from recattend.evaluation.export import coco_results
 from recattend.metrics.coco import coco_segm_ap
 
 

@@ -8,12 +8,12 @@ import torch
 from recattend.models import RecurrentSegmenter
 from recattend.models.filterbank import filterbank, reproject
 from recattend.models.segmenter import BETA
-from tests.models.test_segmenter_training import TINY_NET
+from tests.helpers import TINY_SEGMENTER
 
 
 def make(**kwargs) -> RecurrentSegmenter:
     torch.manual_seed(0)
-    return RecurrentSegmenter(image_size=(32, 32), steps=4, **{**TINY_NET, **kwargs})
+    return RecurrentSegmenter(image_size=(32, 32), steps=4, **{**TINY_SEGMENTER, **kwargs})
 
 
 def test_step_shapes_and_ranges() -> None:
@@ -70,7 +70,7 @@ def test_ablations() -> None:
 
 def test_resolution_not_divisible_by_the_box_stride_names_the_key() -> None:
     with pytest.raises(ValueError, match=r"dataset\.resolution=\[30, 32\].*stride 8.*\[32, 32\]"):
-        RecurrentSegmenter(image_size=(30, 32), steps=4, **TINY_NET)
+        RecurrentSegmenter(image_size=(30, 32), steps=4, **TINY_SEGMENTER)
 
 
 def test_weight_decay_only_on_weight_matrices_and_kernels() -> None:

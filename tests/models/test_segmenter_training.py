@@ -4,42 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from recattend.data import SyntheticDataModule
+from recattend import ops
 from recattend.lit import SegmenterModule
 from recattend.losses import segmenter_losses
-
-TINY_NET = dict(
-    patch_size=[16, 16],
-    box_channels=[4, 4, 8],
-    box_pools=[2, 2, 2],
-    attn_channels=[4, 8],
-    attn_pools=[2, 2],
-    deconv_channels=[8, 4, 1],
-    unpools=[2, 2, 1],
-    skips=[False, True, True],
-    hidden=16,
-    glimpses=2,
-)
-
-
-def tiny_batch(n: int = 3) -> dict:
-    dm = SyntheticDataModule(
-        resolution=[32, 32],
-        max_instances=3,
-        batch_size=n,
-        num_train=n,
-        augment=None,
-        min_objects=0,
-        max_objects=4,
-    )
-    return next(iter(dm.train_dataloader()))
+from recattend.ops import step_backward
+from tests.helpers import tiny_batch, tiny_segmenter
 
 
 def _full_graph_loss(module: SegmenterModule, batch: dict) -> torch.Tensor:
     """The joint loss with every step's graph kept alive (no checkpointing, no teacher forcing)."""
-    model = module.model
+    model = module.net.segmenter
     x, canvas, outs = batch["image"], torch.zeros(len(batch["image"]), 1, 32, 32), []
     for t in range(model.steps):
         out = model.step(x, canvas, t)
@@ -52,6 +27,7 @@ def _full_graph_loss(module: SegmenterModule, batch: dict) -> torch.Tensor:
         batch["masks"],
         batch["boxes"],
         batch["num_instances"],
+        min_pad=module.box_min_pad,
     )["loss"]
 
 
@@ -64,30 +40,27 @@ def test_training_step_gives_the_full_graph_gradient_and_one_bn_update(
 ) -> None:
     torch.manual_seed(0)
     batch = tiny_batch()
-    module = SegmenterModule(
-        image_size=[32, 32],
-        max_instances=3,
-        net=TINY_NET,
-        checkpoint_steps=checkpoint_steps,
-        parallel_backward=parallel_backward,
-    )
+    monkeypatch.setattr(step_backward, "ENABLED", parallel_backward)
+    module = tiny_segmenter(checkpoint_steps=checkpoint_steps)
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
     monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
     module.train()
-    assert module._backward_workers() == (2 if parallel_backward else 1)
-    state = {k: v.clone() for k, v in module.model.state_dict().items()}
+    assert ops.backward_workers(module.net.segmenter, 4, False) == (2 if parallel_backward else 1)
+    state = {k: v.clone() for k, v in module.net.segmenter.state_dict().items()}
 
     expected_loss = _full_graph_loss(module, batch)
     expected_loss.backward()
-    expected = {n: p.grad.clone() for n, p in module.model.named_parameters()}
-    expected_stats = {k: v.clone() for k, v in module.model.state_dict().items() if "running" in k}
+    expected = {n: p.grad.clone() for n, p in module.net.segmenter.named_parameters()}
+    expected_stats = {
+        k: v.clone() for k, v in module.net.segmenter.state_dict().items() if "running" in k
+    }
 
-    module.model.load_state_dict(state)
+    module.net.segmenter.load_state_dict(state)
     module.zero_grad()
     loss = module.training_step(batch, 0)
     loss.backward()
     assert torch.allclose(loss, expected_loss, atol=1e-6)
-    for name, param in module.model.named_parameters():
+    for name, param in module.net.segmenter.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
         # The parallel backward sums in another order (and its threads' kernels too); atol: a
         # conv bias feeding BatchNorm has a true gradient of 0, so its grad is rounding.
@@ -95,7 +68,7 @@ def test_training_step_gives_the_full_graph_gradient_and_one_bn_update(
         assert torch.allclose(param.grad, expected[name], rtol=1e-4, atol=atol), name
     # Running statistics moved once per step (not again during a recomputation).
     for key, value in expected_stats.items():
-        assert torch.allclose(module.model.state_dict()[key], value, atol=1e-6), key
+        assert torch.allclose(module.net.segmenter.state_dict()[key], value, atol=1e-6), key
 
 
 @pytest.mark.parametrize(
@@ -104,12 +77,11 @@ def test_training_step_gives_the_full_graph_gradient_and_one_bn_update(
 def test_what_the_forward_pass_keeps_for_backward(checkpoint_steps: bool | str, kept: bool) -> None:
     # The box CNN's first layer (8 channels here, unlike any other full-resolution tensor) is the
     # only layer at the input resolution: only without recomputation are its activations saved.
-    net = {**TINY_NET, "box_channels": [8, 4, 8]}
-    module = SegmenterModule(
-        image_size=[32, 32], max_instances=3, net=net, checkpoint_steps=checkpoint_steps
+    module = tiny_segmenter(
+        segmenter={"box_channels": [8, 4, 8]}, checkpoint_steps=checkpoint_steps
     )
     module.log = module.log_dict = lambda *a, **k: None
-    assert module.model.box_net.cnn.full_resolution_layers == 1
+    assert module.net.segmenter.box_net.cnn.full_resolution_layers == 1
     saved = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -127,7 +99,7 @@ def test_full_resolution_layers_and_bad_checkpoint_steps() -> None:
     for pools, layers in [([1, 2, 1, 2], 2), ([2, 2], 1), ([1, 1], 2)]:
         assert TimestepConvStack(4, [8] * len(pools), pools, 1).full_resolution_layers == layers
     with pytest.raises(ValueError, match="checkpoint_steps='some'.*full_resolution"):
-        SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET, checkpoint_steps="some")
+        tiny_segmenter(checkpoint_steps="some")
 
 
 @pytest.mark.parametrize("variant", ["box-stage", "no-box-net", "finetuned-preprocessor"])
@@ -135,7 +107,7 @@ def test_parallel_backward_matches_one_backward(monkeypatch, two_threads, varian
     # The other ways a rollout runs: the bootstrap box stage (no masks), the no-box-network
     # ablation (no soft boxes), and a fine-tuned pre-processor upstream of all steps (its
     # gradient is the sum over steps, backpropagated once).
-    net, extra = dict(TINY_NET), {}
+    net, extra = {}, {}
     if variant == "no-box-net":
         net["box_network"] = False
     if variant == "finetuned-preprocessor":
@@ -150,45 +122,23 @@ def test_parallel_backward_matches_one_backward(monkeypatch, two_threads, varian
     batch, results = tiny_batch(), []
     for parallel in (False, True):
         torch.manual_seed(0)
-        module = SegmenterModule(
-            image_size=[32, 32], max_instances=3, net=net, parallel_backward=parallel, **extra
-        )
+        monkeypatch.setattr(step_backward, "ENABLED", parallel)
+        module = tiny_segmenter(segmenter=net, **extra)
         monkeypatch.setattr(module, "log", lambda *a, **k: None)
         monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
         module.stage = "box" if variant == "box-stage" else "full"
         module.train().training_step(batch, 0).backward()
-        assert module._backward_workers() == (2 if parallel else 1)
+        assert ops.backward_workers(module.net.segmenter, 4, False) == (2 if parallel else 1)
         results.append({n: p.grad for n, p in module.named_parameters()})
     one, parallel = results
     if variant == "finetuned-preprocessor":
-        fcn = [g for n, g in one.items() if n.startswith("preprocessor.") and g is not None]
+        fcn = [g for n, g in one.items() if n.startswith("net.preprocessor.") and g is not None]
         assert fcn and any(g.abs().sum() > 0 for g in fcn)  # it is trained
     for name, grad in one.items():
         if grad is None:  # e.g. the segmentation network in the box stage
             assert parallel[name] is None, name
         else:
             torch.testing.assert_close(parallel[name], grad, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def test_parallel_backward_only_where_it_is_safe(monkeypatch) -> None:
-    # One backward pass without gradients, when switched off, when compiling, with a parameter
-    # hook, with SyncBatchNorm (its backward all-reduces: threads would do it in another order
-    # per rank).
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
-    assert module._backward_workers() == 4  # min(threads, T = 4)
-    with torch.no_grad():
-        assert module._backward_workers() == 1
-    module.hparams.parallel_backward = False
-    assert module._backward_workers() == 1
-    module.hparams.parallel_backward, module.hparams.compile = True, True
-    assert module._backward_workers() == 1
-    module.hparams.compile = False
-    handle = module.model.score_head.weight.register_hook(lambda grad: grad)
-    assert module._backward_workers() == 1  # it would run once per step
-    handle.remove()
-    module.model = nn.SyncBatchNorm.convert_sync_batchnorm(module.model)
-    assert module._backward_workers() == 1
 
 
 @pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16], ids=["32", "bf16-mixed"])
@@ -198,7 +148,7 @@ def test_two_images_overfit(monkeypatch, precision: torch.dtype) -> None:
     # bf16-mixed (trainer.precision=bf16-mixed: CPU autocast) must learn as well.
     torch.manual_seed(0)
     batch = tiny_batch(2)
-    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    module = tiny_segmenter()
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
     monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
     optimizer = torch.optim.Adam(module.parameters(), lr=3e-3, eps=1e-7)
@@ -216,7 +166,7 @@ def test_two_images_overfit(monkeypatch, precision: torch.dtype) -> None:
 
 
 def test_non_finite_loss_stops_with_the_step_and_term(monkeypatch, tmp_path) -> None:
-    module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+    module = tiny_segmenter()
     saved = []
 
     class FakeTrainer:

@@ -1,4 +1,4 @@
-// CPU kernels of recattend.models.kernels, compiled into one extension (bindings.cpp).
+// CPU kernels of recattend.ops.kernels, compiled into one extension (bindings.cpp).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,7 +10,7 @@
 // Runs task(i) for every i in [0, tasks) on at::get_num_threads() OpenMP threads (serially when
 // compiled without OpenMP). Not at::parallel_for: its inline first-use set-up, compiled into this
 // extension, would reset every calling thread to the process's thread count, and the parallel
-// backward's worker threads run with one thread each (recattend.lit.step_backward).
+// backward's worker threads run with one thread each (recattend.ops.step_backward).
 template <typename Task>
 void parallel_tasks(int64_t tasks, const Task& task) {
   const int threads = at::get_num_threads();

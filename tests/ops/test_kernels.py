@@ -1,4 +1,4 @@
-"""The CPU kernels (recattend.models.kernels) against hand-computed values and against PyTorch:
+"""The CPU kernels (recattend.ops.kernels) against hand-computed values and against PyTorch:
 the fused BatchNorm + ReLU (+ max-pooling) against BatchNorm2d, ReLU and max_pool2d, the 3x3
 convolution against conv2d."""
 
@@ -11,17 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from recattend.models import kernels
-from recattend.models.kernels import batchnorm_relu
+from recattend.ops import kernels
+from recattend.ops.kernels import batchnorm_relu
 
 CL = torch.channels_last
-
-
-@pytest.fixture
-def kernel():
-    """The fused path must be available here (a C++ compiler is part of the test machine)."""
-    assert kernels._kernel() is not None, "the fused BatchNorm+ReLU kernel did not build"
-    return kernels._kernel()
 
 
 def _norm(channels: int, seed: int = 0, momentum: float | None = 0.1) -> nn.BatchNorm2d:
@@ -183,7 +176,7 @@ def test_other_inputs_fall_back_to_pytorch(kernel, monkeypatch, case: str) -> No
     channels, shape, dtype = 8, (2, 8, 4, 4), torch.float32
     norm_type = nn.BatchNorm2d
     if case == "disabled":
-        monkeypatch.setattr(kernels, "FUSED_BATCHNORM_RELU", False)
+        monkeypatch.setattr(kernels, "ENABLED", False)
     elif case == "bfloat16":
         dtype = torch.bfloat16
     elif case == "twelve_channels":  # 12 does not divide a 16-lane block
@@ -221,9 +214,9 @@ def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch, caplog) -> No
         raise RuntimeError("Error building extension: c++: error: no such compiler")
 
     monkeypatch.setattr(cpp_extension, "load", fail)
-    kernels._kernel.cache_clear()
+    kernels._load.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="recattend.models.kernels"):
+        with caplog.at_level(logging.WARNING, logger="recattend.ops.kernels"):
             norm, x = _norm(8), torch.randn(2, 8, 4, 4).contiguous(memory_format=CL)
             reference = copy.deepcopy(norm)
             for _ in range(2):
@@ -232,8 +225,11 @@ def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch, caplog) -> No
         assert len(warnings) == 1 and "no such compiler" in warnings[0].getMessage()
         reference(x)
         assert torch.equal(y, torch.relu(reference(x)))
+        # The error's line, for a test's skip reason.
+        message = "Error building extension: c++: error: no such compiler"
+        assert kernels.kernels_available() == (False, message)
     finally:
-        kernels._kernel.cache_clear()
+        kernels._load.cache_clear()
 
 
 def test_a_left_over_build_lock_is_named(monkeypatch, caplog, tmp_path) -> None:
@@ -244,39 +240,42 @@ def test_a_left_over_build_lock_is_named(monkeypatch, caplog, tmp_path) -> None:
     (tmp_path / "recattend_cpu_kernels" / "lock").touch()
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # where torch builds and locks
     monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: "built")
-    kernels._kernel.cache_clear()
+    kernels._load.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="recattend.models.kernels"):
+        with caplog.at_level(logging.WARNING, logger="recattend.ops.kernels"):
             assert kernels._kernel() == "built"
         (warning,) = [r.getMessage() for r in caplog.records if "Waiting for" in r.getMessage()]
         assert str(tmp_path / "recattend_cpu_kernels" / "lock") in warning
+        assert kernels.kernels_available() == (True, "")
     finally:
-        kernels._kernel.cache_clear()
+        kernels._load.cache_clear()
 
 
-@pytest.mark.parametrize("flag", ["FUSED_BATCHNORM_RELU", "CONV3X3_KERNEL"])
-def test_segmenter_training_step_matches_pytorch_kernels(kernel, monkeypatch, flag: str) -> None:
+@pytest.mark.parametrize("check", ["_fusable", "_conv_fusable"], ids=["batchnorm_relu", "conv3x3"])
+def test_segmenter_training_step_matches_pytorch_kernels(kernel, monkeypatch, check: str) -> None:
     # The whole model: one training step (checkpointed, all T steps) and inference give the same
-    # loss, gradients, running statistics and masks with each kernel as with PyTorch's. The tiny
-    # net's last box layer and second attention layer are 4 -> 8 channel convolutions.
-    from recattend.lit import SegmenterModule
-    from tests.models.test_segmenter_training import TINY_NET, tiny_batch
+    # loss, gradients, running statistics and masks with each kernel as with PyTorch's (the
+    # kernel's check refuses every input). The tiny net's last box layer and second attention
+    # layer are 4 -> 8 channel convolutions.
+    from tests.helpers import tiny_batch, tiny_segmenter
 
     batch = tiny_batch()
     results = []
     for fused in (True, False):
-        monkeypatch.setattr(kernels, flag, fused)
+        if not fused:
+            monkeypatch.setattr(kernels, check, lambda *args: False)
         torch.manual_seed(0)
-        module = SegmenterModule(image_size=[32, 32], max_instances=3, net=TINY_NET)
+        module = tiny_segmenter()
         monkeypatch.setattr(module, "log", lambda *a, **k: None)
         monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
         module.train()
         loss = module.training_step(batch, 0)
         loss.backward()
-        grads = {n: p.grad.clone() for n, p in module.model.named_parameters()}
-        stats = {k: v.clone() for k, v in module.model.state_dict().items() if "running" in k}
+        net = module.net
+        grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+        stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
         module.eval()
-        masks = module.model.predict(batch["image"], threshold=0.0)["masks"]
+        masks = net.predict(batch["image"], threshold=0.0)["masks"]
         results.append((loss.detach(), grads, stats, masks))
     (loss_a, grads_a, stats_a, masks_a), (loss_b, grads_b, stats_b, masks_b) = results
     torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-5)
@@ -366,7 +365,7 @@ def test_conv3x3_other_inputs_fall_back_to_pytorch(kernel, monkeypatch, case: st
     conv_args: dict = {"padding": 1}
     out, dtype = 8, torch.float32
     if case == "disabled":
-        monkeypatch.setattr(kernels, "CONV3X3_KERNEL", False)
+        monkeypatch.setattr(kernels, "ENABLED", False)
     elif case == "sixteen_out":
         out = 16
     elif case == "stride_2":

@@ -1,5 +1,5 @@
 // The Python module of the CPU kernels (kernels.h). Every function runs without the GIL: the
-// parallel backward (recattend.lit.step_backward) calls them from several threads at once.
+// parallel backward (recattend.ops.step_backward) calls them from several threads at once.
 #include <torch/extension.h>
 
 #include "kernels.h"

@@ -1,15 +1,17 @@
 """CPU kernels for the networks' small-channel layers, with PyTorch's kernels as the fallback.
 
-Both run on channels-last float32 CPU tensors, built on first use from ``csrc/`` by
+Both run on channels-last float32 CPU tensors, built from ``csrc/`` by
 :mod:`torch.utils.cpp_extension` (~1 min once, then cached; a C++ compiler and ninja are needed,
-otherwise one warning and PyTorch's kernels):
+otherwise one warning and PyTorch's kernels) when :func:`recattend.ops.configure` switches the fast
+path on, or else on first use:
 
 * :func:`batchnorm_relu`: BatchNorm (batch or running statistics) fused with ReLU and, optionally,
   the 2x2 max-pooling after it;
 * :func:`conv3x3`: a 3x3, stride-1, zero-padded convolution to 8 channels, the box CNN's layers at
   the input resolution (the largest in a step) and the attention CNN's first layers.
 
-Set :data:`FUSED_BATCHNORM_RELU` or :data:`CONV3X3_KERNEL` to False to use PyTorch's kernels.
+``recattend.ops.configure(fast_path=False)`` (which clears :data:`ENABLED`) makes both call
+PyTorch's kernels; :func:`kernels_available` says whether the compiled kernels can run here.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from torch.autograd.function import once_differentiable
 
 log = logging.getLogger(__name__)
 
-FUSED_BATCHNORM_RELU = True
-CONV3X3_KERNEL = True
+ENABLED = True
+"""Whether the compiled kernels may be used; set by :func:`recattend.ops.configure` only."""
 _SOURCES = [
     Path(__file__).parent / "csrc" / name
     for name in ("bindings.cpp", "batchnorm_relu.cpp", "conv3x3.cpp")
@@ -37,8 +39,8 @@ _EXTENSION = "recattend_cpu_kernels"
 
 
 @functools.cache
-def _kernel() -> ModuleType | None:
-    """The compiled kernels, or None (with one warning) where they cannot be built."""
+def _load() -> tuple[ModuleType | None, str]:
+    """The compiled kernels and ``""``, or None (with one warning) and why they cannot be built."""
     from torch.utils import cpp_extension
 
     flags, link = ["-O3"], []
@@ -59,7 +61,7 @@ def _kernel() -> ModuleType | None:
             lock,
         )
     try:
-        return cpp_extension.load(
+        kernel = cpp_extension.load(
             _EXTENSION, [str(s) for s in _SOURCES], extra_cflags=flags, extra_ldflags=link
         )
     except Exception as error:  # no compiler, no ninja, ...: PyTorch's kernels still work
@@ -68,13 +70,27 @@ def _kernel() -> ModuleType | None:
         reason = next(
             (line for line in lines if "error:" in line.lower()),
             next((line for line in lines if "error" in line.lower()), lines[0]),
-        )
+        )[:300]
         log.warning(
             "The CPU kernels could not be built (%s); using PyTorch's kernels: training on CPU "
             "is about 1.15x slower. They need a C++ compiler and ninja.",
-            reason[:300],
+            reason,
         )
-        return None
+        return None, reason
+    return kernel, ""
+
+
+def _kernel() -> ModuleType | None:
+    """The compiled kernels, or None where they cannot be built (see :func:`_load`)."""
+    return _load()[0]
+
+
+def kernels_available() -> tuple[bool, str]:
+    """Whether the compiled kernels can run here: ``(True, "")``, or ``(False, reason)`` with the
+    build's error (e.g. no C++ compiler). The first call builds or loads them (see the module
+    docstring); the fast path's switch does not enter into it."""
+    kernel, reason = _load()
+    return kernel is not None, reason
 
 
 class _BatchNormReLU(torch.autograd.Function):
@@ -107,7 +123,7 @@ def _fusable(norm: nn.Module, x: Tensor, pool: int) -> bool:
     channels = x.shape[1] if x.dim() == 4 else 0
     lanes = 16 if channels <= 16 else (32 if channels <= 32 else 64)
     return (
-        FUSED_BATCHNORM_RELU
+        ENABLED
         and type(norm) is nn.BatchNorm2d  # not e.g. the SyncBatchNorm that DDP substitutes
         and norm.affine
         and norm.track_running_stats
@@ -138,7 +154,7 @@ def batchnorm_relu(norm: nn.BatchNorm2d, x: Tensor, pool: int = 1) -> Tensor:
     PyTorch's max_pool2d. Running statistics follow :class:`torch.nn.BatchNorm2d` (momentum, or a
     cumulative average when it is None; the unbiased variance). Anything else -- CUDA, bfloat16,
     a SyncBatchNorm, evaluation mode with gradients enabled, compiled code, other pooling, no
-    compiler -- calls ``norm``, an in-place ReLU and ``max_pool2d``.
+    compiler, the fast path switched off -- calls ``norm``, an in-place ReLU and ``max_pool2d``.
 
     Shapes: (N, C, H, W) -> (N, C, H / pool, W / pool), channels-last on the fused path.
     """
@@ -202,7 +218,7 @@ class _Conv3x3(torch.autograd.Function):
 def _conv_fusable(conv: nn.Module, x: Tensor) -> bool:
     """Whether ``conv(x)`` can run on the 3x3 kernel."""
     return (
-        CONV3X3_KERNEL
+        ENABLED
         and type(conv) is nn.Conv2d
         and conv.out_channels == 8
         and conv.kernel_size == (3, 3)
@@ -227,7 +243,7 @@ def conv3x3(conv: nn.Conv2d, x: Tensor) -> Tensor:
     On float32 CPU tensors it runs ``csrc/conv3x3.cpp``: at the box CNN's 224x224 layers (batch
     5) about 1.6x (forward) and 1.7-2.2x (backward) faster than PyTorch's oneDNN convolution on
     one core, 1.4x on two. Anything else -- other shapes, CUDA, autocast, compiled code, no
-    compiler -- calls ``conv``.
+    compiler, the fast path switched off -- calls ``conv``.
 
     Shapes: (N, C, H, W) -> (N, 8, H, W), channels-last on the kernel.
     """

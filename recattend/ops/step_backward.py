@@ -13,26 +13,34 @@ pre-processor) is backpropagated once. Measured at the CVPPP configuration on 2 
 backward phase about 1.6x faster than with one thread (the README has the figures).
 
 The gradients equal those of one backward pass up to float rounding (another summation order;
-each thread's kernels run single-threaded). What the steps must not do (SegmenterModule turns the
-parallel backward off where it cannot be sure): collective operations in their backward
-(SyncBatchNorm would all-reduce in a different order on each rank); gradient hooks on the leaves
-(``torch.autograd.grad`` would run them once per step, then again on the sum); draw random
-numbers in a recomputed part (activation checkpointing here does not replay the RNG state, which
-threads would restore concurrently; the segmenter's steps draw none). A second backward pass
-through the same steps (``retain_graph=True``) and double backward are refused.
+each thread's kernels run single-threaded). What the steps must not do (:func:`backward_workers`
+gives one thread, the usual single backward pass, where it cannot be sure): collective operations
+in their backward (SyncBatchNorm would all-reduce in a different order on each rank); gradient
+hooks on the leaves (``torch.autograd.grad`` would run them once per step, then again on the
+sum); draw random numbers in a recomputed part (activation checkpointing here does not replay the
+RNG state, which threads would restore concurrently; the segmenter's steps draw none). A second
+backward pass through the same steps (``retain_graph=True``) and double backward are refused.
+
+:func:`recattend.ops.configure` starts the threads at start-up (else the first parallel backward
+pass does) and is the switch that turns the parallel backward off (:data:`ENABLED`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+ENABLED = True
+"""Whether :func:`backward_workers` may give more than one thread; set by
+:func:`recattend.ops.configure` only."""
 
 
 class _StepThreads:
@@ -125,7 +133,8 @@ class _ParallelStepsBackward(torch.autograd.Function):
         if ctx.steps is None:
             raise RuntimeError(
                 "the recurrent steps were already backpropagated (their graphs are freed): a "
-                "second backward pass (retain_graph=True) needs module.parallel_backward=false"
+                "second backward pass (retain_graph=True) needs the parallel backward off: "
+                "recattend.ops.configure(parallel_backward=False)"
             )
         jobs = list(zip(ctx.steps, _per_step(grads, ctx.steps), strict=True))
         ctx.steps = None  # each step's graph is freed once backpropagated
@@ -195,3 +204,72 @@ def join_steps(
         [list(outputs) for outputs in steps], list(leaves), workers, *inputs
     )
     return _per_step(flat, steps)
+
+
+def backward_workers(model: nn.Module, steps: int, compiled: bool) -> int:
+    """Threads for the backward passes of ``model``'s ``steps`` recurrent steps: more than 1 (at
+    most ``steps`` and ``torch.get_num_threads()``) only where the parallel backward is switched
+    on (:data:`ENABLED`) and safe: gradients enabled, ``model``'s parameters on the CPU, not
+    ``compiled``, no SyncBatchNorm, no gradient hooks on parameters (module docstring); 1
+    otherwise, the usual single backward pass."""
+    parameter = next(model.parameters())
+    if not (
+        ENABLED
+        and torch.is_grad_enabled()
+        and parameter.device.type == "cpu"
+        and not compiled
+        and not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+        # torch.autograd.grad would run a parameter's hooks once per step
+        and not any(p._backward_hooks for p in model.parameters())
+    ):
+        return 1
+    return min(torch.get_num_threads(), steps)
+
+
+def join_step_outputs(
+    outs: list[Any],
+    names: Sequence[str],
+    parameters: Iterable[Tensor],
+    x: Tensor,
+    shared: Tensor,
+    workers: int,
+) -> list[Any]:
+    """The steps' outputs ``outs`` with their backward passes run by ``workers`` threads
+    (:func:`join_steps`).
+
+    Args:
+        outs: per step, a dataclass instance (the segmenter's ``StepOutput``).
+        names: the fields of ``outs`` the loss reads; those that are not None and require
+            gradients are joined, the others (and every other field) are left as they are.
+        parameters: the model's parameters; those requiring gradients receive the steps' summed
+            gradients.
+        x: the steps' input, a detached copy of ``shared`` (requiring gradients where ``shared``
+            does).
+        shared: the input ``x`` was detached from; when it requires gradients (e.g. the maps of a
+            fine-tuned pre-processor), it receives ``x``'s summed gradient, and what lies upstream
+            of it is backpropagated once.
+        workers: threads (>= 1), e.g. from :func:`backward_workers`.
+
+    Returns:
+        ``outs``, each a copy (:func:`dataclasses.replace`) whose joined fields have the same
+        values and backpropagate as described.
+    """
+    selected = [
+        [n for n in names if getattr(o, n) is not None and getattr(o, n).requires_grad]
+        for o in outs
+    ]
+    leaves = [p for p in parameters if p.requires_grad]
+    inputs = list(leaves)
+    if shared.requires_grad:
+        leaves.append(x)
+        inputs.append(shared)
+    joined = join_steps(
+        [[getattr(o, n) for n in ns] for o, ns in zip(outs, selected, strict=True)],
+        leaves,
+        inputs,
+        workers,
+    )
+    return [
+        dataclasses.replace(o, **dict(zip(ns, tensors, strict=True)))
+        for o, ns, tensors in zip(outs, selected, joined, strict=True)
+    ]

@@ -1,4 +1,4 @@
-// Fused BatchNorm + ReLU for channels-last float32 CPU activations (recattend.models.kernels).
+// Fused BatchNorm + ReLU for channels-last float32 CPU activations (recattend.ops.kernels).
 //
 // A channels-last (N, C, H, W) tensor is a flat array whose element i belongs to channel i % C.
 // Every loop below walks that array in blocks of W lanes (W a multiple of C and of 16 floats, so a

@@ -1,5 +1,5 @@
 // 3x3 convolution (stride 1, zero padding 1) to 8 output channels, channels-last float32 on CPU
-// (recattend.models.kernels.conv3x3): the box and attention CNNs' full-resolution layers, where
+// (recattend.ops.kernels.conv3x3): the box and attention CNNs' full-resolution layers, where
 // oneDNN reaches ~50 GFLOP/s per core against ~80 here.
 //
 // In a channels-last row, the 3 horizontal taps of a pixel's C inputs are 3 C consecutive floats,

@@ -1,4 +1,4 @@
-"""The steps' backward passes run in parallel threads (recattend.lit.step_backward)."""
+"""The steps' backward passes run in parallel threads (recattend.ops.step_backward)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from recattend.lit.step_backward import _step_threads, join_steps
+from recattend.ops.step_backward import _step_threads, join_steps
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
@@ -81,7 +81,8 @@ def test_threads_are_kept_and_a_second_backward_is_refused(two_threads):
         loss.backward(retain_graph=True)
         assert w.grad.item() == 5.0 and len(names()) >= 2
     count = len(names())
-    with pytest.raises(RuntimeError, match="already backpropagated.*parallel_backward=false"):
+    refused = r"already backpropagated.*configure\(parallel_backward=False\)"
+    with pytest.raises(RuntimeError, match=refused):
         loss.backward()
     assert len(names()) == count
     # Each thread works with one intra-op thread, the caller keeps its own.

@@ -1,7 +1,8 @@
-"""Writing predictions: label PNGs, colour overlays, COCO results JSON.
+"""Writing predictions: label PNGs, colour overlays, COCO results JSON, Cityscapes result files.
 
 All writers take one image's instance label map (0 = background, instances 1..K) at the image's
-original resolution, as :func:`recattend.postprocess.label_map` gives after upsampling.
+original resolution, as :func:`recattend.postprocess.label_map` gives after upsampling. The
+evaluators' ``export`` (``eval.py export=true``) and ``predict.py`` both write through them.
 """
 
 from __future__ import annotations

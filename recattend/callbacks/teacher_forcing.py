@@ -1,0 +1,139 @@
+"""Teacher forcing during a training rollout (paper 2.6): which ground truth is fed back, when,
+and with what noise.
+
+At each timestep t two independent Bernoulli switches per image decide whether the segmentation
+network reads its patch from a ground-truth box (the box "knob") and whether the canvas receives a
+ground-truth mask instead of the prediction (the mask "knob"). How often they fire is set from
+outside: :class:`~recattend.callbacks.sampling.ScheduledSampling` sets
+:attr:`TeacherForcing.probabilities` before every training batch, and the bootstrap ``box`` stage
+(:class:`~recattend.callbacks.bootstrap.BootstrapStages`) always feeds ground-truth masks and
+never boxes.
+
+What is fed is the maximally overlapping instance: the slot whose padded ground-truth box has the
+highest soft IoU with the predicted soft box b_t (eq. 25), chosen with replacement, so the model
+learns to continue from wherever its own box went. The noise keeps it from trusting the fed ground
+truth blindly: masks are y* (1 - U(0, 0.3)); boxes are padded by U(0.1, 0.3) of their size (at
+least the stage's minimum padding) and their centre shifted by U(-0.05, 0.05) of their size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recattend.losses import pad_boxes, soft_iou
+from recattend.models.filterbank import box_edges_to_center_size
+from recattend.models.segmenter import BoxState, RecurrentSegmenter
+
+MASK_NOISE = 0.3  # fed masks are y* (1 - U(0, MASK_NOISE))
+BOX_PAD_RATIO = (0.1, 0.3)  # fed boxes are padded by U(low, high) of their size
+BOX_SHIFT = 0.05  # ... and their centre shifted by U(-BOX_SHIFT, BOX_SHIFT) of their size
+
+
+@dataclasses.dataclass
+class Knob:
+    """Teacher forcing at one step: which images use a ground-truth box / canvas mask, and what.
+
+    Shapes: ``use_box``, ``use_mask`` (B,) bool; ``center``, ``size`` (B, 2) float pixels (y, x)
+    of the box to extract the patch from; ``mask`` (B, H, W) float in [0, 1], the noised mask.
+    """
+
+    use_box: Tensor
+    center: Tensor
+    size: Tensor
+    use_mask: Tensor
+    mask: Tensor
+
+    def patch_box(self, box: BoxState) -> BoxState | None:
+        """``box`` with the ground-truth centre and size where ``use_box``; None when no image
+        uses one (the segmentation network then reads the predicted box)."""
+        if not self.use_box.any():
+            return None
+        use = self.use_box[:, None]
+        return dataclasses.replace(
+            box,
+            center=torch.where(use, self.center, box.center),
+            size=torch.where(use, self.size, box.size),
+        )
+
+    def write(self, written: Tensor) -> Tensor:
+        """What the canvas receives, (B, H, W): the noised ground truth where ``use_mask``,
+        ``written`` (the prediction) elsewhere."""
+        return torch.where(self.use_mask[:, None, None], self.mask, written)
+
+
+class TeacherForcing:
+    """The switches and the fed ground truth of one rollout's steps (module docstring).
+
+    Attributes:
+        probabilities: per kind (``"box"``, ``"mask"``) the (T,) probability at each timestep of
+            feeding ground truth in the ``full`` stage, on the model's device; None (the
+            default, and what :class:`~recattend.callbacks.sampling.ScheduledSampling` sets
+            outside the full stage) feeds none.
+    """
+
+    def __init__(self) -> None:
+        self.probabilities: dict[str, Tensor] | None = None
+
+    def draw(self, kind: str, t: int, b: int, stage: str, device: torch.device) -> Tensor:
+        """(B,) bool switches: feed ground truth of ``kind`` (``"box"`` or ``"mask"``) at step t.
+
+        In the ``box`` stage the canvas always receives ground truth and the patch never comes
+        from a ground-truth box (the box network is what is trained).
+        """
+        if stage == "box":
+            return torch.full((b,), kind == "mask", dtype=torch.bool, device=device)
+        if self.probabilities is None:
+            return torch.zeros(b, dtype=torch.bool, device=device)
+        return torch.rand(b, device=device) < self.probabilities[kind][t]
+
+    def knob(
+        self,
+        model: RecurrentSegmenter,
+        t: int,
+        box: BoxState,
+        batch: dict[str, Any],
+        box_masks: Tensor,
+        stage: str,
+        min_pad: float,
+    ) -> Knob | None:
+        """Draw step t's switches and pick the ground truth to feed (module docstring).
+
+        Args:
+            model: the segmenter (its :meth:`~RecurrentSegmenter.soft_box` gives b_t).
+            box: step t's predicted box; without a box network (``box.z`` None) the attention
+                covers the whole image and no instance overlaps best, so the slot fed is the
+                step's own (t), largest instances first, and no box is ever fed.
+            batch: the batch contract's ``image`` (B, C, H, W), ``masks`` (B, T, H, W) and
+                ``boxes`` (B, T, 4) pixel edges.
+            box_masks: (B, T, H, W) the padded ground-truth boxes as masks, for the soft IoU.
+            stage: the bootstrap stage, ``"box"`` or ``"full"``.
+            min_pad: the stage's minimum ground-truth box padding (px).
+
+        Returns:
+            The :class:`Knob`, or None when no image is teacher-forced at this step.
+        """
+        x = batch["image"]
+        b, device = x.shape[0], x.device
+        use_box = self.draw("box", t, b, stage, device)
+        use_mask = self.draw("mask", t, b, stage, device)
+        if box.z is None:
+            use_box = torch.zeros_like(use_box)
+        if not (use_box.any() or use_mask.any()):
+            return None
+        rows = torch.arange(b, device=device)
+        if box.z is None:
+            m = torch.full((b,), t, device=device)
+        else:
+            with torch.no_grad():
+                soft_box = model.soft_box(box)
+            m = soft_iou(soft_box[:, None], box_masks)[:, 0].argmax(1)  # (B,)
+        low, high = BOX_PAD_RATIO
+        ratio = low + (high - low) * torch.rand(b, 1, device=device)
+        center, size = box_edges_to_center_size(pad_boxes(batch["boxes"][rows, m], min_pad, ratio))
+        center = center + BOX_SHIFT * (2 * torch.rand_like(center) - 1) * size
+        noise = 1 - MASK_NOISE * torch.rand_like(batch["masks"][:, 0])
+        return Knob(use_box, center, size, use_mask, batch["masks"][rows, m] * noise)
