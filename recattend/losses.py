@@ -1,4 +1,4 @@
-"""Losses of the recurrent segmenter (paper section 2.5, eq. 21-27; reference section 3).
+"""Losses of the recurrent segmenter (paper section 2.5, eq. 21-27).
 
 The total loss is eq. (21): L = L_y + lambda_b L_b + lambda_s L_s, with
 

@@ -23,6 +23,15 @@ TINY_SEGMENTER = dict(
     glimpses=2,
 )
 
+# An FCN pre-processor small enough for CPU tests (total stride 4).
+SMALL_FCN = dict(
+    encoder_channels=[4, 4],
+    encoder_pools=[2, 2],
+    decoder_channels=[4],
+    decoder_unpools=[2, 2],
+    decoder_skips=[False, True],
+)
+
 # `python train.py` overrides for a tiny synthetic run (32x32, 8 training images, one epoch).
 TINY = [
     "dataset.resolution=[32,32]",

@@ -13,17 +13,18 @@ Per step t (names from the paper):
   re-projection of a constant patch (eq. 25);
 * scoring network: s_t from [z, v_t] (eq. 20).
 
-Choices (documented differences, see also the README):
+Choices (the differences from the paper are listed in docs/reproducing.md):
 
 * As in the authors' code, BatchNorm is per timestep (conv weights shared over t, BN not), the
   canvas is detached between steps and the glimpse LSTM restarts at every step, so no gradient
   crosses steps: :class:`~recattend.lit.segmenter.SegmenterModule` exploits this to backpropagate
   one step at a time.
-* The last D-CNN layer has BN and ReLU like the reference, so y~ >= 0 and the logit floor is -beta.
-* Convolutions start He-normal rather than N(0, 0.01): with Adam and per-timestep BN the tiny
-  reference weights make BN running statistics lag (measured on the pre-processor: eval-mode IoU
+* The last D-CNN layer has BN and ReLU as in the authors' code, so y~ >= 0 and the logit floor
+  is -beta.
+* Convolutions start He-normal rather than N(0, 0.01): with Adam and per-timestep BN, tiny
+  initial weights make BN running statistics lag (measured on the pre-processor: eval-mode IoU
   0.38 vs 0.95). The box head starts at N(0, 0.01) so the first box is the whole image.
-* The "no box network" ablation (paper Table 4, no code in the reference) attends to the whole
+* The "no box network" ablation (paper Table 4; the authors' code has none) attends to the whole
   image with learned gains initialised to compensate the filterbank's density.
 """
 
@@ -188,7 +189,7 @@ class BoxNetwork(nn.Module):
     ) -> None:
         super().__init__()
         if glimpses < 1:
-            raise ValueError(f"model.glimpses={glimpses} must be >= 1")
+            raise ValueError(f"model.segmenter.glimpses={glimpses} must be >= 1")
         self.cnn = TimestepConvStack(in_channels, channels, pools, steps)
         self.glimpses, self.feature_size = glimpses, feature_size
         cells = feature_size[0] * feature_size[1]
@@ -290,7 +291,7 @@ class RecurrentSegmenter(nn.Module):
             skips: its D-CNN.
         hidden: glimpse-LSTM width; glimpses: K.
         box_network: False for the "no box network" ablation (whole-image attention).
-        fixed_gamma: gamma_patch = 1 and gamma_out = e^2 as the reference's CVPPP/Cityscapes runs;
+        fixed_gamma: gamma_patch = 1 and gamma_out = e^2 as the authors' CVPPP/Cityscapes runs;
             otherwise both are predicted. gamma_box is always predicted.
         dynamic_var: predict the kernel log-variance; otherwise variance = stride (delta / h).
 
@@ -326,13 +327,14 @@ class RecurrentSegmenter(nn.Module):
         if box_network and (h % stride or w % stride):
             raise ValueError(
                 f"dataset.resolution={[h, w]} must be divisible by the box CNN's total stride "
-                f"{stride} (product of model.box_pools), e.g. "
+                f"{stride} (product of model.segmenter.box_pools), e.g. "
                 f"{[-(-h // stride) * stride, -(-w // stride) * stride]}"
             )
         attn_stride = math.prod(attn_pools)
         if self.patch_size[0] % attn_stride or self.patch_size[1] % attn_stride:
             raise ValueError(
-                f"model.patch_size={list(self.patch_size)} must be divisible by {attn_stride}"
+                f"model.segmenter.patch_size={list(self.patch_size)} must be divisible by "
+                f"{attn_stride}"
             )
         d_channels = in_channels + 1  # [canvas, x], eq. (2)
         self.box_net = (
@@ -378,7 +380,7 @@ class RecurrentSegmenter(nn.Module):
         if self.box_net is not None:
             nn.init.trunc_normal_(self.box_net.box_head.weight, std=0.01, a=-0.02, b=0.02)
             nn.init.zeros_(self.box_net.box_head.bias)
-            # LSTM forget-gate bias 1 (reference initialisation); gates are ordered i, f, g, o.
+            # LSTM forget-gate bias 1 (the authors' initialisation); gates are ordered i, f, g, o.
             lstm = self.box_net.lstm
             with torch.no_grad():
                 lstm.bias_ih.zero_()
@@ -415,7 +417,7 @@ class RecurrentSegmenter(nn.Module):
     def _variance(self, size: Tensor, log_var: Tensor | None) -> Tensor:
         if self.dynamic_var and log_var is not None:
             return log_var.exp()
-        # Variance = stride delta / patch size (reference, CVPPP); floored to stay finite.
+        # Variance = stride delta / patch size (the authors' CVPPP setting); floored to stay finite.
         return (size / size.new_tensor(self.patch_size)).clamp(min=1e-2)
 
     def segment(
@@ -426,7 +428,7 @@ class RecurrentSegmenter(nn.Module):
         Args:
             box: the box network's prediction; the soft box b_t always comes from it.
             patch_box: where to extract the patch instead (teacher forcing with a ground-truth
-                box, as the reference's box "knob"); defaults to ``box``.
+                box, as the authors' box "knob"); defaults to ``box``.
         """
         look = box if patch_box is None else patch_box
         f_y, f_x = filterbank(look.center, look.size, look.var, self.image_size, self.patch_size)
@@ -449,7 +451,7 @@ class RecurrentSegmenter(nn.Module):
 
         ``z`` is None without a box network. ``v`` None (the bootstrap box stage, before the
         segmentation network is trained) reads zeros in its place, so only the box network's part
-        of the head is used and trained, like the reference's box-only score head.
+        of the head is used and trained, like the authors' box-only score head.
         """
         if v is None:
             v = z.new_zeros(z.shape[0], self.core_features)
@@ -457,7 +459,7 @@ class RecurrentSegmenter(nn.Module):
         return torch.sigmoid(self.score_head(features))[:, 0]  # eq. (20)
 
     def box_only(self, box: BoxState) -> StepOutput:
-        """The bootstrap box stage's step (reference 1.3): soft box and score, no segmentation."""
+        """The bootstrap box stage's step: soft box and score, no segmentation."""
         return StepOutput(None, self.soft_box(box), self.score(box.z, None), box)
 
     def soft_box(self, box: BoxState, filters: tuple[Tensor, Tensor] | None = None) -> Tensor:

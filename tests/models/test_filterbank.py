@@ -72,7 +72,7 @@ def test_extract_then_reproject_reproduces_a_smooth_image_inside_the_box() -> No
     center, size = box_edges_to_center_size(torch.tensor([[16.0, 8.0, 48.0, 56.0]]))
     f_y, f_x = filterbank(center, size, size / 24, (h, h), (24, 24))
     back = reproject(extract(smooth[None, None], f_y, f_x), f_y, f_x)[0, 0]
-    # Re-projection density inside the box is F / (delta + 1) per axis (reference 2.3).
+    # Re-projection density inside the box is F / (delta + 1) per axis.
     density = (24 / 32) * (24 / 48)
     inside = back[20:44, 14:50] / density
     assert torch.allclose(inside, smooth[20:44, 14:50], atol=0.02)

@@ -137,8 +137,7 @@ def test_cityscapes_test_split_gets_classes_postprocessing_and_ap(tmp_path: Path
     from recattend.data.fixtures import write_cityscapes
     from recattend.evaluation import CityscapesEvaluator, Evaluate
     from recattend.lit import PreprocessorModule
-    from tests.helpers import tiny_segmenter
-    from tests.test_preprocessor_input import SMALL_FCN
+    from tests.helpers import SMALL_FCN, tiny_segmenter
 
     root = tmp_path / "cityscapes"
     write_cityscapes(root, "train", {"aachen": 3}, size=(64, 128))

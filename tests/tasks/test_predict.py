@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from recattend.evaluation.export import coco_results, overlay, write_label_png
 
+from recattend.evaluation.export import coco_results, overlay, write_label_png
 from recattend.tasks import predict
 from tests.helpers import tiny_data, tiny_segmenter
 

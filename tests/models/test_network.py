@@ -9,15 +9,7 @@ import pytest
 import torch
 
 from recattend.lit import PreprocessorModule, SegmenterModule
-from tests.helpers import tiny_batch, tiny_data, tiny_segmenter
-
-SMALL_FCN = dict(
-    encoder_channels=[4, 4],
-    encoder_pools=[2, 2],
-    decoder_channels=[4],
-    decoder_unpools=[2, 2],
-    decoder_skips=[False, True],
-)
+from tests.helpers import SMALL_FCN, tiny_batch, tiny_data, tiny_segmenter
 
 
 def _preprocessor_ckpt(tmp_path: Path, angles: bool = True) -> Path:

@@ -1,4 +1,5 @@
-"""The two-pass training step gives exactly the gradient of the joint loss over all steps."""
+"""SegmenterModule's training step: exactly the gradient of the joint loss over all steps in
+every memory mode, with and without the parallel backward; learning; the non-finite guard."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from recattend import ops
 from recattend.lit import SegmenterModule
 from recattend.losses import segmenter_losses
 from recattend.ops import step_backward
-from tests.helpers import tiny_batch, tiny_segmenter
+from tests.helpers import SMALL_FCN, tiny_batch, tiny_segmenter
 
 
 def _full_graph_loss(module: SegmenterModule, batch: dict) -> torch.Tensor:
@@ -111,14 +112,7 @@ def test_parallel_backward_matches_one_backward(monkeypatch, two_threads, varian
     if variant == "no-box-net":
         net["box_network"] = False
     if variant == "finetuned-preprocessor":
-        fcn = {
-            "encoder_channels": [4, 4],
-            "encoder_pools": [2, 2],
-            "decoder_channels": [4],
-            "decoder_unpools": [2, 2],
-            "decoder_skips": [False, True],
-        }
-        extra["preprocessor"] = {"net": fcn, "finetune": True}
+        extra["preprocessor"] = {"net": SMALL_FCN, "finetune": True}
     batch, results = tiny_batch(), []
     for parallel in (False, True):
         torch.manual_seed(0)
