@@ -53,7 +53,8 @@ from recattend.losses import (
     supervised_counts,
 )
 from recattend.models.network import SegmenterNetwork
-from recattend.models.segmenter import StepOutput, TimestepConvStack, TimestepDeconvStack
+from recattend.models.segmenter import StepOutput
+from recattend.models.timestep import TimestepConvStack, TimestepDeconvStack
 from recattend.postprocess import (
     Instances,
     PostProcess,

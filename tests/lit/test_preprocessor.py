@@ -132,7 +132,7 @@ def test_unknown_skip_source_is_refused(source) -> None:
 
 
 def test_checkpoint_with_named_sources_loads(tmp_path) -> None:
-    from recattend.lit.preprocessor import load_preprocessor
+    from recattend.models.network import load_preprocessor
 
     config = {"decoder_skip_sources": [None, 3, None, 1, None, "x"]}
     net = Preprocessor(**config)

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from recattend.lit import PreprocessorModule
 from recattend.models import Preprocessor
+from recattend.utils.config import instantiate_data
 
 RECIPES = ["kitti", "cityscapes", "cvppp", "coco_zebra", "synthetic"]
 PAPER_SIZED = ["kitti", "cityscapes", "cvppp", "coco_zebra"]
@@ -107,7 +108,7 @@ def test_recipe_composes_and_builds(compose_train, recipe: str) -> None:
     assert cfg.hydra.runtime.choices["dataset/augment"] == "paper"
     assert cfg.dataset.augment.shift == 16 and list(cfg.dataset.augment.flip_stages) == ["box"]
     assert cfg.dataset.batch_size == 8
-    instantiate(cfg.dataset, _convert_="all")  # the data module builds (files are read later)
+    instantiate_data(cfg.dataset)  # the data module builds (files are read later)
     module = instantiate(cfg.module, _convert_="all")
     assert isinstance(module, PreprocessorModule)
     h, w = cfg.dataset.resolution

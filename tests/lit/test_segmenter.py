@@ -95,7 +95,7 @@ def test_what_the_forward_pass_keeps_for_backward(checkpoint_steps: bool | str, 
 
 
 def test_full_resolution_layers_and_bad_checkpoint_steps() -> None:
-    from recattend.models.segmenter import TimestepConvStack
+    from recattend.models.timestep import TimestepConvStack
 
     for pools, layers in [([1, 2, 1, 2], 2), ([2, 2], 1), ([1, 1], 2)]:
         assert TimestepConvStack(4, [8] * len(pools), pools, 1).full_resolution_layers == layers

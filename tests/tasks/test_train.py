@@ -39,7 +39,8 @@ def test_train_writes_metrics_checkpoints_csv_and_offline_wandb(
     assert list((tmp_path / "figures").glob("val_step*.png")), "validation figure missing"
     # Checkpoints hold plain hyper-parameters only: they load under torch's weights_only=True.
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["hyper_parameters"]["image_size"] == [32, 32]
+    hparams = ckpt["hyper_parameters"]
+    assert (hparams["net"] if cls == "SegmenterModule" else hparams)["image_size"] == [32, 32]
     getattr(lit, cls).load_from_checkpoint(
         tmp_path / "checkpoints" / "last.ckpt", weights_only=True
     )
