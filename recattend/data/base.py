@@ -132,6 +132,8 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         stage: the current bootstrap stage (``box``, ``full``) set by
             :class:`~recattend.callbacks.BootstrapStages`, None without stages; the policy's
             flips apply only in its ``flip_stages``.
+        paper_table: the layout of the paper's results table that the tasks print for this
+            dataset (:data:`recattend.report.TABLES`), None for a generic one.
 
     Raises:
         ValueError: at construction, naming the ``dataset.*`` key and its constraint.
@@ -169,6 +171,12 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         self.stage: str | None = None
         self._transform(True)  # fail at start-up, not in a worker
         self.datasets: dict[str, InstanceDataset] = {}
+
+    paper_table: str | None = None
+
+    def labelled(self, split: str) -> bool:
+        """Whether ``split`` has ground truth (an unlabelled test folder serves prediction)."""
+        return True
 
     @property
     def seq_len(self) -> int:

@@ -235,10 +235,6 @@ class FileDataModule(InstanceDataModule):
             labels[mask] = k
         return labels
 
-    def labelled(self, split: str) -> bool:
-        """Whether ``split`` has ground truth (an unlabelled test folder serves prediction)."""
-        return True
-
     def expected_count(self, entry: Entry) -> int | None:
         """The instance count the dataset's own index gives for ``entry`` (None: no index)."""
         return None

@@ -1,20 +1,12 @@
 """Training of the recurrent attention segmenter (paper sections 2.5-2.6).
 
-Memory: the canvas is detached between steps and the glimpse LSTM restarts at every step, so no
-gradient crosses steps; the steps are coupled only through the (non-differentiable) matching and
-the score loss. Keeping all T steps' graphs alive until the joint loss is known costs T times one
-step's activations: 2.2 GiB peak at the CVPPP configuration with the fused kernels
-(:mod:`recattend.ops.kernels`), which store no full-size ReLU outputs or pooling indices. That
-is the default (``checkpoint_steps=False``), the fastest on CPU. With less memory to spare, the
-forward pass keeps less and the backward pass recomputes the rest, one step at a time:
-``"full_resolution"`` the box CNN's layers at the input resolution (1.8 GiB), ``True`` whole steps,
-keeping only each step's inputs (the image and that step's canvas) and outputs (1.3 GiB, a third
-slower). The gradient is exactly that of the joint loss (eq. 21) in every mode, one backward call
-serves DDP as usual, and BatchNorm running statistics are restored after a recomputation, so they
-are updated once per step.
+Memory: no gradient crosses steps (the canvas is detached, the glimpse LSTM restarts), so the
+steps are coupled only through the non-differentiable matching and the score loss. By default all
+T steps' graphs stay alive until the joint loss (eq. 21) is known; ``checkpoint_steps`` trades
+time for memory by recomputing parts of each step in the backward pass, with the same gradient and
+BatchNorm statistics updated once per step (docs/model.md, "Memory and speed", has the figures).
 
-Training procedure (paper 2.6), driven by two callbacks that set attributes of
-the module:
+Training procedure (paper 2.6), driven by two callbacks that set attributes of the module:
 
 * :class:`~recattend.callbacks.BootstrapStages` sets ``stage``: ``"box"`` trains the box network
   alone, the canvas always receiving (noised) ground truth, with the soft box IoU and score losses;

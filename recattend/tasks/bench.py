@@ -169,9 +169,9 @@ def measure(
 def measure_loading(name: str, images: int, folder: Path) -> float:
     """Training images/s that ``dataset=<name>`` delivers from a fixture at real image sizes."""
     from hydra import compose, initialize_config_module
-    from hydra.utils import instantiate
 
     from recattend.data import fixtures
+    from recattend.utils.config import instantiate_data
 
     size, root = LOADING_SIZES[name], folder / name
     if name == "cvppp":
@@ -187,7 +187,7 @@ def measure_loading(name: str, images: int, folder: Path) -> float:
         fixtures.write_coco(root, "val2017", 1, size)
     with initialize_config_module("recattend.conf", version_base="1.3"):
         cfg = compose("train", overrides=[f"dataset={name}", f"dataset.root={root}"])
-    datamodule = instantiate(cfg.dataset, _convert_="all")
+    datamodule, _ = instantiate_data(cfg.dataset)
     loader = datamodule.train_dataloader()
     for _ in loader:  # warm-up: workers start, files enter the page cache
         pass

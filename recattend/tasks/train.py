@@ -27,8 +27,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recattend import ops
 from recattend.callbacks import ProcessGroupTeardown, ProcessSettings
+from recattend.data.base import InstanceDataModule
 from recattend.evaluation import Evaluate
-from recattend.lit import SegmenterModule
+from recattend.lit import PreprocessorModule, SegmenterModule
 from recattend.report import metrics_table
 from recattend.utils.checkpoint import load_weights
 from recattend.utils.config import (
@@ -61,7 +62,7 @@ def run(cfg: DictConfig) -> float | None:
     )
     ops.configure(**settings)
     datamodule, evaluator = instantiate_data(cfg.dataset)
-    if cfg.get("test", False) and not getattr(datamodule, "labelled", lambda split: True)("test"):
+    if cfg.get("test", False) and not datamodule.labelled("test"):
         raise ValueError(  # before training, so no work is lost at the end
             "the test split has no labels (e.g. dataset.test_root is the unlabelled official "
             "test set): run with test=false, or point dataset.test_root at a labelled folder"
@@ -147,11 +148,11 @@ def _continue_wandb_run(cfg: DictConfig, output_dir: Path) -> None:
         log.info("continuing W&B run %s", run_id)
 
 
-def paper_table(module: L.LightningModule, datamodule: L.LightningDataModule) -> str | None:
+def paper_table(module: L.LightningModule, datamodule: InstanceDataModule) -> str | None:
     """The paper table to print: the pre-processor's own, else the dataset's (``paper_table``)."""
-    if type(module).__name__ == "PreprocessorModule":
+    if isinstance(module, PreprocessorModule):
         return "preprocessor"
-    return getattr(datamodule, "paper_table", None)
+    return datamodule.paper_table
 
 
 def scalars(values: dict[str, Any]) -> dict[str, float | None]:

@@ -15,3 +15,11 @@ def test_defaults_are_spread_over_the_variants() -> None:
 def test_one_repeat_measures_the_defaults_first() -> None:
     assert _plan(["a", "b"], 1) == [None, "a", "b"]
     assert _plan([], 3) == [None, None, None]
+
+
+def test_the_loading_benchmark_reads_every_dataset(tmp_path) -> None:
+    # Each real dataset's fixture, read through its composed dataset config (as `make bench`).
+    from recattend.tasks.bench import LOADING_SIZES, measure_loading
+
+    for name in LOADING_SIZES:
+        assert measure_loading(name, 5, tmp_path) > 0, name
