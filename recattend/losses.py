@@ -113,7 +113,7 @@ def matched_iou_loss(iou: Tensor, match: Tensor, num_valid: Tensor) -> Tensor:
     return -per_image.mean()  # eq. (23)
 
 
-def pad_boxes(boxes: Tensor, min_pad: float = 20.0, ratio: float | Tensor = 0.2) -> Tensor:
+def pad_boxes(boxes: Tensor, min_pad: float, ratio: float | Tensor = 0.2) -> Tensor:
     """Grow each side of pixel-edge boxes (..., 4) = (y0, x0, y1, x1) by max(ratio * size, min_pad).
 
     ``ratio`` may be a tensor broadcasting against (..., 2), e.g. (B, 1) for one ratio per box.
@@ -130,7 +130,7 @@ def padded_box_masks(
     boxes: Tensor,
     size: tuple[int, int],
     num_valid: Tensor,
-    min_pad: float = 20.0,
+    min_pad: float,
     ratio: float = 0.2,
 ) -> Tensor:
     """Binary rasters of padded ground-truth boxes, Pad(b*) of eq. (26).
@@ -165,7 +165,7 @@ def padded_box_masks(
 
 
 def box_loss(
-    soft_boxes: Tensor, boxes: Tensor, num_valid: Tensor, min_pad: float = 20.0
+    soft_boxes: Tensor, boxes: Tensor, num_valid: Tensor, min_pad: float
 ) -> tuple[Tensor, Tensor]:
     """Soft box IoU loss L_b (eq. 26): matched soft IoU of b_t against the padded GT boxes.
 
@@ -250,7 +250,8 @@ def segmenter_losses(
     num_instances: Tensor,
     lambda_box: float = 1.0,
     lambda_score: float = 1.0,
-    min_pad: float = 20.0,
+    *,
+    min_pad: float,
 ) -> dict[str, Tensor]:
     """The joint loss of eq. (21) on one batch of the contract.
 
@@ -302,7 +303,8 @@ def box_stage_losses(
     num_instances: Tensor,
     lambda_box: float = 1.0,
     lambda_score: float = 1.0,
-    min_pad: float = 20.0,
+    *,
+    min_pad: float,
 ) -> dict[str, Tensor]:
     """The loss of the bootstrap ``box`` stage (the authors' first stage): no segmentation network.
 

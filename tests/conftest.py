@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,8 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+from tests.helpers import CONF, ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -70,17 +67,3 @@ def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
 
     yield _compose
     GlobalHydra.instance().clear()
-
-
-def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 240):
-    """Run ``python <args>`` as a user would, with this interpreter and ``env`` added."""
-    import subprocess
-
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from recattend.data import SyntheticDataModule
 from recattend.lit import SegmenterModule
 from recattend.models import SegmenterNetwork
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+CONF = ROOT / "conf"
 
 # A segmenter small enough for CPU tests at 32x32 (total box stride 8, patch 16x16).
 TINY_SEGMENTER = dict(
@@ -100,4 +107,16 @@ def tiny_data(num_train: int = 8) -> SyntheticDataModule:
         max_objects=3,
         num_workers=0,
         augment=None,
+    )
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 240):
+    """Run ``python <args>`` as a user would, with this interpreter and ``env`` added."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

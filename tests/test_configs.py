@@ -9,7 +9,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
 from recattend.utils.config import instantiate_data, instantiate_group
-from tests.conftest import CONF
+from tests.helpers import CONF
 
 GROUPS = [
     "module",

@@ -159,7 +159,7 @@ def test_padded_box_masks_default_min_pad_dominates() -> None:
     # Height 10, width 30 in a 64 x 80 image: 0.2 * 10 = 2 and 0.2 * 30 = 6, both below 20, so
     # every side grows by 20: rows -10..40 -> 0..39, columns 20..80 -> 20..79 (clipped).
     boxes = torch.tensor([[[10.0, 40.0, 20.0, 70.0]]])
-    got = padded_box_masks(boxes, (64, 80), torch.tensor([1]))
+    got = padded_box_masks(boxes, (64, 80), torch.tensor([1]), min_pad=20.0)
     expected = torch.zeros(1, 1, 64, 80)
     expected[0, 0, 0:40, 20:80] = 1.0
     torch.testing.assert_close(got, expected)
@@ -207,7 +207,9 @@ def test_box_stage_losses_use_the_box_matching_for_the_scores() -> None:
     assert terms["loss"].item() == pytest.approx(-1.0 + 2 * 0.22839, abs=2e-4)
     assert terms["match"][0].sum(1).tolist() == [1.0, 1.0, 0.0]
     # No instances: nothing matched, all-zero score target, no box loss.
-    empty = box_stage_losses(soft_boxes, scores, torch.zeros(1, 3, 4), torch.tensor([0]))
+    empty = box_stage_losses(
+        soft_boxes, scores, torch.zeros(1, 3, 4), torch.tensor([0]), min_pad=2.0
+    )
     assert empty["loss_box"].item() == 0.0 and empty["match"].sum() == 0
 
 
@@ -266,6 +268,7 @@ def test_segmenter_losses_empty_ground_truth() -> None:
         torch.zeros(1, 3, 8, 8),
         torch.zeros(1, 3, 4),
         torch.tensor([0]),
+        min_pad=20.0,
     )
     assert out["loss_segm"].item() == 0.0 and out["loss_box"].item() == 0.0
     assert (out["match"] == 0).all()
@@ -284,7 +287,9 @@ def test_segmenter_losses_more_objects_than_slots() -> None:
     # Predictions 0 and 1 swap the instances; prediction 2 copies instance 0 but is past n_b.
     masks = torch.stack([gt[0, 1], gt[0, 0], gt[0, 0]]).unsqueeze(0)
     boxes = torch.tensor([[[0.0, 0, 4, 8], [5, 0, 8, 3], [0, 0, 0, 0]]])
-    out = segmenter_losses(masks, torch.full((1, 3), 0.5), None, gt, boxes, torch.tensor([5]))
+    out = segmenter_losses(
+        masks, torch.full((1, 3), 0.5), None, gt, boxes, torch.tensor([5]), min_pad=20.0
+    )
     # Two perfect matches divided by n_b = 2 (not 3 or 5).
     assert out["loss_segm"].item() == pytest.approx(-1.0, abs=1e-5)
     expected_match = torch.tensor([[[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
@@ -303,7 +308,9 @@ def test_every_slot_supervised_without_a_stop_slot() -> None:
     boxes = torch.tensor([[[0.0, 0, 4, 8], [5, 0, 8, 3], [5, 6, 8, 8]]])
     assert supervised_counts(torch.tensor([5]), boxes).tolist() == [3]
     assert supervised_counts(torch.tensor([2]), boxes).tolist() == [2]  # the true count caps it
-    out = segmenter_losses(gt.clone(), torch.full((1, 3), 0.5), None, gt, boxes, torch.tensor([5]))
+    out = segmenter_losses(
+        gt.clone(), torch.full((1, 3), 0.5), None, gt, boxes, torch.tensor([5]), min_pad=20.0
+    )
     assert out["loss_segm"].item() == pytest.approx(-1.0, abs=1e-5)  # three perfect matches / 3
     torch.testing.assert_close(out["match"], torch.eye(3)[None])
     torch.testing.assert_close(score_target(out["match"]), torch.ones(1, 3))

@@ -73,7 +73,10 @@ class Evaluate(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self.val.process(batch, _checked(outputs, "validation_step"), pl_module.instances)
+        # The step's precision context (bf16-mixed: autocast), in which the module's own
+        # evaluation ran before it moved here: the post-processing reads the pre-processor again.
+        with trainer.precision_plugin.val_step_context():
+            self.val.process(batch, _checked(outputs, "validation_step"), pl_module.instances)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _log(pl_module, self.val, "val")
@@ -91,7 +94,8 @@ class Evaluate(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self.test.process(batch, _checked(outputs, "test_step"), pl_module.instances)
+        with trainer.precision_plugin.test_step_context():
+            self.test.process(batch, _checked(outputs, "test_step"), pl_module.instances)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _log(pl_module, self.test, "test")

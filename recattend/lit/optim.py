@@ -14,7 +14,7 @@ _FUSED_ADAM_DEVICES = ("cpu", "cuda")
 def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """Parameter groups with L2 weight decay on weight matrices and kernels only.
 
-    The reference decays every weight matrix and kernel (5e-5 sum ||W||^2 / 2) but not biases,
+    The authors' code decays every weight matrix and kernel (5e-5 sum ||W||^2 / 2) but not biases,
     BatchNorm scales and shifts, or gains; with Adam, decaying a parameter whose only gradient is
     the decay term (e.g. a per-timestep BatchNorm rarely reached by the loss) drives it to zero.
     """

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -54,7 +55,7 @@ from recattend.postprocess import (
     majority_class,
     postprocess,
 )
-from recattend.utils.checkpoint import upgrade_checkpoint
+from recattend.utils.checkpoint import load_module, upgrade_checkpoint
 from recattend.visualise import figure1_grid, stack_rows
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,17 @@ class SegmenterModule(L.LightningModule):
         if not isinstance(net, SegmenterNetwork):  # a checkpoint's hyper-parameters
             net = SegmenterNetwork(**net)
         self.save_hyperparameters(ignore=["net"])
-        self.hparams["net"] = net.settings
+        # Again with the network's settings, which loggers then record as well as checkpoints.
+        self.save_hyperparameters({"net": net.settings, **self.hparams})
         self.net = net
         if compile:
+            if torch._dynamo.config.recompile_limit < 6 * net.steps:  # read, never set, here
+                log.warning(
+                    "module.compile=true: Dynamo's recompile limit (%d) is below the %d graphs of "
+                    "T = %d steps, so later steps would run eagerly; call "
+                    "recattend.ops.configure(compile_steps=%d) at start-up (the entry points do)",
+                    torch._dynamo.config.recompile_limit, 6 * net.steps, net.steps, net.steps,
+                )  # fmt: skip
             self.net.segmenter.locate = torch.compile(self.net.segmenter.locate)
             self.net.segmenter.segment = torch.compile(self.net.segmenter.segment)
             if self.net.preprocessor is not None:
@@ -309,6 +318,25 @@ class SegmenterModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resuming a checkpoint from before the network was one node renames its weights."""
         upgrade_checkpoint(checkpoint)
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        weights_only: bool = True,
+        **overrides: Any,
+    ) -> SegmenterModule:
+        """The module a checkpoint holds, also one written before the network was one node
+        (:func:`~recattend.utils.checkpoint.load_module`); ``overrides`` replace saved settings.
+
+        Raises:
+            ValueError: ``weights_only=False`` (recattend checkpoints hold plain values only), or
+                the checkpoint does not fit (named by :func:`load_module`).
+        """
+        if not weights_only:
+            raise ValueError("recattend checkpoints load with weights_only=True (plain values)")
+        return load_module(cls, checkpoint_path, overrides, map_location or "cpu")
 
     # ---------------------------------------------------------------------------------- inference
     def forward(self, image: Tensor) -> dict[str, Tensor]:

@@ -109,11 +109,15 @@ class SegmenterNetwork(nn.Module):
 
     def _build_preprocessor(self, settings: dict[str, Any]) -> tuple[Preprocessor | None, int]:
         """The frozen (or fine-tuned) pre-processor and the channels it adds to x."""
-        if not settings["enabled"] or not (settings["ckpt_path"] or settings.get("net")):
+        if not settings["enabled"] or not (
+            settings["ckpt_path"] or settings.get("net") is not None
+        ):
             if not settings["angles"] and settings["enabled"]:
                 log.warning("model=no_angle without model.preprocessor.ckpt_path: raw pixels only")
             return None, 0
-        if settings.get("net"):  # rebuilt from a segmenter checkpoint; weights come with it
+        if (
+            settings.get("net") is not None
+        ):  # rebuilt from a segmenter checkpoint; weights come with it
             preprocessor = Preprocessor(**settings["net"])
         else:
             preprocessor, settings["net"] = load_preprocessor(settings["ckpt_path"])

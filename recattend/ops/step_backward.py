@@ -10,7 +10,7 @@ gradients are then summed in step order, so the result does not depend on the th
 number. One autograd node hands the sums on, so each parameter receives one gradient per backward
 pass, as DDP's hooks expect, and anything upstream of the steps' shared input (a fine-tuned
 pre-processor) is backpropagated once. Measured at the CVPPP configuration on 2 cores: the
-backward phase about 1.6x faster than with one thread (the README has the figures).
+backward phase about 1.6x faster than with one thread (docs/benchmarks.md has the figures).
 
 The gradients equal those of one backward pass up to float rounding (another summation order;
 each thread's kernels run single-threaded). What the steps must not do (:func:`backward_workers`

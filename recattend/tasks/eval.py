@@ -65,8 +65,9 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
     settings = process_settings(
         cfg,
         resolved_devices(cfg.trainer)[0],
-        steps=module.net.steps if segmenter else 0,
+        steps=module.net.steps if segmenter else None,
         compiled=segmenter and module.hparams.compile,
+        training=False,
     )
     ops.configure(**settings)
     datamodule, evaluator = instantiate_data(cfg.dataset)

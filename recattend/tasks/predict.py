@@ -95,7 +95,8 @@ def run(cfg: DictConfig) -> dict[str, int]:
     threshold = {} if cfg.threshold is None else {"threshold": float(cfg.threshold)}
     module = load_module(SegmenterModule, ckpt, threshold, map_location=device)
     module.eval()
-    ops.configure(**process_settings(cfg, device.type, module.net.steps, module.hparams.compile))
+    steps, compiled = module.net.steps, module.hparams.compile
+    ops.configure(**process_settings(cfg, device.type, steps, compiled, training=False))
     height, width = module.net.image_size
     counts: dict[str, int] = {}
     results = []

@@ -1,10 +1,10 @@
 """Training task: ``python train.py [overrides]`` or ``recattend-train [overrides]``.
 
-Order: start-up checks and process-wide settings (:func:`recattend.ops.configure`) -> seed ->
-data and the dataset's evaluator -> module (weights from ``init_from`` if set) -> callbacks
-and loggers -> trainer -> fit -> test (best checkpoint if one was written) -> ``metrics.json`` in
-the run folder (and a W&B table). W&B runs are finished in every case, so each job of a multirun
-gets its own run.
+Order: start-up checks -> seed -> data and the dataset's evaluator -> module and the
+process-wide settings it needs (:func:`recattend.ops.configure`) -> weights from ``init_from`` if
+set -> callbacks and loggers -> trainer -> fit -> test (best checkpoint if one was written) ->
+``metrics.json`` in the run folder (and a W&B table). W&B runs are finished in every case, so each
+job of a multirun gets its own run.
 
 Resuming (``ckpt_path=last`` or a checkpoint path): Hydra's run folder is the resumed run's
 (:func:`recattend.utils.hydra.run_dir`), Lightning restores weights, optimiser, step and the
@@ -54,13 +54,6 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    settings = process_settings(
-        cfg,
-        resolved_devices(cfg.trainer)[0],
-        steps=cfg.dataset.get("max_instances", 0) + 1,
-        compiled=cfg.module.get("compile", False),
-    )
-    ops.configure(**settings)
     datamodule, evaluator = instantiate_data(cfg.dataset)
     if cfg.get("test", False) and not datamodule.labelled("test"):
         raise ValueError(  # before training, so no work is lost at the end
@@ -68,6 +61,15 @@ def run(cfg: DictConfig) -> float | None:
             "test set): run with test=false, or point dataset.test_root at a labelled folder"
         )
     module: L.LightningModule = instantiate(cfg.module, _convert_="all")
+    segmenter = isinstance(module, SegmenterModule)
+    settings = process_settings(
+        cfg,
+        resolved_devices(cfg.trainer)[0],
+        steps=module.net.steps if segmenter else None,
+        compiled=segmenter and module.hparams.compile,
+        training=cfg.get("train", True),
+    )
+    ops.configure(**settings)
     if cfg.get("init_from"):
         load_weights(module, cfg.init_from)
     callbacks = [
@@ -75,7 +77,7 @@ def run(cfg: DictConfig) -> float | None:
         ProcessSettings(**settings),
         ProcessGroupTeardown(),
     ]
-    if isinstance(module, SegmenterModule):  # the pre-processor scores its own pixel metrics
+    if segmenter:  # the pre-processor scores its own pixel metrics
         callbacks.append(Evaluate(test=evaluator))
     if ckpt_path is not None:
         _continue_wandb_run(cfg, output_dir)

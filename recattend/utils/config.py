@@ -153,14 +153,24 @@ def trainer_settings(trainer_cfg: DictConfig) -> dict[str, Any]:
 
 
 def process_settings(
-    cfg: DictConfig, accelerator: str, steps: int, compiled: bool
+    cfg: DictConfig, accelerator: str, steps: int | None, compiled: bool, training: bool
 ) -> dict[str, Any]:
-    """The arguments of :func:`recattend.ops.configure` for a run: the CPU fast path when
-    ``cpu_fast_path`` is on and the run computes on the CPU (so a GPU run never builds the CPU
-    kernels), and Dynamo's recompile limit raised for ``steps`` when ``compiled``."""
+    """The arguments of :func:`recattend.ops.configure` for a run.
+
+    Args:
+        cfg: the composed config (its ``cpu_fast_path``, default true).
+        accelerator: what the run computes on (``cpu``, ``gpu``, ...): a GPU run never builds
+            the CPU kernels.
+        steps: the segmenter's T, or None when the run's module is not the segmenter (the
+            pre-processor does not use the fast path).
+        compiled: ``torch.compile`` is on: Dynamo's recompile limit is raised for T steps.
+        training: backward passes will run (else no backward threads are started).
+    """
+    fast_path = bool(cfg.get("cpu_fast_path", True)) and accelerator == "cpu" and steps is not None
     return {
-        "fast_path": bool(cfg.get("cpu_fast_path", True)) and accelerator == "cpu",
-        "compile_steps": steps if compiled else 0,
+        "fast_path": fast_path,
+        "parallel_backward": training,
+        "compile_steps": steps if compiled and steps is not None else 0,
     }
 
 

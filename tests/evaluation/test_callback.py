@@ -120,3 +120,22 @@ def test_export_reaches_the_test_evaluator_only(tmp_path: Path) -> None:
     assert (val.export, test.export) == (False, True)
     assert val.output_dir == test.output_dir == tmp_path
     assert (tmp_path / "predictions" / "labels" / "x.png").is_file()
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_post_processing_runs_in_the_steps_precision(tmp_path: Path, precision: str) -> None:
+    # Under bf16-mixed the steps run in CPU autocast; the post-processing (which runs the
+    # pre-processor again for its foreground and classes) must see the same context.
+    module, seen = TinyModule(), []
+    original = module.instances
+
+    def recording(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return original(*args, **kwargs)
+
+    module.instances = recording
+    evaluate = Evaluate(test=InstanceEvaluator(original_resolution=False, per_image=False))
+    run = trainer(tmp_path, evaluate, precision=precision)
+    run.validate(module, loader(GT_TWO, ["v"]), verbose=False)
+    run.test(module, loader(GT_TWO, ["t"]), verbose=False)
+    assert seen == [precision == "bf16-mixed"] * 2

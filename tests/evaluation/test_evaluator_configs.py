@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from recattend.evaluation import CityscapesEvaluator, CocoEvaluator, InstanceEvaluator
-from tests.conftest import CONF
+from tests.helpers import CONF
 
 FOLDER = CONF / "dataset" / "evaluator"
 EXPECTED = {

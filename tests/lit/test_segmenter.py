@@ -180,3 +180,11 @@ def test_non_finite_loss_stops_with_the_step_and_term(monkeypatch, tmp_path) -> 
     with pytest.raises(FloatingPointError, match=r"non-finite loss_box = nan at step 7"):
         module._check_finite(terms)
     assert saved == [f"{tmp_path}/checkpoints/nonfinite-step7.ckpt"]
+
+
+def test_loggers_record_the_networks_settings_too() -> None:
+    # Loggers read hparams_initial: the network's settings must be in it, as in checkpoints.
+    module = tiny_segmenter(max_instances=2, threshold=0.4)
+    assert module.hparams_initial["net"] == module.hparams["net"] == module.net.settings
+    assert module.hparams_initial["net"]["max_instances"] == 2
+    assert module.hparams_initial["threshold"] == 0.4

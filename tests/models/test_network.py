@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recattend.lit import PreprocessorModule, SegmenterModule
-from tests.helpers import SMALL_FCN, tiny_batch, tiny_data, tiny_segmenter
+from tests.helpers import SMALL_FCN, tiny_batch, tiny_data, tiny_network, tiny_segmenter
 
 
 def _preprocessor_ckpt(tmp_path: Path, angles: bool = True) -> Path:
@@ -100,3 +100,13 @@ def test_missing_or_mismatched_checkpoints_are_clear_errors(tmp_path: Path) -> N
     torch.save({"state_dict": {"model.x": torch.zeros(1)}, "hyper_parameters": {}}, segmenter_run)
     with pytest.raises(ValueError, match="is not a pre-processor checkpoint"):
         _segmenter(ckpt_path=str(segmenter_run))
+
+
+def test_a_stored_default_architecture_rebuilds_without_the_file() -> None:
+    # An FCN built with every default is stored as net: {} (falsy, but an architecture): the
+    # segmenter's checkpoint must rebuild it, not look for the moved file.
+    from recattend.models import Preprocessor
+
+    net = tiny_network(preprocessor={"net": {}, "ckpt_path": "/moved/away.ckpt"})
+    assert isinstance(net.preprocessor, Preprocessor)
+    assert net.settings["preprocessor"]["net"] == {}

@@ -20,8 +20,7 @@ from recattend.tasks import train
 from recattend.utils.config import check_multirun_strategy, resolved_devices, trainer_settings
 from recattend.utils.hydra import run_dir
 from recattend.utils.loggers import previous_wandb_id
-from tests.conftest import ROOT, run_cli
-from tests.helpers import TINY, tiny_segmenter
+from tests.helpers import ROOT, TINY, run_cli, tiny_segmenter
 
 
 def _trainer(**settings: object):
@@ -314,9 +313,11 @@ def test_multirun_of_two_jobs_with_two_cpu_processes_each(
 
 @pytest.mark.slow
 def test_compile_keeps_the_eager_results_and_checkpoint_names(tmp_path: Path) -> None:
+    from recattend import ops
     from recattend.lit import PreprocessorModule
     from tests.helpers import tiny_batch
 
+    ops.configure(compile_steps=2)  # as the entry points do: Dynamo's limit for T = 2 steps
     torch.manual_seed(0)
     eager = tiny_segmenter(max_instances=1)
     compiled = tiny_segmenter(max_instances=1, compile=True)

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from recattend.tasks import train
-from tests.conftest import ROOT, run_cli
-from tests.helpers import TINY
+from tests.helpers import ROOT, TINY, run_cli
 
 
 @pytest.mark.parametrize(

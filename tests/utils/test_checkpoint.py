@@ -57,10 +57,13 @@ def test_an_old_checkpoint_loads_resumes_and_initialises(tmp_path: Path) -> None
     assert upgraded["hyper_parameters"] == new["hyper_parameters"]
     assert upgraded["state_dict"].keys() == new["state_dict"].keys()
 
-    # eval.py / predict.py: the module rebuilt with the same weights.
+    # eval.py / predict.py, and Lightning's own entry: the module rebuilt with the same weights.
     module = load_module(SegmenterModule, tmp_path / "old.ckpt")
+    lightning_way = SegmenterModule.load_from_checkpoint(tmp_path / "old.ckpt", threshold=0.5)
+    assert lightning_way.hparams.threshold == 0.5
     for name, value in module.state_dict().items():
         assert torch.equal(value, new["state_dict"][name]), name
+        assert torch.equal(lightning_way.state_dict()[name], value), name
 
     # init_from: every entry fits.
     fresh = tiny_segmenter()
