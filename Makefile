@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast bench check-data lint clean clean-outputs FORCE
+.PHONY: help install train test test-fast bench bench-gpu check-data lint clean clean-outputs FORCE
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ test-fast: $(STAMP) ## Run the tests not marked slow
 
 bench: $(STAMP) ## Segmenter speed and memory benchmark -> outputs/bench/latest.json
 	$(BIN)/python -m recattend.tasks.bench
+
+bench-gpu: $(STAMP) ## The same on the GPU (images/s, peak GPU memory) -> outputs/bench/latest-cuda.json
+	$(BIN)/python -m recattend.tasks.bench --device cuda
 
 check-data: $(STAMP) ## Check a dataset folder: make check-data ARGS="dataset=cvppp dataset.root=..."
 	$(BIN)/python -m recattend.data.check $(ARGS)

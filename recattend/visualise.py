@@ -38,6 +38,11 @@ def figure1_grid(
     """
     rgb = (image.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
     h, w = rgb.shape[:2]
+    # A diverged model's NaN / inf outputs are drawn as nothing rather than stopping the run.
+    masks, scores = masks.nan_to_num(0.0, 0.0, 0.0), scores.nan_to_num(0.0, 0.0, 0.0)
+    boxes = boxes.nan_to_num(0.0, 0.0, 0.0).clamp(-1, max(h, w) + 1)
+    if attention is not None:
+        attention = attention.nan_to_num(0.0, 0.0, 0.0)
     steps = max(1, int((scores > 0).sum()))
     labels = np.zeros((h, w), np.int64)
     columns = []
@@ -72,6 +77,29 @@ def figure1_grid(
         rows.append(so_far)
         columns.append(np.concatenate(rows, axis=0))
     return np.concatenate(columns, axis=1)
+
+
+def figure1(images: Tensor, out: dict[str, Tensor]) -> np.ndarray:
+    """:func:`figure1_grid` of every image of a batch, stacked (:func:`stack_rows`).
+
+    Args:
+        images: (B, 3, H, W) in [0, 1].
+        out: the segmenter's inference outputs for them: ``masks`` (B, T, H, W), ``scores``
+            (B, T), ``boxes`` (B, T, 4), optionally ``attention`` (B, T, K, H', W').
+    """
+    attention = out.get("attention")
+    return stack_rows(
+        [
+            figure1_grid(
+                image,
+                out["masks"][i],
+                out["scores"][i],
+                out["boxes"][i],
+                None if attention is None else attention[i],
+            )
+            for i, image in enumerate(images)
+        ]
+    )
 
 
 def figure3_row(image: Tensor, foreground: Tensor, angles: Tensor) -> np.ndarray:

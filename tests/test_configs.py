@@ -107,7 +107,7 @@ def test_output_folders_follow_task_and_timestamp() -> None:
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", return_hydra_config=True, overrides=["task_name=eval"])
-    stamp = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d"
+    stamp = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{6}-\d+"
     assert re.fullmatch(f"outputs/eval/runs/{stamp}", cfg.hydra.run.dir)
     assert re.fullmatch(f"outputs/eval/multiruns/{stamp}", cfg.hydra.sweep.dir)
 

@@ -132,8 +132,9 @@ class TeacherForcing:
                 soft_box = model.soft_box(box)
             m = soft_iou(soft_box[:, None], box_masks)[:, 0].argmax(1)  # (B,)
         low, high = BOX_PAD_RATIO
-        ratio = low + (high - low) * torch.rand(b, 1, device=device)
-        center, size = box_edges_to_center_size(pad_boxes(batch["boxes"][rows, m], min_pad, ratio))
+        boxes = batch["boxes"]
+        ratio = low + (high - low) * torch.rand(b, 1, device=device, dtype=boxes.dtype)
+        center, size = box_edges_to_center_size(pad_boxes(boxes[rows, m], min_pad, ratio))
         center = center + BOX_SHIFT * (2 * torch.rand_like(center) - 1) * size
         noise = 1 - MASK_NOISE * torch.rand_like(batch["masks"][:, 0])
         return Knob(use_box, center, size, use_mask, batch["masks"][rows, m] * noise)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 from torch import nn
 
@@ -26,13 +27,23 @@ def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def adam(module: nn.Module, weight_decay: float, **kwargs: float) -> torch.optim.Adam:
-    """Adam over :func:`decay_groups`, fused where every parameter is a float tensor on a CPU or
-    CUDA device (the same update up to float rounding); ``kwargs`` go to Adam (``lr``, ``eps``)."""
+def adam(
+    module: nn.Module, weight_decay: float, fused: bool = True, **kwargs: float
+) -> torch.optim.Adam:
+    """Adam over :func:`decay_groups`, fused (the same update up to float rounding) when ``fused``
+    and every parameter is a float tensor on a CPU or CUDA device; ``kwargs`` go to Adam (``lr``,
+    ``eps``). Pass ``fused=not mixed_precision(module)``: Lightning's mixed-precision plugins
+    cannot clip the gradients of a fused optimiser."""
     groups = decay_groups(module, weight_decay)
-    fused = all(
+    fused = fused and all(
         p.is_floating_point() and p.device.type in _FUSED_ADAM_DEVICES
         for group in groups
         for p in group["params"]
     )
     return torch.optim.Adam(groups, fused=fused, **kwargs)
+
+
+def mixed_precision(module: L.LightningModule) -> bool:
+    """Whether the module trains under a mixed precision (``trainer.precision=bf16-mixed`` or
+    ``16-mixed``); False without a trainer."""
+    return module._trainer is not None and str(module.trainer.precision).endswith("-mixed")

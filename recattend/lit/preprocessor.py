@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryJaccardIndex, MulticlassAccuracy
 
-from recattend.lit.optim import adam, decay_groups
+from recattend.lit.optim import adam, decay_groups, mixed_precision
 from recattend.models.preprocessor import Preprocessor, foreground_probability
 from recattend.structures import ANGLE_IGNORE, NUM_ANGLE_CLASSES
 from recattend.visualise import figure3_row, stack_rows
@@ -156,7 +156,7 @@ class PreprocessorModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         if hp.optimizer == "adam":
-            opt = adam(self, hp.weight_decay, lr=hp.lr)
+            opt = adam(self, hp.weight_decay, fused=not mixed_precision(self), lr=hp.lr)
         else:
             opt = torch.optim.SGD(decay_groups(self, hp.weight_decay), lr=hp.lr, momentum=0.9)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_steps, gamma=hp.lr_decay)

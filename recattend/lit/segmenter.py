@@ -21,7 +21,10 @@ Training procedure (paper 2.6), driven by two callbacks that set attributes of t
 
 Evaluation is not done here: ``validation_step`` and ``test_step`` return the network's outputs,
 which the :class:`~recattend.evaluation.Evaluate` callback hands to the dataset's evaluator
-together with :meth:`SegmenterModule.instances`, the one post-processing path.
+together with :meth:`SegmenterModule.instances`, the one post-processing path. The non-finite
+guard's logic lives in :mod:`recattend.lit.nonfinite`; this module keeps its hooks. What remains
+(the rollout, the losses and their hooks, the optimiser, inference) is one LightningModule's
+worth: about 430 lines, half of them docstrings.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from torch import Tensor
 
 from recattend import ops
 from recattend.callbacks.teacher_forcing import TeacherForcing
-from recattend.lit.optim import adam
+from recattend.lit.nonfinite import NonFiniteGuard
+from recattend.lit.optim import adam, mixed_precision
 from recattend.losses import (
     box_stage_losses,
     padded_box_masks,
@@ -56,12 +60,21 @@ from recattend.postprocess import (
     postprocess,
 )
 from recattend.utils.checkpoint import load_module, upgrade_checkpoint
-from recattend.visualise import figure1_grid, stack_rows
+from recattend.visualise import figure1
 
 log = logging.getLogger(__name__)
 
 STAGES = ("box", "full")
 CHECKPOINT_STEPS = (False, "full_resolution", True)
+
+
+def _stack(outs: list[StepOutput], key: str) -> Tensor | None:
+    """The T steps' ``key`` as one (B, T, ...) tensor of at least float32 (bf16-mixed outputs are
+    lifted, float64 kept), or None where the steps have none."""
+    values = [getattr(out, key) for out in outs]
+    if values[0] is None:
+        return None
+    return torch.stack(values, 1).to(torch.promote_types(values[0].dtype, torch.float32))
 
 
 class SegmenterModule(L.LightningModule):
@@ -109,6 +122,15 @@ class SegmenterModule(L.LightningModule):
             entry points raise Dynamo's recompile limit for them at start-up
             (:func:`recattend.ops.configure`). The first compile is slow (~1.5 min on 2 CPU
             cores), the next ones reuse its kernels.
+        on_nonfinite: what a training step with NaN or inf in its batch, outputs (masks, scores,
+            soft boxes), loss or gradients does, on every DDP process together
+            (:mod:`recattend.lit.nonfinite`): ``"stop"`` saves the state from before the step in
+            ``checkpoints/nonfinite-step<step>.ckpt`` and raises :class:`FloatingPointError`
+            naming the step, what was non-finite and the likely cause; ``"skip"`` leaves weights,
+            optimiser state and BatchNorm statistics as they were, counts the batch
+            (``train/skipped_batches``) and goes on.
+        max_skipped: with ``on_nonfinite="skip"``, the most batches skipped in a row; the next
+            non-finite one stops as ``"stop"`` does.
     """
 
     def __init__(
@@ -129,6 +151,8 @@ class SegmenterModule(L.LightningModule):
         stop_rule: str = "weighted",
         checkpoint_steps: bool | str = False,
         compile: bool = False,
+        on_nonfinite: str = "stop",
+        max_skipped: int = 10,
     ) -> None:
         super().__init__()
         if checkpoint_steps not in CHECKPOINT_STEPS:
@@ -165,6 +189,7 @@ class SegmenterModule(L.LightningModule):
         self.stage = "full"  # training stage, set by BootstrapStages (module docstring)
         self.stage_overrides: dict[str, float] = {}  # the stage's own settings, idem
         self.teacher_forcing = TeacherForcing()  # its probabilities set by ScheduledSampling
+        self.nonfinite = NonFiniteGuard(on_nonfinite, max_skipped)
         # The evaluation settings, checked here so that a bad key fails before any training.
         self.postprocessing = PostProcess.from_module(threshold, stop_rule, stop_score, postprocess)
         if self.postprocessing.foreground and self.net.preprocessor is None:
@@ -251,32 +276,24 @@ class SegmenterModule(L.LightningModule):
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """The joint loss (eq. 21; the box stage's losses in stage ``box``) of the T steps.
+
+        A non-finite batch, rollout or loss stops training, or skips the batch, on every process
+        together, before the matching (:mod:`recattend.lit.nonfinite`, ``on_nonfinite``).
+        """
+        self.nonfinite.begin(self)
         outs = self._rollout(batch)
-        hp = self.hparams
         # The losses in float32 whatever the precision (bf16-mixed: sums over H x W pixels).
-        scores = torch.stack([o.score for o in outs], 1).float()
-        soft_boxes = (
-            None if outs[0].soft_box is None else torch.stack([o.soft_box for o in outs], 1).float()
-        )
-        weights = {"lambda_box": hp.lambda_box, "lambda_score": hp.lambda_score}
-        if self.stage == "box":
-            terms = box_stage_losses(
-                soft_boxes, scores, batch["boxes"], batch["num_instances"],
-                min_pad=self.box_min_pad, **weights,
-            )  # fmt: skip
-        else:
-            terms = segmenter_losses(
-                torch.stack([o.mask for o in outs], 1).float(),
-                scores,
-                soft_boxes,
-                batch["masks"],
-                batch["boxes"],
-                batch["num_instances"],
-                min_pad=self.box_min_pad,
-                **weights,
-            )
-        self._check_finite(terms)
+        stacked = {
+            kind: _stack(outs, key)
+            for kind, key in (("masks", "mask"), ("scores", "score"), ("soft_boxes", "soft_box"))
+        }
+        terms = self.nonfinite.losses(self, batch, stacked, lambda: self._losses(batch, **stacked))
         n = batch["image"].shape[0]
+        if self.hparams.on_nonfinite == "skip":
+            self.log("train/skipped_batches", float(self.nonfinite.skipped), batch_size=n)
+        if terms is None:  # skipped on every process
+            return self.nonfinite.no_update(self)
         self.log_dict(
             {f"train/{k}": v for k, v in terms.items() if k != "match"}, prog_bar=True, batch_size=n
         )
@@ -284,32 +301,52 @@ class SegmenterModule(L.LightningModule):
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return terms["loss"]
 
+    def _losses(
+        self,
+        batch: dict[str, Any],
+        masks: Tensor | None,
+        scores: Tensor,
+        soft_boxes: Tensor | None,
+    ) -> dict[str, Tensor]:
+        """The current stage's loss terms from the stacked (B, T, ...) outputs."""
+        hp = self.hparams
+        weights = {"lambda_box": hp.lambda_box, "lambda_score": hp.lambda_score}
+        if self.stage == "box":
+            return box_stage_losses(
+                soft_boxes, scores, batch["boxes"], batch["num_instances"],
+                min_pad=self.box_min_pad, **weights,
+            )  # fmt: skip
+        return segmenter_losses(
+            masks,
+            scores,
+            soft_boxes,
+            batch["masks"],
+            batch["boxes"],
+            batch["num_instances"],
+            min_pad=self.box_min_pad,
+            **weights,
+        )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The guard's gradient check (:meth:`NonFiniteGuard.check_gradients`)."""
+        self.nonfinite.check_gradients(self, optimizer)
+
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """Element-wise clipping to [-grad_clip, grad_clip] (``clip_by_value``)."""
-        if self.hparams.grad_clip:
+        """Element-wise clipping to [-grad_clip, grad_clip] (``clip_by_value``); none for a
+        skipped batch, which has no gradients."""
+        if self.hparams.grad_clip and not self.nonfinite.skipping:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="value"
             )
 
-    def _check_finite(self, terms: dict[str, Tensor]) -> None:
-        for name, value in terms.items():
-            if name != "match" and not torch.isfinite(value).all():
-                step = self.global_step
-                path = f"{self.trainer.default_root_dir}/checkpoints/nonfinite-step{step}.ckpt"
-                self.trainer.save_checkpoint(path)
-                raise FloatingPointError(
-                    f"non-finite {name} = {value.item()} at step {step}; the weights before "
-                    f"this step are saved in {path}. Try a lower module.lr or check the input data."
-                )
-
     def configure_optimizers(self) -> dict[str, Any]:
         hp = {**self.hparams, **self.stage_overrides}  # the bootstrap stage's settings win
-        opt = adam(self, hp["weight_decay"], lr=hp["lr"], eps=1e-7)
+        opt = adam(self, hp["weight_decay"], not mixed_precision(self), lr=hp["lr"], eps=1e-7)
         sched = torch.optim.lr_scheduler.StepLR(
             opt, step_size=hp["lr_decay_steps"], gamma=hp["lr_decay"]
         )
@@ -356,21 +393,8 @@ class SegmenterModule(L.LightningModule):
         return self(batch["image"])
 
     def figure(self, batch: dict[str, Any]) -> np.ndarray:
-        """Figure 1-style grids of the batch's images (:func:`recattend.visualise.figure1_grid`)."""
-        out = self(batch["image"])
-        attention = out.get("attention")
-        return stack_rows(
-            [
-                figure1_grid(
-                    image,
-                    out["masks"][i],
-                    out["scores"][i],
-                    out["boxes"][i],
-                    None if attention is None else attention[i],
-                )
-                for i, image in enumerate(batch["image"])
-            ]
-        )
+        """Figure 1-style grids of the batch's images (:func:`recattend.visualise.figure1`)."""
+        return figure1(batch["image"], self(batch["image"]))
 
     def instances(
         self,

@@ -348,14 +348,19 @@ class CityscapesAP(Metric):
     def compute(self) -> dict[str, Tensor]:
         """``{"ap", "ap50", "ap_<class>"...}`` over all images seen, as 0-d float32 tensors."""
         class_index, threshold_index, score, is_tp = self._records()
-        ap = torch.full((len(CLASS_NAMES), len(OVERLAP_THRESHOLDS)), torch.nan, dtype=torch.float64)
+        ap = torch.full(
+            (len(CLASS_NAMES), len(OVERLAP_THRESHOLDS)),
+            torch.nan,
+            dtype=torch.float64,
+            device=self.device,
+        )
         for c, num_gt in enumerate(self.num_gt.tolist()):
             if num_gt == 0:
                 continue  # nan: official computeAverages skips the class with nanmean
             for t in range(len(OVERLAP_THRESHOLDS)):
                 selected = (class_index == c) & (threshold_index == t)
                 ap[c, t] = average_precision(score[selected], is_tp[selected].bool(), num_gt)
-        has_gt = self.num_gt.cpu() > 0
+        has_gt = self.num_gt > 0
         out = {"ap": ap[has_gt].mean(), "ap50": ap[has_gt, 0].mean()}
         out |= {f"ap_{name}": ap[c].mean() for c, name in enumerate(CLASS_NAMES)}
-        return {key: value.float().to(self.device) for key, value in out.items()}
+        return {key: value.float() for key, value in out.items()}

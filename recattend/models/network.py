@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from recattend.models.preprocessor import Preprocessor, foreground_probability
 from recattend.models.segmenter import RecurrentSegmenter
+from recattend.utils.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def load_preprocessor(
             f"{key}={path}: no such file; train one with `python train.py module=preprocessor "
             "dataset=...` and pass its checkpoints/last.ckpt"
         )
-    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(file, key)
     state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
     weights = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}

@@ -411,7 +411,7 @@ class RecurrentSegmenter(nn.Module):
         for t in range(self.steps):
             out = self.step(x, canvas, t)
             active = active & (out.score >= threshold)
-            keep = active.float()
+            keep = active.to(masks.dtype)
             masks[:, t] = out.mask * keep[:, None, None]
             scores[:, t] = out.score * keep
             boxes[:, t] = box_center_size_to_edges(out.box.center, out.box.size) * keep[:, None]

@@ -32,7 +32,20 @@ over full-stage steps after a warm-up.
 
 Figures are printed and written to ``outputs/bench/latest.json``. Usage:
 ``python -m recattend.tasks.bench [--steps N] [--repeats N] [--out PATH] [--skip-model]
-[--skip-loading] [--skip-ddp]``.
+[--skip-loading] [--skip-ddp] [--device cpu|cuda]``.
+
+GPU mode (``--device cuda``, ``make bench-gpu``; ``make bench`` stays the CPU run): the same
+model figures with the network, the batch and the optimiser on the first CUDA device, and the CPU
+fast path off (it only ever applies on the CPU). Timings are taken between
+``torch.cuda.synchronize()`` calls, so they cover the GPU's work and not only its launch;
+``peak_train_memory_gib`` is then ``torch.cuda.max_memory_allocated()`` over the training steps
+(the tensors PyTorch allocated on the GPU, not the process's resident memory), and ``gpu`` names
+the device. The variants are ``_whole_steps``, ``_full_resolution`` and ``_bf16`` (bfloat16
+autocast on the GPU); ``_one_backward`` is left out (the parallel backward only runs on the CPU),
+and so are the DDP and loading figures (CPU processes and data loading: ``make bench``). The
+matching's share includes its copy to the CPU, where SciPy's Hungarian algorithm runs by design.
+The figures go to ``outputs/bench/latest-cuda.json`` unless ``--out`` says otherwise. Without a
+CUDA device, ``--device cuda`` stops at once with an error saying so.
 """
 
 from __future__ import annotations
@@ -73,6 +86,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "_one_backward": {"parallel_backward": False},
     "_bf16": {"bf16": True},
 }
+CPU_ONLY_VARIANTS = ("_one_backward",)  # the parallel backward only runs for CPU models
+DEVICES = ("cpu", "cuda")
+DEFAULT_OUT = {
+    "cpu": Path("outputs/bench/latest.json"),
+    "cuda": Path("outputs/bench/latest-cuda.json"),
+}
 
 
 def _segmenter(name: str, **module_args: Any) -> SegmenterModule:
@@ -88,18 +107,32 @@ def _segmenter(name: str, **module_args: Any) -> SegmenterModule:
 
 
 def measure(
-    name: str, steps: int, bf16: bool = False, parallel_backward: bool = True, **module_args: Any
+    name: str,
+    steps: int,
+    bf16: bool = False,
+    parallel_backward: bool = True,
+    device: str = "cpu",
+    **module_args: Any,
 ) -> dict[str, float]:
     """Benchmark one configuration in the current process, which it configures first
-    (:func:`recattend.ops.configure` with ``parallel_backward``); ``module_args`` override the
-    SegmenterModule's defaults."""
+    (:func:`recattend.ops.configure` with ``parallel_backward``; the fast path off on ``cuda``);
+    ``module_args`` override the SegmenterModule's defaults. ``device``: ``"cpu"`` or ``"cuda"``
+    (the module docstring's GPU mode)."""
     import torch
 
     import recattend.lit.segmenter as segmenter_module
     from recattend.data import SyntheticDataModule
     from recattend.ops import configure
 
-    configure(parallel_backward=parallel_backward)
+    cuda = device == "cuda"
+    if cuda:
+        _require_cuda()
+    configure(fast_path=not cuda, parallel_backward=parallel_backward)
+
+    def synchronize() -> None:  # the GPU's queued work is part of what is timed
+        if cuda:
+            torch.cuda.synchronize()
+
     config = CONFIGS[name]
     torch.manual_seed(0)
     data = SyntheticDataModule(
@@ -110,18 +143,23 @@ def measure(
         batch_size=config["batch_size"],
         augment=None,
     )
-    batch = next(iter(data.train_dataloader()))
-    module = _segmenter(name, **module_args)
+    batch = {
+        key: value.to(device) if isinstance(value, torch.Tensor) else value
+        for key, value in next(iter(data.train_dataloader())).items()
+    }
+    module = _segmenter(name, **module_args).to(device)
     module.log = module.log_dict = lambda *a, **k: None  # no Trainer: logging is a no-op
-    optimizer = module.configure_optimizers()["optimizer"]
+    optimizer = module.configure_optimizers()["optimizer"]  # on the module's device (fused Adam)
 
     loss_time = 0.0
     original = segmenter_module.segmenter_losses
 
     def timed_losses(*args: Any, **kwargs: Any) -> Any:
         nonlocal loss_time
+        synchronize()
         start = time.perf_counter()
         result = original(*args, **kwargs)
+        synchronize()
         loss_time += time.perf_counter() - start
         return result
 
@@ -130,7 +168,7 @@ def measure(
 
     def train_step() -> None:
         optimizer.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             loss = module.training_step(batch, 0)
         loss.backward()
         # As the Trainer does (SegmenterModule.configure_gradient_clipping): element-wise.
@@ -140,30 +178,64 @@ def measure(
 
     # Warm-up: the first two steps allocate the process's working memory (at CVPPP ~460 k and
     # ~160 k page faults, 2.0-2.3 and 2.8-3.0 images/s, then 10-50 k and 3.0-3.8 images/s).
-    for _ in range(TRAIN_WARMUP):
-        train_step()
-    loss_time = 0.0
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step()
-    train_time = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        for _ in range(TRAIN_WARMUP):
+            train_step()
+        loss_time = 0.0
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            train_step()
+        synchronize()
+        train_time = time.perf_counter() - start
+    finally:
+        segmenter_module.segmenter_losses = original
+    if cuda:  # what PyTorch allocated on the GPU, warm-up included
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:  # the process's resident memory (interpreter and torch included)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
     module.eval()
     with torch.no_grad():
         module.net.segmenter.predict(batch["image"], threshold=0.0)
+        synchronize()
         start = time.perf_counter()
         for _ in range(steps):
             module.net.segmenter.predict(batch["image"], threshold=0.0)
+        synchronize()
         infer_time = time.perf_counter() - start
     images = steps * config["batch_size"]
-    return {
+    figures: dict[str, Any] = {
         "train_images_per_s": round(images / train_time, 2),
         "infer_images_per_s": round(images / infer_time, 2),
         "peak_train_memory_gib": round(peak, 3),
         "matching_loss_share": round(loss_time / train_time, 4),
         "torch_threads": torch.get_num_threads(),
     }
+    if cuda:
+        figures["gpu"] = torch.cuda.get_device_name()
+    return figures
+
+
+def _require_cuda() -> None:
+    """Raise a clear error where ``--device cuda`` cannot run."""
+    import torch
+
+    if not torch.cuda.is_available():
+        built = torch.version.cuda
+        raise RuntimeError(
+            "--device cuda: no CUDA device is available (torch.cuda.is_available() is False; "
+            + (
+                f"torch {torch.__version__} is built for CUDA {built}, so check the driver and "
+                "CUDA_VISIBLE_DEVICES"
+                if built
+                else f"torch {torch.__version__} is a CPU-only build: install a CUDA wheel, e.g. "
+                'make install TORCH_SPEC="torch==<version> --index-url <your CUDA index>"'
+            )
+            + "); make bench (--device cpu) measures the CPU"
+        )
 
 
 def measure_loading(name: str, images: int, folder: Path) -> float:
@@ -286,31 +358,66 @@ def _plan(variants: list[str], repeats: int) -> list[str | None]:
     return order
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (module docstring); ``--device cuda`` without CUDA exits with an error
+    (status 2) before anything is measured."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per figure")
     parser.add_argument(
         "--repeats", type=int, default=3, help="processes measuring the defaults (median)"
     )
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench/latest.json"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="figures file (default: outputs/bench/latest.json, with --device cuda "
+        "outputs/bench/latest-cuda.json)",
+    )
     parser.add_argument("--skip-model", action="store_true", help="only the loading figures")
     parser.add_argument("--skip-loading", action="store_true", help="only the model figures")
     parser.add_argument("--images", type=int, default=24, help="fixture images per dataset")
     parser.add_argument("--skip-ddp", action="store_true", help="no 1 vs 2 process figures")
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the model figures are measured: cpu (make bench) or cuda (make bench-gpu: "
+        "GPU images/s and peak GPU memory; no DDP or loading figures)",
+    )
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        try:
+            _require_cuda()
+        except RuntimeError as error:
+            parser.error(str(error))
+        args.skip_ddp = args.skip_loading = True  # CPU measurements: make bench
+    if args.out is None:
+        args.out = DEFAULT_OUT[args.device]
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    args = parse_args(argv)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: dict[str, Any] = {}
+    variants = [v for v in VARIANTS if args.device == "cpu" or v not in CPU_ONLY_VARIANTS]
+    device = {"device": args.device} if args.device != "cpu" else {}
     for name in [] if args.skip_model else CONFIGS:
         defaults, figures = [], {}
-        for suffix in _plan(list(VARIANTS), args.repeats):
+        for suffix in _plan(variants, args.repeats):
             if suffix is None:
-                defaults.append(_in_fresh_process(name, args.steps, {}))
+                defaults.append(_in_fresh_process(name, args.steps, device))
                 continue
-            variant = _in_fresh_process(name, args.steps, VARIANTS[suffix])
+            variant = _in_fresh_process(name, args.steps, {**VARIANTS[suffix], **device})
             for key in ("train_images_per_s", "peak_train_memory_gib"):
                 figures[key + suffix] = variant[key]
         results[name] = {
-            **{key: statistics.median(d[key] for d in defaults) for key in defaults[0]},
+            **{
+                key: statistics.median(d[key] for d in defaults)
+                if isinstance(defaults[0][key], int | float)
+                else defaults[0][key]  # the GPU's name
+                for key in defaults[0]
+            },
             "train_images_per_s_runs": [d["train_images_per_s"] for d in defaults],
             "infer_images_per_s_runs": [d["infer_images_per_s"] for d in defaults],
             **figures,

@@ -18,7 +18,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,7 +28,7 @@ from recattend.lit import SegmenterModule
 from recattend.postprocess import SWITCHES
 from recattend.report import metrics_table
 from recattend.tasks.train import paper_table, scalars
-from recattend.utils.checkpoint import load_module
+from recattend.utils.checkpoint import load_module, read_checkpoint
 from recattend.utils.config import (
     instantiate_data,
     instantiate_group,
@@ -56,8 +55,8 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     module_cls = get_class(cfg.module._target_)
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    overrides = evaluation_overrides(cfg.get("evaluate"), saved.get("hyper_parameters", {}))
+    saved = read_checkpoint(ckpt, mmap=True)  # the settings only: the tensors stay mapped
+    overrides = evaluation_overrides(cfg.get("evaluate"), saved.get("hyper_parameters") or {})
     if overrides:
         log.info("evaluation settings over the checkpoint's: %s", overrides)
     module = load_module(module_cls, ckpt, overrides)

@@ -1,26 +1,37 @@
 """Prediction task: ``python predict.py ckpt_path=... input=<folder or image> output=<folder>``.
 
-For every image: the segmenter runs at its network resolution (the image is resized to it), the
-soft masks are upsampled back to the image's size and post-processed into one label per pixel
-by the checkpoint's post-processing, the path evaluation uses
-(:meth:`recattend.lit.SegmenterModule.instances`), and the output folder receives
-``<stem>_labels.png`` (8-bit, or 16-bit above 255 instances), ``<stem>_overlay.png`` (instances
-tinted and outlined, the count written on it) and a row of ``counts.csv``; ``coco_json=true`` adds
-``results.json`` (COCO results, RLE). Files that are not images, unreadable, or larger than
-``max_pixels`` (decompression bombs) are listed in ``skipped.csv`` and skipped; the output folder
-is checked to be writable before any work.
+Every image is read faithfully (:func:`recattend.data.images.read_image`: each PIL mode scaled
+to [0, 1] by its real range, 16-bit included; alpha dropped) and segmented at the network's
+resolution (the image is resized to it); the soft masks are upsampled back to the image's size
+and post-processed into one label per pixel by the checkpoint's post-processing, the path
+evaluation uses (:meth:`recattend.lit.SegmenterModule.instances`).
+
+The output folder receives, per input file ``<name>`` (its whole file name, extension included,
+so that ``x.png`` and ``x.jpg`` never share outputs): ``<name>_labels.png`` (8-bit, or 16-bit
+above 255 instances) and ``<name>_overlay.png`` (instances tinted and outlined, the count
+written on it); and for the run: ``counts.csv`` (``image,instances``: the input's file name and
+its count), ``skipped.csv`` (``file,reason``: files that are not images, unreadable, without a
+known value range, or larger than ``max_pixels``; only the header when none) and, with
+``coco_json=true``, ``results.json`` (COCO results, RLE, ``image_id`` = the file name).
+
+The output folder is checked to be writable before any work, and must not be the input folder
+(refused: the outputs would mix with the images and a rerun would read them back); a folder
+inside it is fine, the input is not searched recursively. ``counts.csv``, ``skipped.csv`` and
+``results.json`` left there by an earlier run are removed before predicting and written anew,
+each atomically (a temporary file renamed), so they always describe the last run; per-image
+outputs of images not in this run are left as they are.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import cv2
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
@@ -28,12 +39,16 @@ from rich.progress import track
 
 from recattend import ops
 from recattend.data.files import READ_ERRORS
+from recattend.data.images import network_input, read_image, to_display
 from recattend.evaluation.export import coco_results, overlay, write_json, write_label_png
 from recattend.lit import SegmenterModule
 from recattend.utils.checkpoint import load_module
 from recattend.utils.config import process_settings, require_writable_dir
 
 log = logging.getLogger(__name__)
+
+# The run's summaries in the output folder: replaced by every run, never left from an earlier one.
+SUMMARIES = ("counts.csv", "skipped.csv", "results.json")
 
 
 def list_images(source: Path, max_pixels: int) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -70,69 +85,90 @@ def list_images(source: Path, max_pixels: int) -> tuple[list[Path], list[tuple[P
     return images, skipped
 
 
-def _read(path: Path, max_pixels: int) -> np.ndarray:
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL refuses anything larger while decoding too
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return np.asarray(image.convert("RGB"))
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
 def run(cfg: DictConfig) -> dict[str, int]:
-    """Predict every image of ``cfg.input`` into ``cfg.output``; returns {file name: count}."""
+    """Predict every image of ``cfg.input`` into ``cfg.output``; returns {file name: count}.
+
+    Raises:
+        ValueError: ``output`` is the input folder, or ``ckpt_path`` is not a segmenter
+            checkpoint (:func:`~recattend.utils.checkpoint.load_module` names what it holds).
+        PermissionError, FileNotFoundError: an unwritable output, a missing checkpoint or input.
+    """
+    source = Path(cfg.input)
+    if source.resolve() == Path(cfg.output).resolve():
+        raise ValueError(
+            f"output={cfg.output} is the input folder: the predictions would mix with the images "
+            "and a rerun would read them back; pick another folder (a subfolder, e.g. "
+            f"output={source / 'predictions'}, is fine)"
+        )
     output = require_writable_dir(cfg.output, "output")
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
-    images, skipped = list_images(Path(cfg.input), int(cfg.max_pixels))
+    images, skipped = list_images(source, int(cfg.max_pixels))
     device = torch.device(
         "cuda" if cfg.device == "auto" and torch.cuda.is_available() else
         ("cpu" if cfg.device == "auto" else cfg.device)
     )  # fmt: skip
     threshold = {} if cfg.threshold is None else {"threshold": float(cfg.threshold)}
-    module = load_module(SegmenterModule, ckpt, threshold, map_location=device)
+    hint = "predict.py needs a segmenter checkpoint (module=segmenter run)"
+    module = load_module(SegmenterModule, ckpt, threshold, map_location=device, hint=hint)
     module.eval()
     steps, compiled = module.net.steps, module.hparams.compile
     ops.configure(**process_settings(cfg, device.type, steps, compiled, training=False))
-    height, width = module.net.image_size
+    for name in SUMMARIES:  # an interrupted run must not leave an earlier run's summaries
+        (output / name).unlink(missing_ok=True)
     counts: dict[str, int] = {}
     results = []
     for path in track(images, description="predicting", disable=not cfg.progress):
         try:
-            rgb = _read(path, int(cfg.max_pixels))
+            image = read_image(path, int(cfg.max_pixels))
         except READ_ERRORS as err:
-            skipped.append((path, f"cannot decode ({type(err).__name__}: {err})"))
+            skipped.append((path, f"cannot read ({type(err).__name__}: {err})"))
             continue
-        resized = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC)
-        x = torch.from_numpy(resized).permute(2, 0, 1).float().div(255)[None].to(device)
+        x = network_input(image, module.net.image_size)
+        x = torch.from_numpy(x).permute(2, 0, 1)[None].to(device)
         with torch.no_grad():
-            result = module.instances(module(x), x, tuple(rgb.shape[:2]))[0]
+            result = module.instances(module(x), x, tuple(image.shape[:2]))[0]
         labels, scores = result.labels.cpu().numpy(), result.scores
-        write_label_png(labels, output / f"{path.stem}_labels.png")
-        Image.fromarray(overlay(rgb, labels)).save(output / f"{path.stem}_overlay.png")
+        write_label_png(labels, output / f"{path.name}_labels.png")
+        Image.fromarray(overlay(to_display(image), labels)).save(
+            output / f"{path.name}_overlay.png"
+        )
         counts[path.name] = int(labels.max(initial=0))
         if cfg.coco_json:
-            results += coco_results(labels, scores.tolist(), path.stem)
-    with (output / "counts.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "instances"])
-        writer.writerows(counts.items())
+            results += coco_results(labels, scores.tolist(), path.name)
+    _write_csv(output / "counts.csv", ["image", "instances"], counts.items())
+    _write_csv(output / "skipped.csv", ["file", "reason"], ((str(p), w) for p, w in skipped))
     if skipped:
-        with (output / "skipped.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file", "reason"])
-            writer.writerows((str(p), why) for p, why in skipped)
         log.warning(
             "skipped %d file(s) (listed in %s):\n  %s",
             len(skipped), output / "skipped.csv", "\n  ".join(f"{p}: {why}" for p, why in skipped),
         )  # fmt: skip
     if cfg.coco_json:
-        write_json(results, output / "results.json")
+        _atomically(output / "results.json", lambda tmp: write_json(results, tmp))
     log.info("%d image(s) predicted into %s", len(counts), output)
     return counts
+
+
+def _atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it over ``path``: readers see
+    the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_csv(path: Path, header: list[str], rows: Iterable[Iterable[object]]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+    _atomically(path, write)
 
 
 main = hydra.main(version_base="1.3", config_path="pkg://recattend.conf", config_name="predict")(

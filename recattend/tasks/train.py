@@ -31,7 +31,7 @@ from recattend.data.base import InstanceDataModule
 from recattend.evaluation import Evaluate
 from recattend.lit import PreprocessorModule, SegmenterModule
 from recattend.report import metrics_table
-from recattend.utils.checkpoint import load_weights
+from recattend.utils.checkpoint import load_weights, read_checkpoint
 from recattend.utils.config import (
     check_multirun_strategy,
     instantiate_data,
@@ -41,6 +41,7 @@ from recattend.utils.config import (
     require_writable_dir,
     resolved_devices,
 )
+from recattend.utils.hydra import resume_choice
 from recattend.utils.loggers import finish_wandb, log_metrics_table, previous_wandb_id
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,12 @@ def run(cfg: DictConfig) -> float | None:
 def resume_checkpoint(ckpt_path: str | None, output_dir: Path) -> Path | None:
     """The checkpoint a training run resumes from, checked before any work starts.
 
-    ``last`` is this run folder's ``checkpoints/last.ckpt`` (Hydra already chose the folder of
-    the most recent run that has one); any other value must be an existing file.
+    ``last`` is this run folder's ``checkpoints/last.ckpt``: Hydra already chose the folder, the
+    newest run of the task started with the same overrides (all but ``ckpt_path``,
+    ``trainer.max_steps``/``max_epochs``/``max_time``, ``test``, ``tags`` and the ``logger``,
+    ``paths`` and ``hydra`` settings; :func:`recattend.utils.hydra.run_dir`). That choice is logged
+    here, with a warning naming any newer run passed over for its other overrides and how to
+    resume it instead. Any other value must be an existing file.
 
     Raises:
         FileNotFoundError: naming the missing file.
@@ -130,11 +135,17 @@ def resume_checkpoint(ckpt_path: str | None, output_dir: Path) -> Path | None:
     if not path.is_file():
         raise FileNotFoundError(
             f"ckpt_path={ckpt_path}: no checkpoint at '{path}'. Use ckpt_path=last (the newest "
-            "run's last.ckpt, or this multirun job's when hydra.sweep.dir is the old sweep) or the "
-            "path of a .ckpt file"
+            "run's last.ckpt among the runs with this command's overrides, or this multirun job's "
+            "when hydra.sweep.dir is the old sweep) or the path of a .ckpt file"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    log.info("resuming %s at global step %d (epoch %d)", path, state["global_step"], state["epoch"])
+    choice = resume_choice(output_dir) if ckpt_path == "last" else None
+    for level, message in choice.messages() if choice else ():
+        log.log(level, message)
+    state = read_checkpoint(path, "ckpt_path", mmap=True)
+    log.info(
+        "resuming %s at global step %d (epoch %d)",
+        path, state.get("global_step", 0), state.get("epoch", 0),
+    )  # fmt: skip
     return path
 
 

@@ -1,20 +1,99 @@
-"""Lightning checkpoints read safely (``weights_only=True``), with clear errors: whole modules
-(:func:`load_module`), weights only (:func:`load_weights`), and the upgrade of segmenter
-checkpoints written before the network became one node (:func:`upgrade_checkpoint`)."""
+"""Lightning checkpoints read safely (``weights_only=True``), with clear errors: the file itself
+(:func:`read_checkpoint`, which every reader goes through), whole modules (:func:`load_module`),
+weights only (:func:`load_weights`), and the upgrade of segmenter checkpoints written before the
+network became one node (:func:`upgrade_checkpoint`)."""
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping
+import pickle
+import zipfile
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import torch
 from torch import nn
 
+if TYPE_CHECKING:  # models read checkpoints too, and never import Lightning
+    import lightning as L
+
 log = logging.getLogger(__name__)
+
+# The module config (conf/module/<name>.yaml) of each LightningModule a checkpoint can hold.
+MODULE_CONFIGS = {"SegmenterModule": "segmenter", "PreprocessorModule": "preprocessor"}
+
+
+def read_checkpoint(path: str | Path, key: str = "ckpt_path", mmap: bool = False) -> dict:
+    """The checkpoint dict in ``path`` (``weights_only=True``, on the CPU), upgraded to today's
+    layout (:func:`upgrade_checkpoint`).
+
+    Args:
+        path: checkpoint file.
+        key: the setting that named ``path``, for error messages.
+        mmap: map the tensors instead of reading them (cheap when only the settings are
+            needed); ignored for files in torch's legacy (non-zip) format, which cannot be mapped.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: ``"<key>=<path> is not a recattend/Lightning checkpoint (<why>)"``: an empty
+            or truncated file, neither of torch.save's formats (its zip archive or its legacy
+            pickle), one torch.load refuses (``weights_only=True`` allows plain values and
+            tensors only), or an object without a ``state_dict`` mapping.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{key}={path}: no such checkpoint file")
+    is_zip = zipfile.is_zipfile(file)
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
+    except (PermissionError, MemoryError):
+        raise
+    except Exception as err:  # torch.load raises anything from KeyError to RuntimeError here
+        why = _unreadable(file, is_zip, err)
+        raise ValueError(f"{key}={path} is not a recattend/Lightning checkpoint ({why})") from err
+    if not isinstance(checkpoint, dict):
+        why = f"it holds a {type(checkpoint).__name__}, not a dict with a 'state_dict'"
+    elif not isinstance(checkpoint.get("state_dict"), Mapping):
+        keys = sorted(map(str, checkpoint))
+        shown = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
+        why = f"a dict without a 'state_dict' mapping; its keys: {shown or 'none'}"
+    else:
+        return upgrade_checkpoint(checkpoint)
+    raise ValueError(f"{key}={path} is not a recattend/Lightning checkpoint ({why})")
+
+
+# How torch.save's legacy (non-zip) format begins: its magic number, pickled with protocol 2.
+_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+
+
+def _unreadable(file: Path, is_zip: bool, err: Exception) -> str:
+    """Why torch.load could not read ``file``."""
+    if file.stat().st_size == 0:
+        return "the file is empty"
+    with file.open("rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if head.startswith(b"PK\x03\x04") and not is_zip:
+        return "a zip archive without its end: a truncated file (an interrupted save or copy?)"
+    if not (is_zip or head == _LEGACY_MAGIC):
+        return "not written by torch.save: neither its zip format nor its legacy pickle format"
+    if is_zip:
+        try:
+            with zipfile.ZipFile(file) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            names = []
+        if not any(name.endswith("data.pkl") for name in names):
+            return "a zip archive, but not torch.save's: it has no data.pkl"
+    if isinstance(err, EOFError):
+        return "it ends early: a truncated file (an interrupted save or copy?)"
+    if isinstance(err, pickle.UnpicklingError) and "WeightsUnpickler error:" in str(err):
+        # torch's advice (weights_only=False) would run the file's code: not repeated here.
+        detail = str(err).split("WeightsUnpickler error:", 1)[1].strip().split(". Please")[0]
+        return f"it holds more than plain values and tensors: {detail.splitlines()[0]}"
+    lines = str(err).strip().splitlines()
+    return f"torch.load cannot read it: {type(err).__name__}" + (f": {lines[0]}" if lines else "")
 
 
 def load_weights(module: nn.Module, path: str | Path, key: str = "init_from") -> list[str]:
@@ -34,15 +113,10 @@ def load_weights(module: nn.Module, path: str | Path, key: str = "init_from") ->
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
-        ValueError: not a Lightning checkpoint, or entries that do not fit (named, with shapes).
+        ValueError: not a checkpoint (:func:`read_checkpoint`), or entries that do not fit
+            (named, with shapes).
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{key}={path}: no such checkpoint file")
-    checkpoint = upgrade_checkpoint(torch.load(file, map_location="cpu", weights_only=True))
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if state is None:
-        raise ValueError(f"{key}={path} is not a Lightning checkpoint (it has no 'state_dict')")
+    state = read_checkpoint(path, key)["state_dict"]
     own = module.state_dict()
     problems = [f"{name} (not in this model)" for name in state if name not in own]
     problems += [
@@ -114,6 +188,7 @@ def load_module(
     path: str | Path,
     overrides: Mapping[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
+    hint: str | None = None,
 ) -> L.LightningModule:
     """``module_cls`` rebuilt from a checkpoint's hyper-parameters (``weights_only=True``) with
     its weights, or an error naming what differs.
@@ -121,34 +196,84 @@ def load_module(
     Args:
         overrides: constructor arguments that replace the checkpoint's (e.g. evaluation
             settings); each must be an argument of ``module_cls``.
+        hint: what to do when the checkpoint holds another module, ending that error (default:
+            load it as that module, ``module=<its config>``); e.g. predict.py's "predict.py
+            needs a segmenter checkpoint (module=segmenter run)".
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the checkpoint was written by another module (its hyper-parameters are not
-            this class's arguments), an override is not an argument, or its weights do not fit
-            (names the tensors).
+        ValueError: not a checkpoint (:func:`read_checkpoint`); the checkpoint holds another
+            module (its hyper-parameters are not this class's arguments, or lack a required
+            one: names the module it holds when it is one of :data:`MODULE_CONFIGS`); an
+            override is not an argument; or its weights do not fit (names the tensors).
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
-    checkpoint = upgrade_checkpoint(torch.load(file, map_location="cpu", weights_only=True))
-    saved = checkpoint.get("hyper_parameters", {})
-    accepted = set(inspect.signature(module_cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(saved) - accepted)
-    if unknown:
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint.get("hyper_parameters") or {}
+    unknown, missing = _misfit(module_cls, saved, given=set(overrides or {}))
+    if unknown or missing:
+        held = _held_module(saved)
+        if not saved:
+            settings = "it has no saved settings (hyper_parameters) to rebuild it from"
+        elif unknown:
+            settings = f"its settings {unknown} are not {module_cls.__name__}'s"
+        else:
+            settings = f"it lacks the settings {missing} a {module_cls.__name__} needs"
+        if held is None:
+            raise ValueError(
+                f"{path} does not hold a {module_cls.__name__}: {settings}; "
+                + (hint or "pick the checkpoint's module (module=preprocessor or module=segmenter)")
+            )
+        hint = hint or f"load it as a {held} (module={MODULE_CONFIGS[held]})"
         raise ValueError(
-            f"{path} does not hold a {module_cls.__name__}: its settings {unknown} are not this "
-            "module's; pick the checkpoint's module (e.g. module=preprocessor or module=segmenter)"
+            f"{path} does not hold a {module_cls.__name__}: it holds a {held} ({settings}); {hint}"
         )
-    foreign = sorted(set(overrides or {}) - accepted)
+    foreign = sorted(set(overrides or {}) - _arguments(module_cls))
     if foreign:
         raise ValueError(
             f"{foreign[0]}: {module_cls.__name__} has no such setting (evaluate.* applies to the "
             "segmenter, module=segmenter, only)"
         )
-    module = module_cls(**{**saved, **dict(overrides or {})})
+    try:
+        module = module_cls(**{**saved, **dict(overrides or {})})
+    except TypeError as err:  # e.g. a nested setting the network does not know
+        raise ValueError(
+            f"{path}: its settings do not build a {module_cls.__name__}: {err}"
+        ) from err
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:  # state_dict size mismatch / missing keys
         raise ValueError(f"{path} does not fit {module_cls.__name__}: {err}") from err
     return module.to(map_location)
+
+
+def _arguments(module_cls: type) -> set[str]:
+    return set(inspect.signature(module_cls.__init__).parameters) - {"self"}
+
+
+def _misfit(
+    module_cls: type, saved: Mapping[str, Any], given: Collection[str] = ()
+) -> tuple[list[str], list[str]]:
+    """The saved settings ``module_cls`` does not take, and its required arguments neither saved
+    nor ``given`` (as overrides)."""
+    parameters = inspect.signature(module_cls.__init__).parameters
+    unknown = sorted(set(saved) - _arguments(module_cls))
+    missing = [
+        name
+        for name, p in parameters.items()
+        if name != "self"
+        and p.default is inspect.Parameter.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and name not in saved
+        and name not in given
+    ]
+    return unknown, missing
+
+
+def _held_module(saved: Mapping[str, Any]) -> str | None:
+    """The name of the recattend module whose arguments ``saved`` fits, if exactly one does."""
+    from recattend import lit  # here: recattend.lit imports this module
+
+    fits = [
+        name for name in MODULE_CONFIGS if saved and not any(_misfit(getattr(lit, name), saved))
+    ]
+    return fits[0] if len(fits) == 1 else None

@@ -6,18 +6,26 @@ Resolvers (registered on import, which importing ``recattend.utils`` does):
   multirun, so a sweep's jobs are grouped together; otherwise ``<task_name>``.
 * ``${sweep_job_name:}``: the W&B run name, the job's overrides (``model=iter1``) inside a
   multirun; otherwise None (W&B picks one).
+* ``${run_stamp:}``: a new folder's name, unique per process and sorted by start time
+  (:func:`run_stamp`); a multirun's folder (``hydra.sweep.dir``). Cached in the config, so the
+  jobs of a sweep (SLURM ones too) keep their launcher's value.
 * ``${run_dir:<runs folder>,<ckpt_path>,<train>}``: a single run's folder (``hydra.run.dir``):
   the folder of the run being resumed, or a new one named by the launch (see :func:`run_dir`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -58,51 +66,255 @@ def sweep_job_name() -> str | None:
     return (job.job.override_dirname or str(job.job.num)) if job else None
 
 
-# When this process started: a run folder's time stamp. Fixed once, because the folder name is
-# resolved more than once per process (Hydra creates the folder; Lightning's DDP launcher reads
-# hydra.run.dir again to send ranks 1..N there), like Hydra's cached ${now:} resolver.
-_STARTED = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+def _stamp(started: datetime, pid: int) -> str:
+    """A run folder's name: start time to the microsecond, then the process id.
+
+    Names sort by start time (``ls``); the pid tells apart processes started in the same
+    microsecond on one machine, so two runs started together never share a folder.
+    """
+    return f"{started:%Y-%m-%d_%H-%M-%S_%f}-{pid}"
+
+
+# This process's folder name. Fixed once, because the folder name is resolved more than once per
+# process (Hydra creates the folder; Lightning's DDP launcher reads hydra.run.dir again to send
+# ranks 1..N there).
+_STARTED = _stamp(datetime.now(), os.getpid())
+
+
+def run_stamp() -> str:
+    """A new folder's name, e.g. ``2026-05-04_13-07-42_481516-3121`` (see :func:`_stamp`): this
+    process's start time and pid."""
+    return _STARTED
+
+
+def _process_start(pid: int) -> datetime | None:
+    """When process ``pid`` started (Linux ``/proc``), or None where that cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of proc(5), starttime, in clock ticks after boot
+        stat = Path("/proc/stat").read_text().splitlines()
+        boot = next(int(line.split()[1]) for line in stat if line.startswith("btime "))
+        return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def launch_name() -> str:
     """A new run folder's name, the same in every process of one launch.
 
-    Processes started together by torchrun or srun each compose the config themselves, and their
-    clocks may straddle a second: they use the launch's id (``torchrun-<TORCHELASTIC_RUN_ID>``,
-    ``slurm-<job>.<step>``) so all ranks write to one folder. A single process uses its start time.
+    A single process: its start time and pid (:func:`run_stamp`). Processes started together by
+    torchrun or srun each compose the config themselves, at slightly different times: they use
+    what the launch gives all of them. torchrun: ``torchrun-<rdzv id>``; with torchrun's default id
+    ``none`` (not unique) on one node, the start time and pid of the torchrun process, the ranks'
+    common parent. srun: ``slurm-<job>.<step>``.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
-        return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
+        run_id = os.environ["TORCHELASTIC_RUN_ID"]
+        if run_id == "none" and int(os.environ.get("LOCAL_WORLD_SIZE", "0")) == world:
+            agent = os.getppid()
+            started = _process_start(agent)
+            if started is not None:
+                return _stamp(started, agent)
+        return f"torchrun-{run_id}"
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
         step = os.environ.get("SLURM_STEP_ID")
         return f"slurm-{os.environ['SLURM_JOB_ID']}" + (f".{step}" if step else "")
     return _STARTED
 
 
-def run_dir(runs: str, ckpt_path: str | None = None, train: bool = False) -> str:
+# Overrides that may differ between a run and the command that resumes it with ckpt_path=last:
+# the resume itself, how long to train, whether to test at the end, and where and how to log.
+# Keys are matched as written (``trainer.max_steps``); group roots match the group and all its
+# keys (``logger=csv``, ``logger.wandb.offline=false``, ``paths.log_dir=...``, ``hydra.*``).
+RESUME_FREE_KEYS = frozenset(
+    {"ckpt_path", "trainer.max_steps", "trainer.max_epochs", "trainer.max_time", "test", "tags"}
+)
+RESUME_FREE_GROUPS = frozenset({"logger", "paths", "hydra"})
+
+
+def _resume_free(key: str) -> bool:
+    root = key.split("@")[0].replace("/", ".").split(".")[0]
+    return key in RESUME_FREE_KEYS or root in RESUME_FREE_GROUPS
+
+
+def override_settings(overrides: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """``{key: (value, as written)}`` of command-line overrides, less the resume-free ones.
+
+    Keys lose Hydra's ``+``/``++`` prefixes and keep a package (``model@net``); values are parsed,
+    so ``x=[1,2]`` equals ``x=[1, 2]``; a deletion ``~key`` has the value ``"~"``.
+    """
+    settings: dict[str, tuple[Any, str]] = {}
+    parser = OverridesParser.create()
+    for line in overrides:
+        line = str(line)
+        try:
+            (override,) = parser.parse_overrides([line])
+            key = override.key_or_group + (f"@{override.package}" if override.package else "")
+            value = "~" if override.is_delete() else override.value()
+        except Exception:  # not Hydra's syntax: compare the text
+            key, _, value = line.lstrip("+~").partition("=")
+        if not _resume_free(key):
+            settings[key] = (value, line)
+    return settings
+
+
+def _differences(run: dict[str, tuple[Any, str]], here: dict[str, tuple[Any, str]]) -> str:
+    """How a run's overrides differ from this command's, e.g.
+    ``model=iter1 (this command: model=full); seed=1 (this command: not set)``."""
+    parts = []
+    for key in sorted(run.keys() | here.keys()):
+        if key in run and key in here and run[key][0] == here[key][0]:
+            continue
+        theirs = run[key][1] if key in run else f"{key} not set"
+        ours = here[key][1] if key in here else "not set"
+        parts.append(f"{theirs} (this command: {ours})")
+    return "; ".join(parts)
+
+
+def _saved_overrides(run: Path) -> list[str] | None:
+    """The task overrides a run folder was started (or last resumed) with, or None if unknown."""
+    try:
+        saved = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return [str(o) for o in saved] if isinstance(saved, list) else None
+
+
+@dataclass(frozen=True)
+class ResumeChoice:
+    """What ``ckpt_path=last`` picked under ``runs``: ``run``, and the runs with a newer
+    ``last.ckpt`` that it passed over because their overrides differ (``(run, how)``, newest
+    first)."""
+
+    runs: Path
+    run: Path
+    passed_over: tuple[tuple[Path, str], ...] = ()
+
+    def messages(self) -> list[tuple[int, str]]:
+        """``(logging level, message)`` pairs: which run is resumed, and a warning naming the
+        newer runs it passed over and how to resume one of them instead."""
+        out = [
+            (
+                logging.INFO,
+                f"ckpt_path=last: resuming run {self.run}, the newest run under {self.runs} with "
+                "this command's overrides",
+            )
+        ]
+        if self.passed_over:
+            newest = self.passed_over[0][0] / "checkpoints" / "last.ckpt"
+            listed = "\n".join(f"  {run}: {how}" for run, how in self.passed_over[:10])
+            more = len(self.passed_over) - 10
+            out.append(
+                (
+                    logging.WARNING,
+                    f"ckpt_path=last: the newest last.ckpt ({newest}) belongs to a run with other "
+                    f"overrides, so {self.run} is resumed instead. Newer runs passed over:\n"
+                    f"{listed}" + (f"\n  ... and {more} more" if more > 0 else "") + "\nTo "
+                    f"resume one of them, pass its checkpoint: ckpt_path={newest}",
+                )
+            )
+        return out
+
+
+# ckpt_path=last choices made in this process, by run folder (for the task to log once logging is
+# set up) and by arguments (so every resolution of hydra.run.dir in a process gives one folder).
+_CHOICES: dict[Path, ResumeChoice] = {}
+_RESOLVED: dict[tuple[str, tuple[str, ...] | None], str] = {}
+
+
+def resume_choice(run: str | os.PathLike[str]) -> ResumeChoice | None:
+    """What ``ckpt_path=last`` chose when it picked the run folder ``run`` in this process."""
+    return _CHOICES.get(Path(os.path.abspath(run)))
+
+
+def _last_run(runs: str, overrides: Sequence[str] | None) -> str:
+    """The run folder ``ckpt_path=last`` resumes (see :func:`run_dir`)."""
+    key = (runs, None if overrides is None else tuple(str(o) for o in overrides))
+    if key in _RESOLVED:
+        return _RESOLVED[key]
+    found = sorted(
+        (p.parent.parent for p in Path(runs).glob("*/checkpoints/last.ckpt")),
+        key=lambda run: (run / "checkpoints" / "last.ckpt").stat().st_mtime,
+        reverse=True,
+    )
+    if not found:
+        raise ValueError(
+            f"ckpt_path=last: no run under '{runs}' has checkpoints/last.ckpt to resume. Pass "
+            "the checkpoint itself (ckpt_path=<run>/checkpoints/<file>.ckpt), or check "
+            "task_name and paths.log_dir (RECATTEND_OUTPUTS)"
+        )
+    if overrides is None:
+        chosen, passed_over = found[0], []
+    else:
+        here = override_settings(overrides)
+        chosen, passed_over = None, []
+        for run in found:
+            saved = _saved_overrides(run)
+            if saved is None:
+                passed_over.append((run, "its overrides are unknown (no .hydra/overrides.yaml)"))
+                continue
+            differences = _differences(override_settings(saved), here)
+            if not differences:
+                chosen = run
+                break
+            passed_over.append((run, differences))
+        if chosen is None:
+            listed = "\n".join(f"  {run}: {why}" for run, why in passed_over[:10])
+            more = len(passed_over) - 10
+            raise ValueError(
+                f"ckpt_path=last: no run under '{runs}' with this command's overrides has "
+                "checkpoints/last.ckpt. Runs with a last.ckpt, newest first, and how they differ:"
+                f"\n{listed}" + (f"\n  ... and {more} more" if more > 0 else "") + "\nResume one "
+                "with its overrides (only ckpt_path, trainer.max_steps/max_epochs/max_time, test, "
+                "tags, logger, paths and hydra settings may differ), or pass its checkpoint: "
+                "ckpt_path=<run>/checkpoints/last.ckpt"
+            )
+    choice = ResumeChoice(Path(runs), chosen, tuple(passed_over))
+    _CHOICES[Path(os.path.abspath(chosen))] = choice
+    _RESOLVED[key] = str(chosen)
+    return str(chosen)
+
+
+def run_dir(
+    runs: str,
+    ckpt_path: str | None = None,
+    train: bool = False,
+    overrides: Sequence[str] | None = None,
+) -> str:
     """``hydra.run.dir`` of a single run: a training run given a checkpoint continues in that
     checkpoint's run folder, so checkpoints, CSV, learning curve and W&B run carry on.
 
-    * ``ckpt_path=last``: the run under ``runs`` whose ``checkpoints/last.ckpt`` was written most
-      recently (an error if there is none);
-    * ``ckpt_path=<run>/checkpoints/<file>.ckpt``: ``<run>``;
+    * ``ckpt_path=last``: the newest run under ``runs`` (by the time its ``checkpoints/last.ckpt``
+      was written) that was started with the same overrides as this command (``overrides``, the
+      resolver passes ``hydra.overrides.task``; None matches every run), compared with the run's
+      ``.hydra/overrides.yaml``. Parsed values are compared, in any order. Free to differ: the
+      resume itself (``ckpt_path``), how long to train (``trainer.max_steps``, ``max_epochs``,
+      ``max_time``), ``test``, ``tags``, and the ``logger``, ``paths`` and ``hydra`` settings
+      (:data:`RESUME_FREE_KEYS`, :data:`RESUME_FREE_GROUPS`). Newer runs passed over are
+      recorded (:func:`resume_choice`) for the task to log. An error lists the runs and how they
+      differ when none matches, or says that no run has a ``last.ckpt``;
+    * ``ckpt_path=<run>/checkpoints/<file>.ckpt``: ``<run>``, whatever its overrides;
     * otherwise (no checkpoint, a checkpoint kept elsewhere, or not training): a new folder
-      ``runs/<launch name>`` (:func:`launch_name`).
+      ``runs/<launch name>`` (:func:`launch_name`), unique per launch.
+
+    One process always gets the same answer for the same arguments.
     """
     if train and ckpt_path == "last":
-        found = list(Path(runs).glob("*/checkpoints/last.ckpt"))
-        if not found:
-            raise ValueError(
-                f"ckpt_path=last: no run under '{runs}' has checkpoints/last.ckpt to resume. Pass "
-                "the checkpoint itself (ckpt_path=<run>/checkpoints/<file>.ckpt), or check "
-                "task_name and paths.log_dir (RECATTEND_OUTPUTS)"
-            )
-        return str(max(found, key=lambda p: p.stat().st_mtime).parent.parent)
+        return _last_run(str(runs), overrides)
     if train and ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
         return str(Path(ckpt_path).absolute().parent.parent)
     return str(Path(runs) / launch_name())
 
 
-OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
+def _run_dir_resolver(runs: str, ckpt_path: str | None, train: bool, _root_: DictConfig) -> str:
+    overrides = OmegaConf.select(_root_, "hydra.overrides.task", default=None)
+    if overrides is None and HydraConfig.initialized():
+        overrides = HydraConfig.get().overrides.task
+    return run_dir(runs, ckpt_path, train, list(overrides or []))
+
+
+OmegaConf.register_new_resolver("run_dir", _run_dir_resolver, replace=True)
+OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name, replace=True)

@@ -8,6 +8,7 @@ import torch
 
 from recattend import ops
 from recattend.lit import SegmenterModule
+from recattend.lit import segmenter as segmenter_module
 from recattend.losses import segmenter_losses
 from recattend.ops import step_backward
 from tests.helpers import SMALL_FCN, tiny_batch, tiny_segmenter
@@ -160,26 +161,32 @@ def test_two_images_overfit(monkeypatch, precision: torch.dtype) -> None:
 
 
 def test_non_finite_loss_stops_with_the_step_and_term(monkeypatch, tmp_path) -> None:
+    # A finite rollout whose loss term is NaN: the guard (recattend/lit/nonfinite.py, tested in
+    # tests/lit/test_nonfinite.py) names the step and the term and saves the state before the step.
     module = tiny_segmenter()
+    module.train()
     saved = []
 
     class FakeTrainer:
         default_root_dir = str(tmp_path)
-        global_step = 7
+        global_step, global_rank = 7, 0
+        checkpoint_callback, optimizers = None, []
 
         def save_checkpoint(self, path: str) -> None:
             saved.append(path)
 
-    monkeypatch.setattr(SegmenterModule, "trainer", property(lambda self: FakeTrainer()))
-    monkeypatch.setattr(SegmenterModule, "global_step", property(lambda self: 7))
-    terms = {
-        "loss_segm": torch.tensor(-0.5),
-        "loss_box": torch.tensor(float("nan")),
-        "loss": torch.tensor(1.0),
-    }
-    with pytest.raises(FloatingPointError, match=r"non-finite loss_box = nan at step 7"):
-        module._check_finite(terms)
-    assert saved == [f"{tmp_path}/checkpoints/nonfinite-step7.ckpt"]
+    monkeypatch.setattr(module, "_trainer", FakeTrainer())
+    losses = segmenter_module.segmenter_losses
+    monkeypatch.setattr(
+        segmenter_module,
+        "segmenter_losses",
+        lambda *a, **k: {**losses(*a, **k), "loss_box": torch.tensor(float("nan"))},
+    )
+    with pytest.raises(
+        FloatingPointError, match=r"^non-finite loss \(loss_box\) at training step 7\. The batch"
+    ):
+        module.training_step(tiny_batch(), 0)
+    assert saved == [tmp_path / "checkpoints" / "nonfinite-step7.ckpt"]
 
 
 def test_loggers_record_the_networks_settings_too() -> None:

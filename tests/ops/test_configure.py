@@ -96,9 +96,10 @@ def test_parallel_backward_alone_can_be_switched_off(monkeypatch) -> None:
     assert not step_backward.ENABLED
 
 
-def test_configure_builds_the_kernels_at_once_and_only_when_on(monkeypatch) -> None:
+def test_configure_builds_the_kernels_at_once_and_only_when_on(monkeypatch, tmp_path) -> None:
     from torch.utils import cpp_extension
 
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # nothing built there yet
     builds = []
     monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: builds.append(a[0]) or "built")
     kernels._load.cache_clear()
@@ -107,7 +108,8 @@ def test_configure_builds_the_kernels_at_once_and_only_when_on(monkeypatch) -> N
         assert builds == []
         ops.configure()
         ops.configure()  # loaded once per process
-        assert builds == ["recattend_cpu_kernels"]
+        assert builds == [kernels.extension_name(kernels._hashed_files(), *kernels._flags())]
+        assert builds[0].startswith("recattend_cpu_kernels_")
     finally:
         kernels._load.cache_clear()
 

@@ -263,3 +263,34 @@ def test_test_split_at_network_resolution_runs_the_switches() -> None:
     # their edges), 63 keeps them all.
     assert predicted(postprocess={"blur": False, "min_size": 64}) == 0
     assert predicted(postprocess={"blur": False, "min_size": 63}) == 3
+
+
+def test_eval_refuses_files_that_are_not_checkpoints(compose_train, tmp_path: Path) -> None:
+    # eval.py reads the checkpoint's settings itself (memory-mapped) before loading the module:
+    # through the same reader, so the same error, not torch's KeyError or a TypeError.
+    text = tmp_path / "notes.ckpt"
+    text.write_text("epoch=3\n")
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    for ckpt, why in ((text, "not written by torch.save"), (empty, "the file is empty")):
+        cfg = compose_train(f"ckpt_path={ckpt}", config_name="eval")
+        message = rf"{re.escape(str(ckpt))} is not a recattend/Lightning checkpoint \({why}"
+        with pytest.raises(ValueError, match=message):
+            eval_task.run(cfg)
+
+
+def test_eval_names_the_module_a_checkpoint_holds(compose_train, tmp_path: Path) -> None:
+    import torch
+
+    from recattend.lit import PreprocessorModule
+    from tests.helpers import SMALL_FCN
+
+    fcn = PreprocessorModule(image_size=[32, 32], net=SMALL_FCN)
+    ckpt = tmp_path / "fcn.ckpt"
+    torch.save({"state_dict": fcn.state_dict(), "hyper_parameters": dict(fcn.hparams)}, ckpt)
+    cfg = compose_train(f"ckpt_path={ckpt}", config_name="eval")  # module=segmenter, the default
+    with pytest.raises(ValueError, match=(
+        r"fcn\.ckpt does not hold a SegmenterModule: it holds a PreprocessorModule \(.*\); load it "
+        r"as a PreprocessorModule \(module=preprocessor\)"
+    )):  # fmt: skip
+        eval_task.run(cfg)

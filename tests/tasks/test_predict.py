@@ -68,19 +68,19 @@ def test_predicts_every_image_and_lists_the_rest(checkpoint: Path, tmp_path: Pat
     counts = predict.run(cfg)
     assert set(counts) == {"a.png", "b.png"}
     for name, size in (("a", (40, 50)), ("b", (48, 30))):
-        labels = np.asarray(Image.open(out / f"{name}_labels.png"))
+        labels = np.asarray(Image.open(out / f"{name}.png_labels.png"))
         assert labels.shape == size  # back at the image's own size
         assert labels.max() == counts[f"{name}.png"] and labels.max() >= 1
-        assert np.asarray(Image.open(out / f"{name}_overlay.png")).shape == (*size, 3)
+        assert np.asarray(Image.open(out / f"{name}.png_overlay.png")).shape == (*size, 3)
     rows = list(csv.reader((out / "counts.csv").open()))
     assert rows[0] == ["image", "instances"] and len(rows) == 3
     skipped = {Path(r[0]).name: r[1] for r in list(csv.reader((out / "skipped.csv").open()))[1:]}
     assert set(skipped) == {"notes.txt", "broken.png", "huge.png"}
     assert "max_pixels=5000" in skipped["huge.png"]
     results = json.loads((out / "results.json").read_text())
-    assert {r["image_id"] for r in results} == {"a", "b"}
-    first = [r for r in results if r["image_id"] == "a"]
-    labels = np.asarray(Image.open(out / "a_labels.png"))
+    assert {r["image_id"] for r in results} == {"a.png", "b.png"}
+    first = [r for r in results if r["image_id"] == "a.png"]
+    labels = np.asarray(Image.open(out / "a.png_labels.png"))
     for k, entry in enumerate(first, start=1):
         assert (mask_utils.decode(entry["segmentation"]).astype(bool) == (labels == k)).all()
         assert 0.0 <= entry["score"] <= 1.0
@@ -184,3 +184,194 @@ def test_cityscapes_results_masks_are_disjoint_instances(tmp_path: Path) -> None
     masks = np.stack([np.asarray(Image.open(tmp_path / line.split(" ")[0])) > 0 for line in lines])
     assert (masks.sum(axis=0) == (labels > 0)).all()  # disjoint, and covering every instance
     assert (masks[0] == (labels == 1)).all() and (masks[1] == (labels == 3)).all()
+
+
+# ------------------------------------------------------------------ faithful reading, no clobbering
+def _save_preprocessor_checkpoint(path: Path) -> Path:
+    """A hand-made checkpoint of a PreprocessorModule, as a module=preprocessor run writes."""
+    from recattend.lit import PreprocessorModule
+    from tests.helpers import SMALL_FCN
+
+    module = PreprocessorModule(image_size=[32, 32], net=SMALL_FCN)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+def test_every_pil_mode_is_read_by_its_own_range(tmp_path: Path) -> None:
+    from recattend.data.images import UnsupportedImageError, image_array, read_image
+
+    def read(name: str, image: Image.Image) -> np.ndarray:
+        image.save(tmp_path / name)
+        return read_image(tmp_path / name, max_pixels=10_000)
+
+    def grey(values: np.ndarray) -> np.ndarray:  # the hand-computed value / 65535, three times
+        return np.repeat((values / 65535).astype(np.float32)[:, :, None], 3, axis=2)
+
+    twelve_bit = np.arange(4096, dtype=np.uint16).reshape(64, 64)  # a 12-bit camera: 0..4095
+    sixteen = Image.fromarray(twelve_bit)
+    assert sixteen.mode == "I;16"
+    got = read("12bit.png", sixteen)
+    assert got.dtype == np.float32 and (got == grey(twelve_bit)).all()  # not clipped to white
+    assert got.max() == np.float32(4095 / 65535)  # its range is the file's: not stretched
+    big_endian = Image.new("I;16B", (3, 2))
+    big_endian.putpixel((0, 0), 65535)
+    big_endian.putpixel((1, 0), 4095)
+    assert (read("b.tif", big_endian)[0, :2, 0] == np.float32([1.0, 4095 / 65535])).all()
+    ints = np.array([[0, 300], [65535, 7]], np.int32)  # mode I: 16-bit data held in 32 bits
+    assert (read("i.tif", Image.fromarray(ints)) == grey(ints)).all()
+    floats = np.array([[0.0, 0.25], [1.0, 0.5]], np.float32)
+    assert (read("f.tif", Image.fromarray(floats)) == floats[:, :, None]).all()
+    for values, name in ((np.array([[0, 70000]], np.int32), "i"), ([[-1.0, 0.5]], "f")):
+        with pytest.raises(UnsupportedImageError, match="known range"):
+            read(f"bad-{name}.tif", Image.fromarray(np.asarray(values)))
+    with pytest.raises(UnsupportedImageError, match="mode La"):
+        image_array(Image.new("La", (2, 2)))
+
+    # 8 bits or fewer: uint8, the alpha channel dropped (the colour stored under it is kept).
+    l8 = np.array([[0, 128, 255]], np.uint8)
+    assert (read("l.png", Image.fromarray(l8)) == l8[:, :, None]).all()
+    la = Image.fromarray(np.array([[[7, 0], [9, 255]]], np.uint8), "LA")
+    assert (read("la.png", la) == np.array([[[7] * 3, [9] * 3]])).all()
+    rgba = np.array([[[10, 20, 30, 0], [40, 50, 60, 128]]], np.uint8)
+    assert (read("rgba.png", Image.fromarray(rgba, "RGBA")) == rgba[:, :, :3]).all()
+    palette = Image.fromarray(np.array([[0, 1, 2]], np.uint8), "P")
+    palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255])
+    assert (read("p.png", palette) == np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]]])).all()
+    cmyk = Image.fromarray(
+        np.array([[[0, 0, 0, 0], [255, 0, 0, 0], [0, 0, 0, 255]]], np.uint8), "CMYK"
+    )
+    assert (read("cmyk.tif", cmyk) == np.array([[[255] * 3, [0, 255, 255], [0] * 3]])).all()
+    bits = Image.fromarray(np.array([[True, False, True]]))
+    assert bits.mode == "1"
+    assert (read("one.png", bits) == np.array([[[255] * 3, [0] * 3, [255] * 3]])).all()
+    assert read("l2.png", Image.fromarray(l8)).dtype == np.uint8
+
+
+def test_a_16_bit_image_feeds_the_network_its_8_bit_equivalent() -> None:
+    from recattend.data.images import image_array, network_input, to_display
+
+    v8 = np.random.default_rng(0).integers(0, 256, (32, 40), dtype=np.uint8)
+    eight = image_array(Image.fromarray(v8))
+    sixteen = image_array(Image.fromarray(v8.astype(np.uint16) * 257))  # the same image, 16-bit
+    assert eight.dtype == np.uint8 and sixteen.dtype == np.float32
+    assert (to_display(sixteen) == eight).all()
+    # At the image's own size: bit-identical; resized: equal up to the 8-bit rounding.
+    same = network_input(sixteen, (32, 40))
+    assert same.dtype == np.float32 and (same == network_input(eight, (32, 40))).all()
+    assert (same == v8[:, :, None].astype(np.float32) / 255).all()
+    small, small8 = network_input(sixteen, (20, 24)), network_input(eight, (20, 24))
+    assert np.abs(small - small8).max() <= 0.5 / 255 + 1e-6
+    assert small.min() >= 0.0 and small.max() <= 1.0  # bicubic overshoot clipped
+
+
+def test_predict_feeds_16_bit_images_scaled_not_clipped(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    v8 = np.random.default_rng(1).integers(0, 256, (32, 32), dtype=np.uint8)  # network's size
+    Image.fromarray(v8).save(folder / "grey8.png")
+    Image.fromarray(v8.astype(np.uint16) * 257).save(folder / "grey16.png")
+    seen = []
+    real = predict.network_input
+    monkeypatch.setattr(predict, "network_input", lambda *a: seen.append(real(*a)) or seen[-1])
+    out = tmp_path / "out"
+    cfg = _compose(
+        f"ckpt_path='{checkpoint}'", f"input={folder}", f"output={out}", "progress=false",
+        "device=cpu",
+    )  # fmt: skip
+    counts = predict.run(cfg)
+    expected = np.repeat(v8[:, :, None].astype(np.float32) / 255, 3, axis=2)
+    assert len(seen) == 2 and all((x == expected).all() for x in seen)  # not a white image
+    assert counts["grey8.png"] == counts["grey16.png"]
+    labels = [np.asarray(Image.open(out / f"{n}_labels.png")) for n in ("grey8.png", "grey16.png")]
+    assert (labels[0] == labels[1]).all()
+
+
+def test_inputs_sharing_a_stem_keep_their_own_outputs(checkpoint: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / "x.png")
+    Image.fromarray(rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)).save(folder / "x.jpg")
+    out = tmp_path / "out"
+    cfg = _compose(
+        f"ckpt_path='{checkpoint}'", f"input={folder}", f"output={out}", "coco_json=true",
+        "progress=false", "device=cpu",
+    )  # fmt: skip
+    assert set(predict.run(cfg)) == {"x.png", "x.jpg"}
+    for name, size in (("x.png", (40, 50)), ("x.jpg", (30, 20))):
+        assert np.asarray(Image.open(out / f"{name}_labels.png")).shape == size
+        assert np.asarray(Image.open(out / f"{name}_overlay.png")).shape == (*size, 3)
+    rows = list(csv.reader((out / "counts.csv").open()))[1:]
+    assert sorted(row[0] for row in rows) == ["x.jpg", "x.png"]
+    results = json.loads((out / "results.json").read_text())
+    assert {r["image_id"] for r in results} == {"x.png", "x.jpg"}
+
+
+def test_output_is_never_the_input_and_no_summary_outlives_its_run(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    _inputs(folder)
+    (tmp_path / "link").symlink_to(folder)
+    for output in (folder, tmp_path / "link"):
+        cfg = _compose(f"ckpt_path='{checkpoint}'", f"input={folder}", f"output={output}")
+        with pytest.raises(ValueError, match="is the input folder.*a rerun would read them back"):
+            predict.run(cfg)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "a.png", "b.png", "broken.png", "huge.png", "notes.txt",
+    ]  # fmt: skip
+
+    out = folder / "predictions"  # inside the input folder: fine, the input is not recursive
+    args = [f"ckpt_path='{checkpoint}'", f"input={folder}", f"output={out}", "progress=false"]
+    first = predict.run(_compose(*args, "coco_json=true", "max_pixels=5000", "device=cpu"))
+    assert set(first) == {"a.png", "b.png"}
+    assert (out / "results.json").is_file() and len(
+        list(csv.reader((out / "skipped.csv").open()))
+    ) == 4
+    for name in ("broken.png", "huge.png", "notes.txt"):
+        (folder / name).unlink()
+    second = predict.run(_compose(*args, "device=cpu"))  # a rerun: its own outputs not read back
+    assert second == first
+    assert not (out / "results.json").exists()  # an earlier run's, removed (coco_json=false)
+    assert list(csv.reader((out / "skipped.csv").open())) == [["file", "reason"]]
+    assert sorted(r[0] for r in list(csv.reader((out / "counts.csv").open()))[1:]) == [
+        "a.png", "b.png",
+    ]  # fmt: skip
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_summaries_are_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "counts.csv"
+    target.write_text("old\n")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("new, half wri")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        predict._atomically(target, half_then_fail)
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["counts.csv"]
+    predict._write_csv(target, ["image", "instances"], [("a.png", 3)])
+    assert target.read_text().splitlines() == ["image,instances", "a.png,3"]
+
+
+def test_predict_refuses_checkpoints_that_are_not_a_segmenters(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    _inputs(folder)
+    fcn = _save_preprocessor_checkpoint(tmp_path / "fcn.ckpt")
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    for ckpt, message in (
+        (fcn, r"does not hold a SegmenterModule: it holds a PreprocessorModule \(.*\); "
+         r"predict\.py needs a segmenter checkpoint \(module=segmenter run\)"),
+        (text, r"notes\.ckpt is not a recattend/Lightning checkpoint \(not written by torch\.save"),
+    ):  # fmt: skip
+        out = tmp_path / f"out-{ckpt.stem}"
+        cfg = _compose(f"ckpt_path='{ckpt}'", f"input={folder}", f"output={out}", "device=cpu")
+        with pytest.raises(ValueError, match=message):
+            predict.run(cfg)
+        assert list(out.iterdir()) == []  # refused before writing anything

@@ -219,3 +219,56 @@ def test_segmenter_trains_and_evaluates_any_instance_count(
     train.run(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert all(metrics[k] is not None for k in ("train/loss", "test/sbd", "test/abs_dic"))
+
+
+@pytest.mark.slow
+def test_runs_started_together_keep_apart_and_resume_picks_its_own(
+    tmp_path: Path, offline_env: dict[str, str]
+) -> None:
+    import os
+    import subprocess
+    import time
+
+    # A sweep of single runs from a shell loop: two `python train.py` started together.
+    tiny = [o for o in TINY if not o.startswith("trainer.max_epochs=")]
+    common = ["train.py", *tiny, "trainer.max_epochs=-1", "test=false", "logger=csv"]
+    common.append(f"paths.log_dir={tmp_path}")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *common, "trainer.max_steps=1", f"seed={seed}"],
+            cwd=ROOT,
+            env={**os.environ, **offline_env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=240) == 0, proc.stderr.read()[-3000:]
+    folders = sorted(tmp_path.glob("train/runs/*"))
+    assert len(folders) == 2, "two runs shared a folder"
+    by_seed = {}
+    for folder in folders:
+        overrides = (folder / ".hydra" / "overrides.yaml").read_text().split()
+        (seed,) = [o for o in overrides if o.startswith("seed=")]
+        by_seed[seed] = folder
+        assert (folder / "metrics.json").is_file() and (folder / "train.log").is_file()
+        assert [p.name for p in (folder / "checkpoints").glob("last*.ckpt")] == ["last.ckpt"]
+    assert set(by_seed) == {"seed=1", "seed=2"}
+    # The newest last.ckpt is the seed=2 run's: resuming seed=1 continues the seed=1 run anyway.
+    newest = by_seed["seed=2"] / "checkpoints" / "last.ckpt"
+    os.utime(newest, (time.time() + 60, time.time() + 60))
+    resume = [*common, "seed=1", "ckpt_path=last", "trainer.max_steps=2"]
+    resumed = run_cli(resume, ROOT, offline_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(tmp_path.glob("train/runs/*")) == folders
+    log = (by_seed["seed=1"] / "train.log").read_text()
+    assert f"ckpt_path=last: resuming run {by_seed['seed=1']}" in log
+    assert f"pass its checkpoint: ckpt_path={newest}" in log
+    final = torch.load(by_seed["seed=1"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == 2
+    # No run with these overrides: a clear error listing both runs.
+    none = run_cli([*common, "seed=3", "ckpt_path=last"], ROOT, offline_env)
+    assert none.returncode != 0
+    assert "no run under" in none.stderr and "seed=2 (this command: seed=3)" in none.stderr
