@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+
 from recattend.data import SyntheticDataModule
 from recattend.lit import SegmenterModule
 from recattend.models import SegmenterNetwork
@@ -78,6 +80,26 @@ def tiny_segmenter(
     """A :class:`SegmenterModule` of :func:`tiny_network` with ``module_settings``."""
     net = tiny_network(max_instances, image_size, segmenter, preprocessor)
     return SegmenterModule(net=net, **module_settings)
+
+
+def quiet_trainer(
+    folder: Path, max_steps: int, callbacks: Sequence[Any] = (), **settings: Any
+) -> L.Trainer:
+    """A CPU Lightning Trainer for tests: no logger, progress bar, model summary or validation
+    (unless ``settings`` say otherwise), checkpoints under ``folder``."""
+    return L.Trainer(
+        **{
+            "default_root_dir": folder,
+            "max_steps": max_steps,
+            "accelerator": "cpu",
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "limit_val_batches": 0,
+            "callbacks": list(callbacks),
+            **settings,
+        }
+    )
 
 
 def tiny_batch(n: int = 3) -> dict:

@@ -16,7 +16,7 @@ from recattend.callbacks import BootstrapStages, ScheduledSampling
 from recattend.callbacks.sampling import knob_probability
 from recattend.lit import SegmenterModule
 from recattend.utils.checkpoint import load_weights
-from tests.helpers import tiny_batch, tiny_data, tiny_segmenter
+from tests.helpers import quiet_trainer, tiny_batch, tiny_data, tiny_segmenter
 
 
 def test_knob_probability_at_hand_picked_steps_and_timesteps() -> None:
@@ -143,16 +143,7 @@ class Probe(L.Callback):
 
 
 def _trainer(tmp_path: Path, callbacks: list[L.Callback], max_steps: int) -> L.Trainer:
-    return L.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=callbacks,
-    )
+    return quiet_trainer(tmp_path, max_steps, callbacks)
 
 
 def _stages() -> list[dict[str, Any]]:

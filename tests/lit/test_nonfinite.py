@@ -17,7 +17,7 @@ from recattend.callbacks import ProcessGroupTeardown
 from recattend.lit import SegmenterModule
 from recattend.lit.nonfinite import BatchNormSnapshot, NonFiniteGuard, nonfinite_flags
 from recattend.utils.checkpoint import load_weights
-from tests.helpers import ROOT, run_cli, tiny_batch, tiny_data, tiny_segmenter
+from tests.helpers import ROOT, quiet_trainer, run_cli, tiny_batch, tiny_data, tiny_segmenter
 
 NAN = float("nan")
 
@@ -59,16 +59,7 @@ class Record(L.Callback):
 
 
 def _trainer(folder: Path, max_steps: int, *callbacks: L.Callback) -> L.Trainer:
-    return L.Trainer(
-        default_root_dir=folder,
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=list(callbacks),
-    )
+    return quiet_trainer(folder, max_steps, callbacks)
 
 
 def _tensors(value: Any):

@@ -10,14 +10,7 @@ import torch
 
 from recattend.lit import SegmenterModule
 from recattend.utils.checkpoint import load_module, load_weights, upgrade_checkpoint
-from tests.helpers import tiny_data, tiny_segmenter
-
-
-def _trainer(folder: Path, max_steps: int) -> L.Trainer:
-    return L.Trainer(
-        default_root_dir=folder, max_steps=max_steps, accelerator="cpu", logger=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
+from tests.helpers import quiet_trainer, tiny_data, tiny_segmenter
 
 
 def _legacy_copy(path: Path, out: Path) -> dict:
@@ -46,7 +39,7 @@ def _legacy_copy(path: Path, out: Path) -> dict:
 
 def test_an_old_checkpoint_loads_resumes_and_initialises(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    trainer = _trainer(tmp_path / "run", 1)
+    trainer = quiet_trainer(tmp_path / "run", 1)
     trainer.fit(tiny_segmenter(), tiny_data())
     path = next((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
     new = torch.load(path, weights_only=True)
@@ -76,7 +69,9 @@ def test_an_old_checkpoint_loads_resumes_and_initialises(tmp_path: Path) -> None
 
     # ckpt_path=: Lightning restores the renamed weights (max_steps reached: nothing trains).
     resumed = tiny_segmenter()
-    _trainer(tmp_path / "resumed", 1).fit(resumed, tiny_data(), ckpt_path=tmp_path / "old.ckpt")
+    quiet_trainer(tmp_path / "resumed", 1).fit(
+        resumed, tiny_data(), ckpt_path=tmp_path / "old.ckpt"
+    )
     for name, value in resumed.state_dict().items():
         assert torch.equal(value, new["state_dict"][name]), name
 
