@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from recattend.data.base import InstanceDataModule, RawSample
+from recattend.data.images import image_array, to_display
 
 # A sample's ground truth: (N, H, W) bool masks, (N,) int classes or None, (H, W) semantic or None.
 Instances = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
@@ -52,10 +53,12 @@ class BadFileError(RuntimeError):
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from any image file (RGBA, palette and grey images are converted)."""
+    """(H, W, 3) uint8 RGB from any image file, every mode read as ``predict.py`` reads it
+    (:func:`recattend.data.images.image_array`: alpha dropped, 16-bit and float images scaled by
+    their range, not clipped), deeper images then rounded to 8 bits."""
     with Image.open(path) as image:
         image.load()  # decode now: truncation shows here, not later
-        return np.asarray(image.convert("RGB"))
+        return to_display(image_array(image))
 
 
 def image_size(path: Path) -> tuple[int, int]:

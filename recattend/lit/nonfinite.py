@@ -317,10 +317,12 @@ class NonFiniteGuard:
                 + (
                     f"once the data is fixed, resume with ckpt_path={path}"
                     if bad_input
-                    else f"go on from its weights with a lower rate, init_from={path} "
-                    "module.lr=... (ckpt_path= would restore the optimiser with its rate), or, "
-                    "if they have diverged already (the same error at step 0), from an earlier "
-                    "checkpoint's (checkpoints/last.ckpt)"
+                    else f"ckpt_path={path} continues the run exactly (same rate, stage and "
+                    f"schedule), which may diverge again; init_from={path} module.lr=... starts "
+                    "from its weights with a lower rate but at step 0 (bootstrap stages, "
+                    "scheduled sampling and the rate decay start again: shorten the box stage "
+                    "with callbacks.bootstrap.stages). If the weights have diverged already (the "
+                    "same error at step 0), use an earlier checkpoint (checkpoints/last.ckpt)"
                 )
             )
         if self.policy == "skip":

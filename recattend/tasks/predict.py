@@ -94,11 +94,12 @@ def run(cfg: DictConfig) -> dict[str, int]:
         PermissionError, FileNotFoundError: an unwritable output, a missing checkpoint or input.
     """
     source = Path(cfg.input)
-    if source.resolve() == Path(cfg.output).resolve():
+    folder = source if source.is_dir() else source.parent  # where the inputs are read from
+    if source.exists() and folder.resolve() == Path(cfg.output).resolve():
         raise ValueError(
             f"output={cfg.output} is the input folder: the predictions would mix with the images "
             "and a rerun would read them back; pick another folder (a subfolder, e.g. "
-            f"output={source / 'predictions'}, is fine)"
+            f"output={folder / 'predictions'}, is fine)"
         )
     output = require_writable_dir(cfg.output, "output")
     ckpt = Path(cfg.ckpt_path)

@@ -159,7 +159,9 @@ def test_huge_learning_rate_stops_at_the_first_nonfinite_rollout(tmp_path: Path)
     _assert_last_finite_state(path, record.before[1], 1)
     # Those weights are finite but already diverged (step 0 moved them by ~1e6): as the message
     # says, a lower rate from them fails at step 0, so an earlier checkpoint is the way on.
-    assert "if they have diverged already (the same error at step 0)" in message
+    assert "If the weights have diverged already (the same error at step 0)" in message
+    restarts = "at step 0 (bootstrap stages, scheduled sampling and the rate decay start again"
+    assert restarts in message
     module = SegmenterModule.load_from_checkpoint(path, lr=1e-3)
     with pytest.raises(FloatingPointError, match=r"at training step 0\. .*now 0\.001"):
         _trainer(tmp_path / "again", 1).fit(module, datamodule=tiny_data())

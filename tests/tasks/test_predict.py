@@ -315,8 +315,13 @@ def test_output_is_never_the_input_and_no_summary_outlives_its_run(
     folder = tmp_path / "in"
     _inputs(folder)
     (tmp_path / "link").symlink_to(folder)
-    for output in (folder, tmp_path / "link"):
-        cfg = _compose(f"ckpt_path='{checkpoint}'", f"input={folder}", f"output={output}")
+    # The folder itself, a link to it, and one image of it with the folder as output.
+    for source, output in (
+        (folder, folder),
+        (folder, tmp_path / "link"),
+        (folder / "a.png", folder),
+    ):
+        cfg = _compose(f"ckpt_path='{checkpoint}'", f"input={source}", f"output={output}")
         with pytest.raises(ValueError, match="is the input folder.*a rerun would read them back"):
             predict.run(cfg)
     assert sorted(p.name for p in folder.iterdir()) == [
