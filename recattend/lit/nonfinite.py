@@ -172,6 +172,13 @@ class NonFiniteGuard:
         self._terms: list[str] = []  # the non-finite loss terms of this process's last step
         self._processes = 0  # the processes that found something non-finite in the last check
 
+    def state_dict(self) -> dict[str, int]:
+        """The skip counts, saved in checkpoints so a resumed run goes on counting."""
+        return {"skipped": self.skipped, "in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.skipped, self.in_a_row = int(state["skipped"]), int(state["in_a_row"])
+
     @property
     def skipping(self) -> bool:
         """Whether the current batch is skipped (from :meth:`failed` to the next :meth:`begin`)."""

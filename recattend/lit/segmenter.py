@@ -352,9 +352,15 @@ class SegmenterModule(L.LightningModule):
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite"] = self.nonfinite.state_dict()  # the skip counts
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resuming a checkpoint from before the network was one node renames its weights."""
+        """Resuming restores the skip counts; a checkpoint from before the network was one node
+        has its weights renamed."""
         upgrade_checkpoint(checkpoint)
+        if "nonfinite" in checkpoint:
+            self.nonfinite.load_state_dict(checkpoint["nonfinite"])
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]

@@ -241,6 +241,11 @@ def test_skip_leaves_the_state_counts_and_stops_after_max_skipped(tmp_path: Path
     path = tmp_path / "stop" / "checkpoints" / "nonfinite-step3.ckpt"
     ckpt = _assert_last_finite_state(path, record.before[3], 3)
     _assert_equal(ckpt["state_dict"], record.before[1]["state_dict"])  # as before the first skip
+    # The skip counts travel with the checkpoint, so a resumed run goes on counting.
+    assert ckpt["nonfinite"] == {"skipped": 2, "in_a_row": 2}
+    resumed = tiny_segmenter(on_nonfinite="skip", max_skipped=2)
+    resumed.on_load_checkpoint(ckpt)
+    assert (resumed.nonfinite.skipped, resumed.nonfinite.in_a_row) == (2, 2)
 
 
 def test_guard_without_a_trainer() -> None:
