@@ -49,7 +49,7 @@ META = torch.device("meta")
 FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _on(tensors, device: torch.device, dtype: torch.dtype | None = None) -> None:
+def assert_on(tensors, device: torch.device, dtype: torch.dtype | None = None) -> None:
     """Every tensor in ``tensors`` (nested dicts, lists, dataclass fields) on ``device``, and the
     floating ones of ``dtype`` when given."""
     if isinstance(tensors, torch.Tensor):
@@ -58,13 +58,13 @@ def _on(tensors, device: torch.device, dtype: torch.dtype | None = None) -> None
             assert tensors.dtype == dtype, tensors.dtype
     elif isinstance(tensors, dict):
         for value in tensors.values():
-            _on(value, device, dtype)
+            assert_on(value, device, dtype)
     elif isinstance(tensors, list | tuple):
         for value in tensors:
-            _on(value, device, dtype)
+            assert_on(value, device, dtype)
     elif hasattr(tensors, "__dataclass_fields__"):
         for name in tensors.__dataclass_fields__:
-            _on(getattr(tensors, name), device, dtype)
+            assert_on(getattr(tensors, name), device, dtype)
 
 
 def _network(**segmenter) -> SegmenterNetwork:
@@ -96,13 +96,13 @@ def test_the_segmenter_runs_on_meta(segmenter: dict, training: bool) -> None:
     for t in range(model.steps):  # every step's own BatchNorm
         box = model.locate(x, canvas, t)
         out = model.segment(x, canvas, t, box)
-        _on(out, META, torch.float32)
+        assert_on(out, META, torch.float32)
         canvas = torch.maximum(canvas, out.mask[:, None])
     # Teacher forcing's patch from another box, and the bootstrap box stage's step.
-    _on(model.segment(x, canvas, 0, box, box), META, torch.float32)
+    assert_on(model.segment(x, canvas, 0, box, box), META, torch.float32)
     if model.box_net is not None:
-        _on(model.box_only(box), META, torch.float32)
-        _on(model.soft_box(box), META, torch.float32)
+        assert_on(model.box_only(box), META, torch.float32)
+        assert_on(model.soft_box(box), META, torch.float32)
 
 
 @pytest.mark.parametrize("num_classes", [0, 3], ids=["foreground", "semantic"])
@@ -111,14 +111,14 @@ def test_the_preprocessor_runs_on_meta(num_classes: int) -> None:
     fcn = Preprocessor(**SMALL_FCN, num_classes=num_classes).to(META)
     image = torch.rand(2, 3, 32, 32, device=META)
     out = fcn(image)
-    _on(out, META, torch.float32)
-    _on(fcn.features(image), META, torch.float32)
-    _on(foreground_probability(out), META, torch.float32)
+    assert_on(out, META, torch.float32)
+    assert_on(fcn.features(image), META, torch.float32)
+    assert_on(foreground_probability(out), META, torch.float32)
     # And as the segmenter's input and the post-processing's guidance.
     net = tiny_network(preprocessor={"net": {**SMALL_FCN, "num_classes": num_classes}}).to(META)
     assert net.inputs(image).shape == (2, 3 + fcn.feature_channels(), 32, 32)
     probability, semantic = net.guidance(image, (40, 48), foreground=True)
-    _on([probability, semantic], META)
+    assert_on([probability, semantic], META)
     assert probability.shape == (2, 40, 48) and probability.dtype == torch.float32
     assert (semantic is None) == (num_classes == 0)
 
@@ -133,9 +133,9 @@ def test_the_losses_run_on_meta_but_the_matching() -> None:
     iou = soft_iou(masks, masks)
     match = torch.zeros(b, t, t, device=META)
     padded = padded_box_masks(boxes, (32, 32), counts, min_pad=2.0)
-    _on([counts, iou, padded, matched_iou_loss(iou, match, counts)], META, torch.float32)
+    assert_on([counts, iou, padded, matched_iou_loss(iou, match, counts)], META, torch.float32)
     scores = torch.rand(b, t, device=META)
-    _on(monotonic_score_loss(scores, score_target(match)), META, torch.float32)
+    assert_on(monotonic_score_loss(scores, score_target(match)), META, torch.float32)
 
 
 # ------------------------------------------------------------------ the default device is meta
@@ -145,7 +145,7 @@ def test_predict_creates_no_tensor_on_the_default_device() -> None:
     for threshold in (0.0, 0.5, 1.01):  # all T steps, the early stop, every image stops at once
         with torch.device(META):
             out = net.predict(image, threshold=threshold)
-        _on(out, torch.device("cpu"), torch.float32)
+        assert_on(out, torch.device("cpu"), torch.float32)
         assert out["masks"].shape == (2, net.steps, 32, 32)
 
 
@@ -163,7 +163,7 @@ def test_a_training_step_creates_no_tensor_on_the_default_device(stage: str) -> 
     with torch.device(META):
         loss = module.training_step(batch, 0)
         loss.backward()
-    _on(loss, torch.device("cpu"), torch.float32)
+    assert_on(loss, torch.device("cpu"), torch.float32)
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     assert grads and all(g.device.type == "cpu" and g.isfinite().all() for g in grads)
 
@@ -185,7 +185,7 @@ def test_the_losses_create_no_tensor_on_the_default_device() -> None:
             masks, scores, None, batch["masks"], batch["boxes"], batch["num_instances"],
             min_pad=2.0,
         )  # fmt: skip
-    _on([joint, box, no_box], torch.device("cpu"), torch.float32)
+    assert_on([joint, box, no_box], torch.device("cpu"), torch.float32)
 
 
 def _outputs(b: int = 2, t: int = 4, size: int = 16, dtype=torch.float32) -> dict:
@@ -213,7 +213,7 @@ def test_the_postprocessing_creates_no_tensor_on_the_default_device(dtype) -> No
         labels = label_map(out["masks"], out["scores"], every_step, (24, 24), foreground)
         instances = image_instances(slots[0], out["scores"][0])
         classes = majority_class(instances.labels, semantic)
-    _on([slots, labels, list(instances), classes], torch.device("cpu"))
+    assert_on([slots, labels, list(instances), classes], torch.device("cpu"))
     assert slots.dtype == labels.dtype == torch.int64
     assert instances.scores.dtype == dtype and int(labels.max()) == 2
 
@@ -238,7 +238,7 @@ def test_the_metrics_create_no_tensor_on_the_default_device() -> None:
         ap.update([found], [car], [score], [gt_ids])
         results = {name: metric.compute() for name, metric in metrics.items()}
         results["ap"] = ap.compute()
-    _on(results, torch.device("cpu"), torch.float32)
+    assert_on(results, torch.device("cpu"), torch.float32)
     assert results["sbd"]["sbd"] > 0 and results["ap"]["ap"] == 1
 
 
@@ -269,7 +269,7 @@ def test_a_training_step_in_float64(stage: str, monkeypatch) -> None:
         monkeypatch.setattr(segmenter, name, spy)
     loss = module.training_step(batch, 0)
     assert len(outs) == steps
-    _on(outs, torch.device("cpu"), torch.float64)
+    assert_on(outs, torch.device("cpu"), torch.float64)
     assert loss.isfinite()
     loss.backward()
     grads = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
@@ -279,7 +279,7 @@ def test_a_training_step_in_float64(stage: str, monkeypatch) -> None:
     module.eval()
     with torch.no_grad():
         out = module(batch["image"])
-    _on(out, torch.device("cpu"), torch.float64)
+    assert_on(out, torch.device("cpu"), torch.float64)
     instances = module.instances(out, batch["image"])
     assert instances[0].scores.dtype == torch.float64
 
@@ -290,7 +290,7 @@ def test_inference_in_the_model_dtype(dtype: torch.dtype) -> None:
     net = _network().to(dtype).eval()
     image = torch.rand(2, 3, 32, 32, dtype=dtype)
     for threshold in (0.0, 0.5):
-        _on(net.predict(image, threshold=threshold), torch.device("cpu"), dtype)
+        assert_on(net.predict(image, threshold=threshold), torch.device("cpu"), dtype)
     probability, _ = net.guidance(image, (40, 48), foreground=True)
     assert probability.dtype == dtype
 
@@ -303,7 +303,7 @@ def test_the_losses_in_float64() -> None:
     terms = segmenter_losses(
         masks, scores, masks, batch["masks"], batch["boxes"], batch["num_instances"], min_pad=2.0
     )
-    _on(terms, torch.device("cpu"), torch.float64)
+    assert_on(terms, torch.device("cpu"), torch.float64)
     terms["loss"].backward()
     assert masks.grad.dtype == scores.grad.dtype == torch.float64
 

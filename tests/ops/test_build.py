@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recattend.ops import kernels
-from recattend.ops.kernels import BuildLockTimeoutError, extension_name, load_extension
+from recattend.ops import build, kernels
+from recattend.ops.build import BuildLockTimeoutError, extension_name, load_extension
 
 TINY = """
 #include <Python.h>
@@ -80,7 +80,7 @@ def _forbid_building(monkeypatch) -> None:
         raise AssertionError("a complete build was locked or built again")
 
     monkeypatch.setattr(cpp_extension, "load", refuse)
-    monkeypatch.setattr(kernels, "_build_lock", refuse)
+    monkeypatch.setattr(build, "_build_lock", refuse)
 
 
 # ----------------------------------------------------------------------------------------- names
@@ -90,17 +90,17 @@ def test_names_hash_the_contents_not_the_paths(tmp_path) -> None:
         shutil.copytree(kernels._CSRC, tmp_path / checkout / "csrc")
     files = {c: sorted((tmp_path / c / "csrc").iterdir()) for c in ("a", "b")}
     flags, link = kernels._flags()
-    name = extension_name(files["a"], flags, link)
-    assert name == extension_name(files["b"], flags, link)
-    assert name == extension_name(kernels._hashed_files(), flags, link)  # this checkout too
+    name = extension_name(files["a"], flags, link, prefix=kernels._EXTENSION)
+    assert name == extension_name(files["b"], flags, link, prefix=kernels._EXTENSION)
+    assert name == kernels.extension()  # this checkout too
     prefix = "recattend_cpu_kernels_"
     assert name.startswith(prefix) and len(name) == len(prefix) + 16
     # Other sources, headers included, or other flags: other names.
     header = tmp_path / "b" / "csrc" / "kernels.h"
     header.write_text(header.read_text() + "\n// changed\n")
-    assert extension_name(files["b"], flags, link) != name
-    assert extension_name(files["a"], [*flags, "-DOTHER"], link) != name
-    assert extension_name(files["a"], flags, [*link, "-lm"]) != name
+    assert extension_name(files["b"], flags, link, prefix=kernels._EXTENSION) != name
+    assert extension_name(files["a"], [*flags, "-DOTHER"], link, prefix=kernels._EXTENSION) != name
+    assert extension_name(files["a"], flags, [*link, "-lm"], prefix=kernels._EXTENSION) != name
     # And the sources the build reads are all hashed: the header with the .cpp files.
     assert {p.name for p in kernels._hashed_files()} >= {p.name for p in kernels._SOURCES} | {
         "kernels.h"
@@ -144,7 +144,7 @@ def test_the_real_kernels_load_from_a_complete_build_without_any_lock(
     # process (or checkout) finds them: imported, no lock taken or created, nothing rebuilt.
     built = Path(kernel.__file__).parent
     name = built.name
-    assert name == extension_name(kernels._hashed_files(), *kernels._flags())
+    assert name == kernels.extension()
     copy = _folder(extensions, name)
     shutil.copytree(built, copy, ignore=shutil.ignore_patterns("lock", "build.lock"))
     _forbid_building(monkeypatch)
@@ -193,7 +193,7 @@ def test_the_kernels_do_not_wait_for_a_left_over_torch_lock(
     # The same through recattend.ops' own entry (the build itself faked).
     from torch.utils import cpp_extension
 
-    name = extension_name(kernels._hashed_files(), *kernels._flags())
+    name = kernels.extension()
     folder = _folder(extensions, name)
     folder.mkdir()
     (folder / "lock").touch()
@@ -222,9 +222,9 @@ def test_a_build_that_takes_too_long_is_given_up(extensions, monkeypatch, caplog
     # PyTorch's kernels; nothing hangs.
     from torch.utils import cpp_extension
 
-    monkeypatch.setattr(kernels, "LOCK_WAIT_S", 0.5)
+    monkeypatch.setattr(build, "LOCK_WAIT_S", 0.5)
     monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: pytest.fail("built"))
-    name = extension_name(kernels._hashed_files(), *kernels._flags())
+    name = kernels.extension()
     folder = _folder(extensions, name)
     folder.mkdir()
     fd = _hold(folder / "build.lock")
@@ -274,14 +274,14 @@ def test_a_build_finished_while_waiting_is_imported(extensions, tmp_path, monkey
 def test_without_flock_a_stale_lock_file_is_removed(tmp_path, monkeypatch, caplog) -> None:
     # Where flock is missing: an exclusive file naming its holder; stale once its process is gone
     # or it is older than STALE_LOCK_S, then removed with a warning that names it.
-    monkeypatch.setattr(kernels, "_fcntl", None)
+    monkeypatch.setattr(build, "_fcntl", None)
     lock = tmp_path / "build.lock.pid"
     dead = subprocess.Popen(["true"])
     dead.wait()
     lock.write_text(f'{{"pid": {dead.pid}, "host": "{socket.gethostname()}"}}')
     with (
         caplog.at_level(logging.WARNING, logger="recattend.ops.kernels"),
-        kernels._build_lock(tmp_path, wait_s=5),
+        build._build_lock(tmp_path, wait_s=5),
     ):
         assert f'"pid": {os.getpid()}' in lock.read_text()
     assert not lock.exists()
@@ -290,24 +290,24 @@ def test_without_flock_a_stale_lock_file_is_removed(tmp_path, monkeypatch, caplo
     # Too old, whoever holds it.
     caplog.clear()
     lock.write_text(f'{{"pid": {os.getpid()}, "host": "{socket.gethostname()}"}}')
-    old = time.time() - 2 * kernels.STALE_LOCK_S
+    old = time.time() - 2 * build.STALE_LOCK_S
     os.utime(lock, (old, old))
     with (
         caplog.at_level(logging.WARNING, logger="recattend.ops.kernels"),
-        kernels._build_lock(tmp_path, wait_s=5),
+        build._build_lock(tmp_path, wait_s=5),
     ):
         pass
     assert any("s old" in r.getMessage() and str(lock) in r.getMessage() for r in caplog.records)
 
 
 def test_without_flock_a_live_holder_is_waited_for_a_bounded_time(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(kernels, "_fcntl", None)
+    monkeypatch.setattr(build, "_fcntl", None)
     lock = tmp_path / "build.lock.pid"
     lock.write_text(f'{{"pid": {os.getpid()}, "host": "{socket.gethostname()}"}}')
     start = time.monotonic()
     with (
         pytest.raises(BuildLockTimeoutError, match="gave up"),
-        kernels._build_lock(tmp_path, wait_s=0.5),
+        build._build_lock(tmp_path, wait_s=0.5),
     ):
         pass
     assert time.monotonic() - start < 5
@@ -334,11 +334,11 @@ def test_the_lock_of_a_killed_builder_is_free_at_once(tmp_path) -> None:
     try:
         assert holder.stdout.readline().strip() == "locked"
         # Alive: it holds the lock.
-        with pytest.raises(BuildLockTimeoutError), kernels._build_lock(tmp_path, wait_s=0.3):
+        with pytest.raises(BuildLockTimeoutError), build._build_lock(tmp_path, wait_s=0.3):
             pass
     finally:
         holder.kill()
         holder.wait()
     start = time.monotonic()
-    with kernels._build_lock(tmp_path, wait_s=5):
+    with build._build_lock(tmp_path, wait_s=5):
         assert time.monotonic() - start < 1
