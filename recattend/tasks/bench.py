@@ -1,4 +1,7 @@
-"""Speed and memory benchmark of the segmenter (``make bench``; not a test).
+"""Speed and memory benchmark of the segmenter (``make bench``, ``make bench-gpu``; not a test).
+
+One module for one concern, the benchmark (about 450 lines): its process plan, the model, DDP and
+loading measurements, and the CPU and CUDA variants share the timing and reporting code.
 
 For each configuration -- the paper's CVPPP setting (224x224, T = 21, 48x48 patches, batch 5) and
 the synthetic default (128x128, T = 11, batch 8) -- fresh processes measure the figures below: the
