@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast bench bench-gpu check-data lint clean clean-outputs FORCE
+.PHONY: help install demo train test test-fast bench bench-gpu check-data lint clean clean-outputs FORCE
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml $(VENV)/.torch-spec | $(BIN)/python
 	@touch $@
 
 install: $(STAMP) ## Create .venv and install recattend with its dev tools (skipped when up to date)
+
+demo: $(STAMP) ## Segment a few rendered rosettes with the shipped weights: overlays and Figure 1
+	$(BIN)/python -m recattend.tasks.demo $(ARGS)
 
 train: $(STAMP) ## Train with the defaults (synthetic data); pass overrides with ARGS="..."
 	$(BIN)/python train.py $(ARGS)

@@ -1,18 +1,12 @@
 """Evaluate a checkpoint: ``python eval.py ckpt_path=outputs/.../last.ckpt [dataset=...]``.
 
-A thin entry point; the work is done by :func:`recattend.tasks.eval.run`.
+A thin entry point; the work is done by :func:`recattend.tasks.eval.run`, the command line
+(``--help``, errors that suggest the key meant) by :func:`recattend.utils.cli.hydra_main`.
 """
 
-import hydra
-from omegaconf import DictConfig
+from recattend.utils.cli import hydra_main
 
-from recattend.tasks import eval as eval_task
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    eval_task.run(cfg)
-
+main = hydra_main("eval", "recattend.tasks.eval:run")
 
 if __name__ == "__main__":
     main()

@@ -1,18 +1,12 @@
 """Predict instances: ``python predict.py ckpt_path=... input=photos/ output=out/``.
 
-A thin entry point; the work is done by :func:`recattend.tasks.predict.run`.
+A thin entry point; the work is done by :func:`recattend.tasks.predict.run`, the command line
+(``--help``, errors that suggest the key meant) by :func:`recattend.utils.cli.hydra_main`.
 """
 
-import hydra
-from omegaconf import DictConfig
+from recattend.utils.cli import hydra_main
 
-from recattend.tasks import predict
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    predict.run(cfg)
-
+main = hydra_main("predict", "recattend.tasks.predict:run")
 
 if __name__ == "__main__":
     main()

@@ -1,18 +1,12 @@
 """Train a model: ``python train.py [dataset=...] [module=...] [trainer.devices=...] ...``
 
-A thin entry point; the work is done by :func:`recattend.tasks.train.run`.
+A thin entry point; the work is done by :func:`recattend.tasks.train.run`, the command line
+(``--help``, errors that suggest the key meant) by :func:`recattend.utils.cli.hydra_main`.
 """
 
-import hydra
-from omegaconf import DictConfig
+from recattend.utils.cli import hydra_main
 
-from recattend.tasks import train
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    return train.run(cfg)
-
+main = hydra_main("train", "recattend.tasks.train:run")
 
 if __name__ == "__main__":
     main()

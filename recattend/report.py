@@ -12,14 +12,16 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
-# (column title, mean key, std key, scale, decimals), in display order (the paper's precision).
+# (column title, mean key, std key, scale, decimals), in display order: percentages with one
+# decimal (SBD 84.9), counts per image with two (|DiC| 0.80) or, as KITTI's table, three (AvgFP).
 COLUMNS = (
     ("SBD (%)", "sbd", "sbd_std", 100.0, 1),
-    ("\\|DiC\\|", "abs_dic", "abs_dic_std", 1.0, 1),
-    ("DiC", "dic", "dic_std", 1.0, 1),
+    ("\\|DiC\\|", "abs_dic", "abs_dic_std", 1.0, 2),
+    ("DiC", "dic", "dic_std", 1.0, 2),
     ("SBD rec-attend (%)", "sbd_recattend", "sbd_recattend_std", 100.0, 1),
     ("FgBgDice (%)", "fg_dice", "fg_dice_std", 100.0, 1),
     ("MWCov (%)", "mwcov", "mwcov_std", 100.0, 1),
@@ -30,27 +32,40 @@ COLUMNS = (
     ("AP50% (%)", "ap50", None, 100.0, 1),
     ("AP75 (%)", "ap75", None, 100.0, 1),
     ("AR100 (%)", "ar100", None, 100.0, 1),
+    ("Mask AP (%)", "mask_ap", None, 100.0, 1),
+    ("Mask AP50 (%)", "mask_ap50", None, 100.0, 1),
     ("FG IoU (%)", "fg_iou", None, 100.0, 1),
     ("Angle acc. (%)", "angle_acc", None, 100.0, 1),
 )
-# The paper's table layouts: which columns a dataset's table shows (``paper_table`` of its
-# DataModule); other metrics stay in metrics.json and per_image.csv.
+
+
+class PaperTable(NamedTuple):
+    """A paper table's layout: its columns (mean keys of :data:`COLUMNS`) and those it prints as
+    "mean (std)"; the others show the mean alone."""
+
+    columns: tuple[str, ...]
+    with_std: tuple[str, ...] = ()
+
+
+# The paper's table layouts (``paper_table`` of a dataset's DataModule); other metrics stay in
+# metrics.json and per_image.csv.
 TABLES = {
-    "cvppp": ("sbd", "abs_dic", "dic"),  # Table 1
-    "kitti": ("mwcov", "mucov", "fp", "fn"),  # Table 2
-    "cityscapes": ("ap", "ap50"),  # Table 3
-    "coco": ("ap", "ap50", "ap75", "ar100"),
-    "preprocessor": ("fg_iou", "angle_acc"),
+    "cvppp": PaperTable(("sbd", "abs_dic", "dic"), with_std=("sbd", "abs_dic", "dic")),  # Table 1
+    "kitti": PaperTable(("mwcov", "mucov", "fp", "fn")),  # Table 2
+    "cityscapes": PaperTable(("ap", "ap50")),  # Table 3
+    "coco": PaperTable(("ap", "ap50", "ap75", "ar100")),
+    "preprocessor": PaperTable(("fg_iou", "angle_acc")),
 }
 
 
 def metrics_table(
     metrics: Mapping[str, float | None], split: str, name: str, table: str | None = None
 ) -> str:
-    """A markdown table of ``<split>/<metric>`` values as mean (std), one row named ``name``.
+    """A markdown table of ``<split>/<metric>`` values, one row named ``name``.
 
     Columns appear only for metrics present, limited to the paper ``table``'s when one is named
-    (:data:`TABLES`); SBD is official CVPPP (relabelled), in percent.
+    (:data:`TABLES`, with the std where that table prints it; without a table, wherever it was
+    measured); SBD is official CVPPP (relabelled), in percent.
     """
     return rows_table([(name, metrics)], split, table)
 
@@ -59,7 +74,8 @@ def rows_table(
     rows: Sequence[tuple[str, Mapping[str, float | None]]], split: str, table: str | None = None
 ) -> str:
     """A markdown table with one row per (name, metrics); a column per metric any row has
-    (among the paper ``table``'s columns when one is named). A row without a value shows "-"."""
+    (among the paper ``table``'s columns when one is named, with the std only where that table
+    prints it). A row without a value shows "-"."""
     if table is not None and table not in TABLES:
         raise ValueError(f"unknown table '{table}'; known: {sorted(TABLES)}")
     present = [
@@ -67,14 +83,19 @@ def rows_table(
         for column in COLUMNS
         if any(metrics.get(f"{split}/{column[1]}") is not None for _, metrics in rows)
     ]
-    # The paper table's columns, or every metric present when none of them was measured.
-    columns = [c for c in present if c[1] in TABLES.get(table or "", ())] or present
+    # The paper table's columns, or every metric present (std included) when none of them was
+    # measured.
+    layout = TABLES.get(table or "")
+    columns = [c for c in present if layout and c[1] in layout.columns]
+    if not columns:
+        columns, layout = present, None
     lines = [["run", *(title for title, *_ in columns)], ["---"] * (len(columns) + 1)]
     for name, metrics in rows:
         cells = [name]
         for _, mean_key, std_key, scale, digits in columns:
             mean = metrics.get(f"{split}/{mean_key}")
-            std = metrics.get(f"{split}/{std_key}") if std_key else None
+            shows_std = std_key and (layout is None or mean_key in layout.with_std)
+            std = metrics.get(f"{split}/{std_key}") if shows_std else None
             cells.append(
                 "-"
                 if mean is None

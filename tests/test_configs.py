@@ -13,6 +13,7 @@ from tests.helpers import CONF
 
 GROUPS = [
     "module",
+    "monitor",
     "model",
     "dataset",
     "dataset/augment",
@@ -133,6 +134,70 @@ def test_ablation_presets_pick_the_registered_preprocessor(compose_train, option
     assert cfg.module.net.preprocessor.ckpt_path == expected
     assert cfg.dataset.augment.shift == 16 and cfg.dataset.augment.flip_stages == ["box"]
     assert cfg.trainer.max_steps == 800
+
+
+@pytest.mark.parametrize(
+    ("overrides", "monitor"),
+    [
+        ((), "val/sbd"),  # synthetic
+        (("dataset=cvppp",), "val/sbd"),  # Table 1
+        (("dataset=kitti",), "val/mwcov"),  # Table 2
+        (("dataset=cityscapes",), "val/mask_ap"),  # Table 3: validation's stand-in for AP
+        (("dataset=coco",), "val/mask_ap"),
+        (("experiment=cvppp",), "val/sbd"),
+        (("experiment=kitti",), "val/mwcov"),
+        (("experiment=cityscapes",), "val/mask_ap"),
+        (("experiment=coco_zebra",), "val/mask_ap"),
+        (("experiment=synthetic_benchmark",), "val/sbd"),
+        (("experiment=leaves_pretrained",), "val/sbd"),
+        (("module=preprocessor",), "val/fg_iou"),  # the pre-processor's own metric
+        (("module=preprocessor", "dataset=kitti"), "val/fg_iou"),
+        (("experiment=kitti_preprocessor",), "val/fg_iou"),
+        (("experiment=cityscapes_preprocessor",), "val/fg_iou"),
+        (("experiment=synthetic_preprocessor",), "val/fg_iou"),
+    ],
+)
+def test_the_best_checkpoint_monitors_the_main_metric(compose_train, overrides, monitor) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from recattend.callbacks import LastCheckpoint
+    from recattend.utils.config import check_checkpointing
+
+    cfg = compose_train(*overrides)
+    check_checkpointing(cfg.callbacks)
+    best, last, *_ = instantiate_group(cfg.callbacks)  # the best first: checkpoint_callback
+    assert type(best) is ModelCheckpoint and isinstance(last, LastCheckpoint)
+    assert (best.monitor, best.mode, best.save_top_k) == (monitor, "max", 1)
+    assert best.format_checkpoint_name({"step": 3500, monitor: 0.87404}).endswith(
+        "/checkpoints/best-step_003500-0.8740.ckpt"
+    )
+    assert (last.save_last, last.save_top_k, last.monitor) == (True, 0, None)
+    if monitor != "val/fg_iou":  # the segmenter's: a key its validation evaluator returns
+        from recattend.evaluation import InstanceEvaluator
+        from tests.evaluation.fakes import FakePostprocess, make_batch
+        from tests.metrics.labels import GT_TWO
+
+        evaluator = InstanceEvaluator(original_resolution=False, per_image=False)
+        evaluator.reset()
+        batch = make_batch([GT_TWO], [GT_TWO], [[0.9, 0.8, 0.1]], [{"id": "a"}])
+        evaluator.process(*batch, FakePostprocess())
+        assert monitor.removeprefix("val/") in evaluator.evaluate()
+
+
+def test_the_recipes_set_the_last_checkpoints_interval(compose_train) -> None:
+    assert compose_train("experiment=cvppp").callbacks.last_checkpoint.every_n_train_steps == 1000
+    ablation = compose_train("experiment=synthetic_ablation")
+    assert ablation.callbacks.model_checkpoint is None  # no validation: nothing to pick by
+    assert ablation.callbacks.last_checkpoint.every_n_train_steps == 400
+
+
+def test_a_monitored_checkpoint_with_a_step_interval_is_refused(compose_train) -> None:
+    from recattend.utils.config import check_checkpointing
+
+    cfg = compose_train("callbacks.model_checkpoint.every_n_train_steps=500")
+    with pytest.raises(ValueError, match=r"monitor=val/sbd with every_n_train_steps=500 .*"
+                       r"callbacks\.last_checkpoint\.every_n_train_steps=N"):  # fmt: skip
+        check_checkpointing(cfg.callbacks)
 
 
 def test_unknown_option_lists_the_choices(compose_train) -> None:

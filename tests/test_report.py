@@ -27,7 +27,7 @@ def test_rows_are_labelled_by_the_overrides_that_differ(tmp_path: Path) -> None:
         "| run | SBD (%) | \\|DiC\\| |",
         "| --- | --- | --- |",
         "| model=full | 80.0 (10.0) | - |",
-        "| model=iter1 | 75.0 | 0.5 |",
+        "| model=iter1 | 75.0 | 0.50 |",
         "| model=no_box_net | 50.0 | - |",  # job 10 after job 1: numeric order
     ]
 
@@ -52,7 +52,7 @@ def test_paper_tables_pick_their_columns() -> None:
     assert metrics_table(metrics, "test", "ours", "kitti").splitlines() == [
         "| run | MWCov (%) | MUCov (%) | AvgFP | AvgFN |",
         "| --- | --- | --- | --- | --- |",
-        "| ours | 80.0 | 66.9 | 0.764 (0.500) | 0.201 |",
+        "| ours | 80.0 | 66.9 | 0.764 | 0.201 |",  # Table 2 prints no std
     ]
     assert metrics_table(metrics, "test", "ours", "cvppp").splitlines()[0] == (
         "| run | SBD (%) | \\|DiC\\| |"
@@ -61,3 +61,21 @@ def test_paper_tables_pick_their_columns() -> None:
     assert "MWCov" in metrics_table(metrics, "test", "ours", "cityscapes")
     with pytest.raises(ValueError, match="unknown table 'table5'"):
         metrics_table(metrics, "test", "ours", "table5")
+
+
+def test_cvppp_table_rounds_as_the_paper_with_stds() -> None:
+    """Table 1's layout: SBD in percent with one decimal, |DiC| and DiC with two, each with its
+    std in parentheses; other metrics (here MWCov) stay out."""
+    from recattend.report import metrics_table
+
+    metrics = {
+        "test/sbd": 0.8490000128746033, "test/sbd_std": 0.04799999892711639,
+        "test/abs_dic": 2.6190409660339355, "test/abs_dic_std": 1.0,
+        "test/dic": -2.6190409660339355, "test/dic_std": 1.2000000476837158,
+        "test/mwcov": 0.7,
+    }  # fmt: skip
+    assert metrics_table(metrics, "test", "ours", "cvppp").splitlines() == [
+        "| run | SBD (%) | \\|DiC\\| | DiC |",
+        "| --- | --- | --- | --- |",
+        "| ours | 84.9 (4.8) | 2.62 (1.00) | -2.62 (1.20) |",
+    ]

@@ -173,3 +173,12 @@ class BootstrapStages(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.index, self.start_step = state_dict["index"], state_dict["start_step"]
+
+
+def running_stage(trainer: L.Trainer) -> tuple[str | None, int]:
+    """(name, first global step) of the stage a trainer's :class:`BootstrapStages` runs, or
+    (None, 0) when it has none (no such callback, or a module without stages)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, BootstrapStages) and callback.plan:
+            return callback.current, callback.start_step
+    return None, 0

@@ -14,7 +14,8 @@ class ValidationFigures(L.Callback):
     """Asks the module for ``figure(batch) -> (H, W, 3) uint8 RGB`` on the first validation batch.
 
     The segmenter draws the paper's Figure 1 (attention, box, step mask, masks so far per step),
-    the pre-processor Figure 3 (input, foreground, angle map). Files go to
+    the pre-processor Figure 3 (input, foreground, angle map), each with its rows and columns
+    named and a legend of its colours (:mod:`recattend.visualise`). Files go to
     ``<run dir>/figures/val_step<step>.png``; W&B loggers get them under ``val/figure``.
 
     Args:

@@ -1,4 +1,5 @@
-"""The process-wide settings (:func:`recattend.ops.configure`) in every process of a run.
+"""The process-wide settings (:func:`recattend.ops.configure`, and the filters of known library
+noise, :func:`recattend.utils.noise.silence_known_noise`) in every process of a run.
 
 The entry points make them at start-up; processes that Lightning starts afresh for DDP
 (``ddp_spawn``) import recattend anew and would run with the defaults, so this callback makes the
@@ -12,14 +13,17 @@ from typing import Any
 import lightning as L
 
 from recattend import ops
+from recattend.utils.noise import silence_known_noise
 
 
 class ProcessSettings(L.Callback):
-    """Calls :func:`recattend.ops.configure` with ``settings`` when a Trainer stage starts, in
-    every process (a repeat call in the launching process changes nothing)."""
+    """Calls :func:`recattend.ops.configure` with ``settings`` and installs the noise filters when
+    a Trainer stage starts, in every process (a repeat call in the launching process changes
+    nothing)."""
 
     def __init__(self, **settings: Any) -> None:
         self.settings = settings
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         ops.configure(**self.settings)
+        silence_known_noise()

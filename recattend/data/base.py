@@ -8,6 +8,8 @@ foreground and angle targets, collation and loaders are common and live here.
 
 from __future__ import annotations
 
+import os
+import signal
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -16,6 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from recattend.data.augment import AugmentPolicy
@@ -23,6 +26,23 @@ from recattend.data.targets import collate, instance_targets
 from recattend.data.transforms import build_transform
 
 SPLITS = ("train", "val", "test")
+
+
+def init_worker(worker_id: int) -> None:
+    """Start a DataLoader worker: it ignores the signals that stop a run, then seeds itself as
+    Lightning does after ``seed_everything(seed, workers=True)``.
+
+    Ctrl-C, ``timeout`` and SLURM signal the whole process group. A worker would die of SIGTERM
+    or SIGUSR1 (PyTorch then raises "DataLoader worker ... killed" in the training process, in
+    the middle of a step) or leave on SIGINT, before the training process has saved its
+    checkpoint (:mod:`recattend.callbacks.interrupt`); that process stops the workers itself.
+    Lightning adds its seeding function only to loaders without a ``worker_init_fn``, hence the
+    call here (with the rank Lightning would pass: this process's global rank).
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", "0")):
+        pl_worker_init_function(worker_id)
 
 
 class EvaluationSampler(DistributedSampler):
@@ -232,6 +252,7 @@ class InstanceDataModule(L.LightningDataModule, ABC):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate,
+            worker_init_fn=init_worker,
         )
 
     def train_dataloader(self) -> DataLoader:

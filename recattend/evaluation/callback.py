@@ -9,6 +9,7 @@ import lightning as L
 
 from recattend.evaluation.base import DatasetEvaluator
 from recattend.evaluation.instances import InstanceEvaluator
+from recattend.evaluation.statistics import StatisticsRecorder
 
 
 class Evaluate(L.Callback):
@@ -20,6 +21,12 @@ class Evaluate(L.Callback):
     the metrics are logged as ``val/<name>`` (also on the progress bar) or ``test/<name>``, with
     ``sync_dist=False``: the evaluators combine the ranks themselves. Lightning's sanity check is a
     validation epoch like any other (its logged values are discarded by Lightning).
+
+    Each validation also records simple statistics of the module's post-processed outputs
+    (:mod:`recattend.evaluation.statistics`: foreground fraction, instance count, mean score,
+    image size) and, except in the sanity check, gives their summary to the module as
+    ``pl_module.output_statistics`` (the segmenter saves it in its checkpoints; ``predict.py``
+    warns about images far from it).
 
     Args:
         test: the test split's evaluator (the dataset's benchmark: ``conf/dataset/evaluator``).
@@ -51,6 +58,7 @@ class Evaluate(L.Callback):
             else InstanceEvaluator(original_resolution=False, per_image=False)
         )
         self.export = export
+        self.statistics = StatisticsRecorder()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Bind both evaluators to the run's datamodule and folder, so that a test evaluator that
@@ -63,6 +71,7 @@ class Evaluate(L.Callback):
     # ------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.val.reset()
+        self.statistics.reset()
 
     def on_validation_batch_end(
         self,
@@ -76,10 +85,15 @@ class Evaluate(L.Callback):
         # The step's precision context (bf16-mixed: autocast), in which the module's own
         # evaluation ran before it moved here: the post-processing reads the pre-processor again.
         with trainer.precision_plugin.val_step_context():
-            self.val.process(batch, _checked(outputs, "validation_step"), pl_module.instances)
+            postprocess = self.statistics.recording(pl_module.instances, batch)
+            self.val.process(batch, _checked(outputs, "validation_step"), postprocess)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _log(pl_module, self.val, "val")
+        statistics = self.statistics.summary()  # a collective: on every rank
+        # The sanity check sees a few batches only: keep the last full validation's summary.
+        if not trainer.sanity_checking and statistics["images"]:
+            pl_module.output_statistics = statistics
 
     # ------------------------------------------------------------------------------------- test
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -38,14 +38,21 @@ def write_label_png(labels: np.ndarray, path: Path) -> None:
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Instances tinted in distinct colours with white outlines, and the count written top-left.
+    """Instances tinted in distinct colours with white outlines, and the count in a strip below.
+
+    The count ("3 instances") is written on a white strip under the image, never on it, so that
+    no pixel of a small image is hidden: the first H rows are the image, each pixel either as it
+    was (background), tinted (instances) or white (their outlines). The text is scaled to the
+    image's width: about 12 px high up to 640-pixel-wide images, larger above; on narrow images
+    it shortens ("3 inst.", then "3") before it shrinks.
 
     Args:
         image: (H, W, 3) uint8 RGB.
-        labels: (H, W) integer label map of the same size.
+        labels: (H, W) integer label map of the same size, 0 = background.
+        alpha: the tint's weight in [0, 1].
 
     Returns:
-        (H, W, 3) uint8 RGB.
+        (H + strip, W, 3) uint8 RGB, the strip ``count_strip_height(W)`` rows high.
     """
     out = image.astype(np.float32)
     ids = [int(i) for i in np.unique(labels) if i != 0]
@@ -58,12 +65,44 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.nd
     grown = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8))
     shrunk = cv2.erode(labels.astype(np.float32), np.ones((3, 3), np.uint8))
     out[(grown != shrunk) & (labels > 0)] = 255
-    scale = max(0.4, min(image.shape[:2]) / 400)
-    text = f"{len(ids)} instance{'s' if len(ids) != 1 else ''}"
-    org = (4, int(20 * scale) + 4)
-    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
+    return np.concatenate([out, count_strip(len(ids), image.shape[1])], axis=0)
+
+
+def count_strip_height(width: int) -> int:
+    """Rows of the count strip :func:`overlay` puts under a ``width``-pixel-wide image."""
+    scale = _count_scale(width)
+    (_, th), base = cv2.getTextSize("0", cv2.FONT_HERSHEY_SIMPLEX, scale, _thickness(scale))
+    return th + base + 2 * max(2, th // 3)
+
+
+def count_strip(count: int, width: int) -> np.ndarray:
+    """A white (count_strip_height(width), width, 3) uint8 strip reading "``count`` instances"
+    in black, left-aligned; the longest of "N instances", "N inst." and "N" that fits the width,
+    shrunk to fit when even "N" does not."""
+    scale, thickness = _count_scale(width), _thickness(_count_scale(width))
+    height = count_strip_height(width)
+    pad = max(2, (height - 2) // 6)
+    words = (f"{count} instance{'s' if count != 1 else ''}", f"{count} inst.", f"{count}")
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    fits = [t for t in words if cv2.getTextSize(t, font, scale, thickness)[0][0] <= width - 2 * pad]
+    text = fits[0] if fits else words[-1]
+    if not fits:  # a very narrow image: the number alone, shrunk to the width
+        scale *= max(width - 2 * pad, 1) / cv2.getTextSize(text, font, scale, thickness)[0][0]
+    strip = np.full((height, width, 3), 255, np.uint8)
+    (_, th), base = cv2.getTextSize(text, font, scale, thickness)
+    org = (pad, (height + th) // 2 - base // 2)
+    cv2.putText(strip, text, org, font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return strip
+
+
+def _count_scale(width: int) -> float:
+    # 0.45 (12 px letters) up to 640 px, then growing with the image so a 4000-px photo's count
+    # stays readable when the overlay is viewed scaled down.
+    return max(0.45, width / 640 * 0.45)
+
+
+def _thickness(scale: float) -> int:
+    return max(1, int(round(scale * 2)))
 
 
 def coco_results(

@@ -4,7 +4,9 @@
 with every metric of :func:`recattend.metrics.instance_metrics`: the official SBD, DiC and |DiC|,
 rec-attend's SBD (on the timestep map), FgBgDice and the KITTI coverage scores (MWCov, MUCov,
 AvgFP, AvgFN), each as a mean and population std over images (``sbd``, ``sbd_std``, ``dic``,
-``abs_dic``, ``sbd_recattend``, ``fg_dice``, ``mwcov``, ``mucov``, ``fp``, ``fn``, ... ).
+``abs_dic``, ``sbd_recattend``, ``fg_dice``, ``mwcov``, ``mucov``, ``fp``, ``fn``, ... ), and the
+class-agnostic mask AP over images (``mask_ap``, ``mask_ap50``; :mod:`recattend.metrics.mask_ap`),
+which stands in for the Cityscapes and COCO AP at validation.
 
 Two resolutions:
 
@@ -31,6 +33,7 @@ from recattend.evaluation.distributed import all_gather_objects, is_global_zero
 from recattend.evaluation.export import write_label_png
 from recattend.evaluation.per_image import FILENAME, image_row, write_rows
 from recattend.metrics import count_instances, instance_metrics
+from recattend.metrics.mask_ap import MaskAP
 from recattend.postprocess import Instances
 
 
@@ -51,6 +54,7 @@ class InstanceEvaluator(DatasetEvaluator):
     Attributes:
         metrics: the torchmetrics of :func:`~recattend.metrics.instance_metrics`, on the device
             of the last batch.
+        mask_ap: the :class:`~recattend.metrics.mask_ap.MaskAP` of the instances' scores.
         rows: this rank's per-image rows of the current loop (``per_image`` only).
     """
 
@@ -58,6 +62,7 @@ class InstanceEvaluator(DatasetEvaluator):
         self.original_resolution = bool(original_resolution)
         self.per_image = bool(per_image)
         self.metrics = instance_metrics()
+        self.mask_ap = MaskAP()
         self.rows: list[dict[str, Any]] = []
         self._device = torch.device("cpu")
 
@@ -80,6 +85,7 @@ class InstanceEvaluator(DatasetEvaluator):
     def reset(self) -> None:
         for metric in self.metrics.values():
             metric.reset()
+        self.mask_ap.reset()
         self.rows = []
 
     def process(
@@ -93,6 +99,7 @@ class InstanceEvaluator(DatasetEvaluator):
                 one = {k: outputs[k][i : i + 1] for k in ("masks", "scores")}
                 result = postprocess(one, batch["image"][i : i + 1], size=tuple(target.shape))[0]
                 self._update([meta], result.timesteps[None], result.labels[None], target[None])
+                self.mask_ap.update(result.labels[None], [result.scores], target[None])
                 self.process_instances(meta, result)
             return
         results = postprocess(outputs, batch["image"], pixel_area=pixel_area(batch))
@@ -100,6 +107,7 @@ class InstanceEvaluator(DatasetEvaluator):
         pred = torch.stack([r.labels for r in results])
         target = gt_label_map(batch["masks"])
         self._update(batch["meta"], timesteps, pred, target, batch["num_instances"])
+        self.mask_ap.update(pred, [r.scores for r in results], target)
         for meta, result in zip(batch["meta"], results, strict=True):
             self.process_instances(meta, result)
 
@@ -125,6 +133,7 @@ class InstanceEvaluator(DatasetEvaluator):
         values: dict[str, float | Tensor] = {}
         for metric in self.metrics.values():
             values.update(metric.compute())
+        values.update(self.mask_ap.compute())
         if self.per_image:
             rows = all_gather_objects(self.rows)
             if self.output_dir is not None and is_global_zero():
@@ -137,6 +146,7 @@ class InstanceEvaluator(DatasetEvaluator):
         if device != self._device:
             self._device = device
             self.metrics.to(device)
+            self.mask_ap.to(device)
 
     def _update(
         self,

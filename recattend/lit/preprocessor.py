@@ -18,7 +18,7 @@ from torchmetrics.classification import BinaryJaccardIndex, MulticlassAccuracy
 from recattend.lit.optim import adam, decay_groups, mixed_precision
 from recattend.models.preprocessor import Preprocessor, foreground_probability
 from recattend.structures import ANGLE_IGNORE, NUM_ANGLE_CLASSES
-from recattend.visualise import figure3_row, stack_rows
+from recattend.visualise import figure3
 
 
 class PreprocessorModule(L.LightningModule):
@@ -135,7 +135,8 @@ class PreprocessorModule(L.LightningModule):
             self.log(f"{split}/angle_acc", metrics["angle_acc"], batch_size=n, prog_bar=True)
 
     def figure(self, batch: dict[str, Any]) -> np.ndarray:
-        """Figure 3 rows: input, foreground probability, colour-coded angle map."""
+        """Figure 3 (:func:`recattend.visualise.figure3`): per image the input, foreground
+        probability and colour-coded angle map, the columns named, the angle colours' wheel."""
         out = self(batch["image"])
         fg = foreground_probability(out)[:, 0]
         angles = (
@@ -143,9 +144,7 @@ class PreprocessorModule(L.LightningModule):
             if "angles" in out
             else torch.zeros_like(fg)[:, None].expand(-1, 8, -1, -1)
         )
-        return stack_rows(
-            [figure3_row(img, fg[i], angles[i]) for i, img in enumerate(batch["image"])]
-        )
+        return figure3(batch["image"], fg, angles)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val")

@@ -190,6 +190,9 @@ class SegmenterModule(L.LightningModule):
         self.stage_overrides: dict[str, float] = {}  # the stage's own settings, idem
         self.teacher_forcing = TeacherForcing()  # its probabilities set by ScheduledSampling
         self.nonfinite = NonFiniteGuard(on_nonfinite, max_skipped)
+        # The last validation's output statistics, set by the Evaluate callback
+        # (recattend.evaluation.statistics); saved in checkpoints for predict.py's warnings.
+        self.output_statistics: dict[str, float] | None = None
         # The evaluation settings, checked here so that a bad key fails before any training.
         self.postprocessing = PostProcess.from_module(threshold, stop_rule, stop_score, postprocess)
         if self.postprocessing.foreground and self.net.preprocessor is None:
@@ -354,13 +357,17 @@ class SegmenterModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite"] = self.nonfinite.state_dict()  # the skip counts
+        if self.output_statistics is not None:  # plain floats: loads with weights_only=True
+            checkpoint["output_statistics"] = dict(self.output_statistics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resuming restores the skip counts; a checkpoint from before the network was one node
-        has its weights renamed."""
+        """Resuming restores the skip counts and the last validation's output statistics; a
+        checkpoint from before the network was one node has its weights renamed."""
         upgrade_checkpoint(checkpoint)
         if "nonfinite" in checkpoint:
             self.nonfinite.load_state_dict(checkpoint["nonfinite"])
+        if "output_statistics" in checkpoint:
+            self.output_statistics = dict(checkpoint["output_statistics"])
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]

@@ -154,6 +154,47 @@ class SegmenterNetwork(nn.Module):
         """The network input (H, W)."""
         return self.segmenter.image_size
 
+    def fit_state(
+        self, state: Mapping[str, Tensor], image_size: Sequence[int], prefix: str = ""
+    ) -> dict[str, Tensor]:
+        """A ``state_dict`` of this network built for another ``image_size`` (H, W), made to fit
+        this one's: a starting point for fine-tuning at another resolution.
+
+        Only the glimpse MLP's output layer depends on the resolution: one attention logit per
+        cell of the box CNN's feature map (eq. 5), a (cells, hidden) weight and a (cells,) bias.
+        Both are resampled bilinearly from the other grid to this one, so the attention starts
+        with the same layout over the image; every other entry is returned as it is.
+
+        Args:
+            state: the other network's entries, named ``<prefix><this network's names>``.
+            image_size: the resolution it was built for.
+            prefix: e.g. ``"net."`` for a :class:`~recattend.lit.SegmenterModule`'s entries.
+        """
+        box_net = self.segmenter.box_net
+        fitted = dict(state)
+        if box_net is None or box_net.glimpse_mlp is None:
+            return fitted
+        grid = box_net.feature_size
+        stride = (self.image_size[0] // grid[0], self.image_size[1] // grid[1])
+        source = (int(image_size[0]) // stride[0], int(image_size[1]) // stride[1])
+        if source == grid:
+            return fitted
+        for suffix in ("weight", "bias"):
+            name = f"{prefix}segmenter.box_net.glimpse_mlp.2.{suffix}"
+            if name not in fitted or fitted[name].shape[0] != source[0] * source[1]:
+                continue
+            value = fitted[name]
+            cells = value.reshape(*source, -1).permute(2, 0, 1)[None]  # (1, hidden or 1, H', W')
+            cells = nn.functional.interpolate(
+                cells, size=grid, mode="bilinear", align_corners=False
+            )
+            fitted[name] = cells[0].permute(1, 2, 0).reshape(grid[0] * grid[1], *value.shape[1:])
+        log.info(
+            "attention logits resampled from %dx%d to %dx%d cells (image %s -> %s)",
+            *source, *grid, list(image_size), list(self.image_size),
+        )  # fmt: skip
+        return fitted
+
     def inputs(self, image: Tensor) -> Tensor:
         """x of the paper, (B, C + 1 or 9 or K + 9, H, W): the image (B, C, H, W), then the
         pre-processor's maps when there is one (no gradient into a frozen one)."""

@@ -1,7 +1,10 @@
-"""Evaluation task: ``python eval.py ckpt_path=... [dataset=...]`` or ``recattend-eval ...``.
+"""Evaluation task: ``python eval.py ckpt_path=... [dataset=...]`` or ``recattend-eval ...``;
+``weights=<name>`` instead of ``ckpt_path`` evaluates shipped weights (:mod:`recattend.pretrained`).
 
 Loads a checkpoint (``weights_only=True``) into the configured module class, runs the dataset's
-test split, prints the paper-style table and writes ``metrics.json`` in the run folder.
+test split, prints the paper-style table and writes ``metrics.json`` in the run folder. Shipped
+weights record the data they were trained on: without a dataset chosen on the command line
+(``dataset=...``, ``dataset.*``, ``experiment=...``), that data is evaluated.
 
 Every module setting comes from the checkpoint, except the evaluation-only ones that the
 ``evaluate`` mapping overrides (:data:`EVALUATION_KEYS`, e.g. ``evaluate.stop_rule=first_below``
@@ -16,12 +19,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from recattend import ops
+from recattend import ops, pretrained
 from recattend.callbacks import ProcessGroupTeardown, ProcessSettings
 from recattend.evaluation import Evaluate
 from recattend.lit import SegmenterModule
@@ -29,6 +32,7 @@ from recattend.postprocess import SWITCHES
 from recattend.report import metrics_table
 from recattend.tasks.train import paper_table, scalars
 from recattend.utils.checkpoint import load_module, read_checkpoint
+from recattend.utils.cli import hydra_main
 from recattend.utils.config import (
     instantiate_data,
     instantiate_group,
@@ -38,6 +42,7 @@ from recattend.utils.config import (
     resolved_devices,
 )
 from recattend.utils.loggers import finish_wandb, log_metrics_table
+from recattend.utils.noise import silence_known_noise
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +52,20 @@ EVALUATION_KEYS = ("threshold", "stop_rule", "stop_score", "postprocess")
 
 
 def run(cfg: DictConfig) -> dict[str, float | None]:
-    """Evaluate ``cfg.ckpt_path`` on ``cfg.dataset``'s test split; returns the test metrics."""
+    """Evaluate ``cfg.ckpt_path`` (or ``cfg.weights``) on the test split; returns the test
+    metrics."""
+    silence_known_noise()
     output_dir = require_writable_dir(cfg.paths.output_dir, "paths.output_dir")
-    ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
+    key, name = pretrained.chosen(cfg.get("ckpt_path"), cfg.get("weights"))
+    ckpt = pretrained.checkpoint_file(name, key)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     module_cls = get_class(cfg.module._target_)
-    saved = read_checkpoint(ckpt, mmap=True)  # the settings only: the tensors stay mapped
+    saved = read_checkpoint(ckpt, key, mmap=True)  # the settings only: the tensors stay mapped
     overrides = evaluation_overrides(cfg.get("evaluate"), saved.get("hyper_parameters") or {})
     if overrides:
         log.info("evaluation settings over the checkpoint's: %s", overrides)
-    module = load_module(module_cls, ckpt, overrides)
+    module = load_module(module_cls, ckpt, overrides, key=key)
     segmenter = isinstance(module, SegmenterModule)
     settings = process_settings(
         cfg,
@@ -69,8 +75,8 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
         training=False,
     )
     ops.configure(**settings)
-    datamodule, evaluator = instantiate_data(cfg.dataset)
-    _check_compatible(module, datamodule, ckpt)
+    datamodule, evaluator = instantiate_data(data_config(cfg.dataset, saved, name))
+    _check_compatible(module, datamodule, name)
     callbacks = [ProcessSettings(**settings), ProcessGroupTeardown()]
     if segmenter:  # the pre-processor scores its own pixel metrics
         callbacks.append(Evaluate(test=evaluator, export=bool(cfg.get("export"))))
@@ -79,7 +85,7 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
         cfg.trainer, callbacks=callbacks, logger=loggers or False
     )
     try:
-        trainer.test(module, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule, verbose=False)  # the paper table instead
         metrics = scalars(trainer.callback_metrics)
         log_metrics_table(trainer.loggers, metrics)
     finally:
@@ -88,9 +94,31 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
         (output_dir / "metrics.json").write_text(
             json.dumps(metrics, indent=2, sort_keys=True) + "\n"
         )
-        print(metrics_table(metrics, "test", ckpt.name, paper_table(module, datamodule)))
+        print(metrics_table(metrics, "test", Path(name).name, paper_table(module, datamodule)))
         log.info("outputs in %s", output_dir)
     return metrics
+
+
+def data_config(dataset: DictConfig, saved: Mapping[str, Any], name: str) -> DictConfig:
+    """The dataset to evaluate: the one the checkpoint records (shipped weights do, under
+    ``dataset``) unless the command line chose one, else ``dataset``."""
+    recorded = saved.get("dataset")
+    if recorded is None or _dataset_chosen():
+        return dataset
+    log.info(
+        "%s: evaluating on the data it was trained on (%s); choose other data with dataset=...",
+        name,
+        recorded.get("_target_", "?").rsplit(".", 1)[-1],
+    )
+    return OmegaConf.create(recorded)
+
+
+def _dataset_chosen() -> bool:
+    """Whether this Hydra run's command line chose the data (a dataset or experiment override)."""
+    if not HydraConfig.initialized():
+        return False
+    chosen = ("dataset", "experiment")
+    return any(o.lstrip("+~").startswith(chosen) for o in HydraConfig.get().overrides.task)
 
 
 def evaluation_overrides(
@@ -138,7 +166,7 @@ def evaluation_overrides(
 
 
 def _check_compatible(
-    module: L.LightningModule, datamodule: L.LightningDataModule, ckpt: Path
+    module: L.LightningModule, datamodule: L.LightningDataModule, ckpt: str
 ) -> None:
     """The data must match what the checkpoint's network was built for."""
     settings = module.hparams.net if isinstance(module, SegmenterModule) else module.hparams
@@ -154,4 +182,4 @@ def _check_compatible(
         )
 
 
-main = hydra.main(version_base="1.3", config_path="pkg://recattend.conf", config_name="eval")(run)
+main = hydra_main("eval", f"{__name__}:run")  # the recattend-eval command

@@ -1,4 +1,5 @@
-"""Prediction task: ``python predict.py ckpt_path=... input=<folder or image> output=<folder>``.
+"""Prediction task: ``python predict.py ckpt_path=... input=<folder or image> output=<folder>``;
+``weights=<name>`` instead of ``ckpt_path`` uses shipped weights (:mod:`recattend.pretrained`).
 
 Every image is read faithfully (:func:`recattend.data.images.read_image`: each PIL mode scaled
 to [0, 1] by its real range, 16-bit included; alpha dropped) and segmented at the network's
@@ -8,11 +9,13 @@ evaluation uses (:meth:`recattend.lit.SegmenterModule.instances`).
 
 The output folder receives, per input file ``<name>`` (its whole file name, extension included,
 so that ``x.png`` and ``x.jpg`` never share outputs): ``<name>_labels.png`` (8-bit, or 16-bit
-above 255 instances) and ``<name>_overlay.png`` (instances tinted and outlined, the count
-written on it); and for the run: ``counts.csv`` (``image,instances``: the input's file name and
-its count), ``skipped.csv`` (``file,reason``: files that are not images, unreadable, without a
-known value range, or larger than ``max_pixels``; only the header when none) and, with
-``coco_json=true``, ``results.json`` (COCO results, RLE, ``image_id`` = the file name).
+above 255 instances) and ``<name>_overlay.png`` (instances tinted and outlined, the count in a
+white strip below the image, which covers none of its pixels); and for the run: ``counts.csv``
+(``image,instances,unlike_training``: the input's file name, its count, and why the image looks
+unlike the model's training data, empty when it does not), ``skipped.csv`` (``file,reason``:
+files that are not images, unreadable, without a known value range, or larger than
+``max_pixels``; only the header when none) and, with ``coco_json=true``, ``results.json`` (COCO
+results, RLE, ``image_id`` = the file name).
 
 The output folder is checked to be writable before any work, and must not be the input folder
 (refused: the outputs would mix with the images and a rerun would read them back); a folder
@@ -20,6 +23,16 @@ inside it is fine, the input is not searched recursively. ``counts.csv``, ``skip
 ``results.json`` left there by an earlier run are removed before predicting and written anew,
 each atomically (a temporary file renamed), so they always describe the last run; per-image
 outputs of images not in this run are left as they are.
+
+Inputs unlike the training data are warned about, never refused
+(:mod:`recattend.evaluation.statistics`): each image's size and simple statistics of its output
+(foreground fraction, instance count, mean score) are compared with those the checkpoint
+recorded on its last validation (``output_statistics``). An image is marked when its area is
+more than 64x (8x per side) larger or smaller than the validation images' (the network's
+resolution for a checkpoint without statistics), its aspect ratio more than 2x off, or an output
+statistic more than 3 standard deviations (at least 0.05 foreground fraction, 1 instance, 0.05
+score) from the validation mean. One warning at the end names the marked images and why;
+``counts.csv`` lists the reasons in its ``unlike_training`` column.
 """
 
 from __future__ import annotations
@@ -30,20 +43,28 @@ import os
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from PIL import Image
 from rich.progress import track
 
-from recattend import ops
+from recattend import ops, pretrained
 from recattend.data.files import READ_ERRORS
 from recattend.data.images import network_input, read_image, to_display
 from recattend.evaluation.export import coco_results, overlay, write_json, write_label_png
+from recattend.evaluation.statistics import (
+    image_statistics,
+    reference_summary,
+    saved_statistics,
+    unlike_training,
+)
 from recattend.lit import SegmenterModule
-from recattend.utils.checkpoint import load_module
+from recattend.utils.checkpoint import load_module, read_checkpoint
+from recattend.utils.cli import hydra_main
 from recattend.utils.config import process_settings, require_writable_dir
+from recattend.utils.noise import silence_known_noise
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +114,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
             checkpoint (:func:`~recattend.utils.checkpoint.load_module` names what it holds).
         PermissionError, FileNotFoundError: an unwritable output, a missing checkpoint or input.
     """
+    silence_known_noise()
     source = Path(cfg.input)
     folder = source if source.is_dir() else source.parent  # where the inputs are read from
     if source.exists() and folder.resolve() == Path(cfg.output).resolve():
@@ -102,9 +124,8 @@ def run(cfg: DictConfig) -> dict[str, int]:
             f"output={folder / 'predictions'}, is fine)"
         )
     output = require_writable_dir(cfg.output, "output")
-    ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
+    key, name = pretrained.chosen(cfg.get("ckpt_path"), cfg.get("weights"))
+    ckpt = pretrained.checkpoint_file(name, key)
     images, skipped = list_images(source, int(cfg.max_pixels))
     device = torch.device(
         "cuda" if cfg.device == "auto" and torch.cuda.is_available() else
@@ -112,13 +133,22 @@ def run(cfg: DictConfig) -> dict[str, int]:
     )  # fmt: skip
     threshold = {} if cfg.threshold is None else {"threshold": float(cfg.threshold)}
     hint = "predict.py needs a segmenter checkpoint (module=segmenter run)"
-    module = load_module(SegmenterModule, ckpt, threshold, map_location=device, hint=hint)
+    module = load_module(SegmenterModule, ckpt, threshold, map_location=device, hint=hint, key=key)
     module.eval()
+    checkpoint = read_checkpoint(ckpt, key, mmap=True)  # the tensors stay on disk
+    reference = saved_statistics(checkpoint)
+    if reference is None:
+        log.info(
+            "%s holds no output statistics (written before they were recorded): only image "
+            "sizes are compared with the training data's",
+            ckpt,
+        )
     steps, compiled = module.net.steps, module.hparams.compile
     ops.configure(**process_settings(cfg, device.type, steps, compiled, training=False))
     for name in SUMMARIES:  # an interrupted run must not leave an earlier run's summaries
         (output / name).unlink(missing_ok=True)
     counts: dict[str, int] = {}
+    unlike: dict[str, list[str]] = {}  # file name -> why it looks unlike the training data
     results = []
     for path in track(images, description="predicting", disable=not cfg.progress):
         try:
@@ -136,9 +166,16 @@ def run(cfg: DictConfig) -> dict[str, int]:
             output / f"{path.name}_overlay.png"
         )
         counts[path.name] = int(labels.max(initial=0))
+        stats = image_statistics(result.labels, scores, image.shape[:2])
+        unlike[path.name] = unlike_training(stats, reference, module.net.image_size)
         if cfg.coco_json:
             results += coco_results(labels, scores.tolist(), path.name)
-    _write_csv(output / "counts.csv", ["image", "instances"], counts.items())
+    _write_csv(
+        output / "counts.csv",
+        ["image", "instances", "unlike_training"],
+        ((name, count, "; ".join(unlike[name])) for name, count in counts.items()),
+    )
+    _warn_unlike(unlike, reference, module.net.image_size, checkpoint.get("dataset"), output)
     _write_csv(output / "skipped.csv", ["file", "reason"], ((str(p), w) for p, w in skipped))
     if skipped:
         log.warning(
@@ -149,6 +186,37 @@ def run(cfg: DictConfig) -> dict[str, int]:
         _atomically(output / "results.json", lambda tmp: write_json(results, tmp))
     log.info("%d image(s) predicted into %s", len(counts), output)
     return counts
+
+
+def _warn_unlike(
+    unlike: dict[str, list[str]],
+    reference: dict[str, float] | None,
+    network_size: tuple[int, int],
+    dataset: Any,
+    output: Path,
+) -> None:
+    """One warning for every image that looks unlike the training data, with why, what the
+    model was trained on (the checkpoint's ``dataset`` config when it records one) and its
+    validation images' statistics."""
+    marked = {name: why for name, why in unlike.items() if why}
+    if not marked:
+        return
+    shown = list(marked.items())[:10]
+    more = f"\n  ... and {len(marked) - len(shown)} more" if len(marked) > len(shown) else ""
+    trained = f" ({_describe_dataset(dataset)})" if isinstance(dataset, dict) else ""
+    log.warning(
+        "%d of %d image(s) look unlike the data the model was trained on%s (compared with its %s); "
+        "results on them may be meaningless (reasons in %s, column unlike_training):\n  %s%s",
+        len(marked), len(unlike), trained, reference_summary(reference, network_size),
+        output / "counts.csv", "\n  ".join(f"{n}: {'; '.join(w)}" for n, w in shown), more,
+    )  # fmt: skip
+
+
+def _describe_dataset(dataset: dict[str, Any]) -> str:
+    """A recorded dataset config in a few words, e.g. ``SyntheticDataModule (style=leaves)``."""
+    name = str(dataset.get("_target_", "an unnamed dataset")).rsplit(".", 1)[-1]
+    details = [f"{k}={dataset[k]}" for k in ("style", "root") if k in dataset]
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def _atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -172,6 +240,4 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[Iterable[object]]) 
     _atomically(path, write)
 
 
-main = hydra.main(version_base="1.3", config_path="pkg://recattend.conf", config_name="predict")(
-    run
-)
+main = hydra_main("predict", f"{__name__}:run")  # the recattend-predict command

@@ -9,6 +9,11 @@ job of a multirun gets its own run.
 Resuming (``ckpt_path=last`` or a checkpoint path): Hydra's run folder is the resumed run's
 (:func:`recattend.utils.hydra.run_dir`), Lightning restores weights, optimiser, step and the
 callbacks' stage and schedule, and the W&B logger continues the run's W&B id.
+
+Interrupting (Ctrl-C, SIGTERM, SIGUSR1; :mod:`recattend.callbacks.interrupt`): training stops
+after the current step with ``checkpoints/last.ckpt`` saved, the test split is skipped,
+``metrics.json`` is marked ``"interrupted": true``, the command that resumes is logged, and the
+process exits with status 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -27,12 +32,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recattend import ops
 from recattend.callbacks import ProcessGroupTeardown, ProcessSettings
+from recattend.callbacks.interrupt import Interrupted, SaveOnInterrupt
 from recattend.data.base import InstanceDataModule
 from recattend.evaluation import Evaluate
 from recattend.lit import PreprocessorModule, SegmenterModule
 from recattend.report import metrics_table
 from recattend.utils.checkpoint import load_weights, read_checkpoint
+from recattend.utils.cli import hydra_main, resume_command
 from recattend.utils.config import (
+    check_checkpointing,
     check_multirun_strategy,
     instantiate_data,
     instantiate_group,
@@ -43,15 +51,21 @@ from recattend.utils.config import (
 )
 from recattend.utils.hydra import resume_choice
 from recattend.utils.loggers import finish_wandb, log_metrics_table, previous_wandb_id
+from recattend.utils.noise import silence_known_noise
+from recattend.utils.summary import checkpoint_summary, run_summary
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float | None:
     """Train (and test) what ``cfg`` describes; returns ``cfg.optimized_metric`` if set."""
+    silence_known_noise()
     output_dir = require_writable_dir(cfg.paths.output_dir, "paths.output_dir")
     check_multirun_strategy(cfg.trainer)
+    check_checkpointing(cfg.get("callbacks"))
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir)
+    for line in run_summary(cfg, output_dir, ckpt_path):
+        log.info(line)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -72,11 +86,13 @@ def run(cfg: DictConfig) -> float | None:
     )
     ops.configure(**settings)
     if cfg.get("init_from"):
-        load_weights(module, cfg.init_from)
+        load_weights(module, cfg.init_from, fit=_fit_resolution(module) if segmenter else None)
+    interrupt = SaveOnInterrupt(output_dir / "checkpoints")  # always on, like the two below
     callbacks = [
         *instantiate_group(cfg.get("callbacks")),
         ProcessSettings(**settings),
         ProcessGroupTeardown(),
+        interrupt,
     ]
     if segmenter:  # the pre-processor scores its own pixel metrics
         callbacks.append(Evaluate(test=evaluator))
@@ -90,28 +106,46 @@ def run(cfg: DictConfig) -> float | None:
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            with interrupt.listening(trainer):
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = scalars(trainer.callback_metrics)
-        if cfg.get("test", False):
+        # Named now: testing a checkpoint restores the callbacks' state saved in it.
+        saved = checkpoint_summary(trainer) if trainer.is_global_zero else []
+        tested = cfg.get("test", False) and not interrupt.interrupted  # a stop skips the test
+        if tested:
             # The best checkpoint only means something when a metric is monitored; otherwise the
             # weights at the end of training are the ones to test.
             callback = trainer.checkpoint_callback
             best = callback.best_model_path if callback and callback.monitor else ""
             if not best:
                 log.info("testing the weights at the end of training")
-            trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+            # Lightning's own table would print raw floats: the paper table below replaces it.
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics.update(scalars(trainer.callback_metrics))
         log_metrics_table(trainer.loggers, metrics)
     finally:
         finish_wandb()
+    if interrupt.interrupted:
+        metrics.update(interrupt.summary())
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(
             json.dumps(metrics, indent=2, sort_keys=True) + "\n"
         )
-        if cfg.get("test", False):
+        if tested:
             name = str(cfg.get("task_name", "train"))
             print(metrics_table(metrics, "test", name, paper_table(module, datamodule)))
-        log.info("outputs in %s", output_dir)
+        for line in saved:
+            log.info(line)
+        log.info("outputs in %s (every metric: metrics.json)", output_dir)
+    if interrupt.interrupted:
+        if trainer.is_global_zero:
+            log.warning(
+                "training stopped by %s after step %s: saved %s and the metrics so far in %s. "
+                "Resume with:\n  %s",
+                metrics["signal"], metrics["step"], interrupt.path, output_dir / "metrics.json",
+                resume_command(interrupt.path),
+            )  # fmt: skip
+        raise Interrupted(interrupt.signum)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
 
@@ -149,6 +183,17 @@ def resume_checkpoint(ckpt_path: str | None, output_dir: Path) -> Path | None:
     return path
 
 
+def _fit_resolution(module: SegmenterModule) -> Callable[[dict, dict], dict]:
+    """``load_weights``'s ``fit`` for a segmenter: weights from a run at another resolution made
+    to fit this one's network (:meth:`~recattend.models.SegmenterNetwork.fit_state`)."""
+
+    def fit(state: dict, saved: dict) -> dict:
+        size = (saved.get("net") or {}).get("image_size", module.net.image_size)
+        return module.net.fit_state(state, size, prefix="net.")
+
+    return fit
+
+
 def _continue_wandb_run(cfg: DictConfig, output_dir: Path) -> None:
     """Give the W&B logger the resumed run's id (unless one was set), so it continues that run."""
     wandb_cfg = OmegaConf.select(cfg, "logger.wandb")
@@ -177,4 +222,4 @@ def scalars(values: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
-main = hydra.main(version_base="1.3", config_path="pkg://recattend.conf", config_name="train")(run)
+main = hydra_main("train", f"{__name__}:run")  # the recattend-train command

@@ -9,12 +9,14 @@ import inspect
 import logging
 import pickle
 import zipfile
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from recattend import pretrained
 
 if TYPE_CHECKING:  # models read checkpoints too, and never import Lightning
     import lightning as L
@@ -30,21 +32,21 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", mmap: bool = False
     layout (:func:`upgrade_checkpoint`).
 
     Args:
-        path: checkpoint file.
+        path: checkpoint file, or the name of shipped weights (:mod:`recattend.pretrained`,
+            checksum verified).
         key: the setting that named ``path``, for error messages.
         mmap: map the tensors instead of reading them (cheap when only the settings are
             needed); ignored for files in torch's legacy (non-zip) format, which cannot be mapped.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
-        ValueError: ``"<key>=<path> is not a recattend/Lightning checkpoint (<why>)"``: an empty
+        FileNotFoundError: ``path`` is not a file (the shipped names are listed).
+        ValueError: shipped weights whose checksum differs;
+            ``"<key>=<path> is not a recattend/Lightning checkpoint (<why>)"``: an empty
             or truncated file, neither of torch.save's formats (its zip archive or its legacy
             pickle), one torch.load refuses (``weights_only=True`` allows plain values and
             tensors only), or an object without a ``state_dict`` mapping.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{key}={path}: no such checkpoint file")
+    file = pretrained.checkpoint_file(path, key)
     is_zip = zipfile.is_zipfile(file)
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
@@ -96,8 +98,13 @@ def _unreadable(file: Path, is_zip: bool, err: Exception) -> str:
     return f"torch.load cannot read it: {type(err).__name__}" + (f": {lines[0]}" if lines else "")
 
 
-def load_weights(module: nn.Module, path: str | Path, key: str = "init_from") -> list[str]:
-    """Initialise ``module`` from the ``state_dict`` of a Lightning checkpoint.
+def load_weights(
+    module: nn.Module,
+    path: str | Path,
+    key: str = "init_from",
+    fit: Callable[[dict[str, torch.Tensor], dict[str, Any]], dict[str, torch.Tensor]] | None = None,
+) -> list[str]:
+    """Initialise ``module`` from the ``state_dict`` of a Lightning checkpoint or shipped weights.
 
     Every entry of the checkpoint must exist in ``module`` with the same shape; entries of
     ``module`` the checkpoint lacks keep their initial values (e.g. the segmentation network when
@@ -105,8 +112,11 @@ def load_weights(module: nn.Module, path: str | Path, key: str = "init_from") ->
 
     Args:
         module: the freshly built LightningModule.
-        path: checkpoint file.
+        path: checkpoint file, or the name of shipped weights.
         key: the setting that named ``path``, for error messages.
+        fit: ``fit(state_dict, hyper_parameters)`` makes the checkpoint's entries fit
+            ``module`` first (e.g. :meth:`recattend.models.SegmenterNetwork.fit_state` for
+            another resolution).
 
     Returns:
         The names of the module's entries left at their initial values.
@@ -116,7 +126,10 @@ def load_weights(module: nn.Module, path: str | Path, key: str = "init_from") ->
         ValueError: not a checkpoint (:func:`read_checkpoint`), or entries that do not fit
             (named, with shapes).
     """
-    state = read_checkpoint(path, key)["state_dict"]
+    checkpoint = read_checkpoint(path, key)
+    state = checkpoint["state_dict"]
+    if fit is not None:
+        state = fit(state, checkpoint.get("hyper_parameters") or {})
     own = module.state_dict()
     problems = [f"{name} (not in this model)" for name in state if name not in own]
     problems += [
@@ -189,6 +202,7 @@ def load_module(
     overrides: Mapping[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
     hint: str | None = None,
+    key: str = "ckpt_path",
 ) -> L.LightningModule:
     """``module_cls`` rebuilt from a checkpoint's hyper-parameters (``weights_only=True``) with
     its weights, or an error naming what differs.
@@ -199,6 +213,7 @@ def load_module(
         hint: what to do when the checkpoint holds another module, ending that error (default:
             load it as that module, ``module=<its config>``); e.g. predict.py's "predict.py
             needs a segmenter checkpoint (module=segmenter run)".
+        key: the setting that named ``path``, for error messages.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -207,7 +222,7 @@ def load_module(
             one: names the module it holds when it is one of :data:`MODULE_CONFIGS`); an
             override is not an argument; or its weights do not fit (names the tensors).
     """
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, key)
     saved = checkpoint.get("hyper_parameters") or {}
     unknown, missing = _misfit(module_cls, saved, given=set(overrides or {}))
     if unknown or missing:

@@ -26,13 +26,41 @@ def instantiate_data(dataset_cfg: DictConfig) -> tuple[Any, Any]:
     """The DataModule that ``cfg.dataset`` describes and the evaluator its ``evaluator`` node names
     (the ``dataset/evaluator`` group: instances, kitti, cityscapes, coco), or None without one.
 
-    The ``evaluator`` node is the dataset's choice of benchmark, not a DataModule argument, so it
-    is taken out before the DataModule is built.
+    The ``evaluator`` node is the dataset's choice of benchmark and ``main_metric`` the validation
+    metric that picks its best checkpoint (read by ``conf/monitor``); neither is a DataModule
+    argument, so both are taken out before the DataModule is built.
     """
     settings = OmegaConf.to_container(dataset_cfg, resolve=True)
     evaluator = settings.pop("evaluator", None)
+    settings.pop("main_metric", None)
     datamodule = instantiate(settings, _convert_="all")
     return datamodule, None if evaluator is None else instantiate(evaluator, _convert_="all")
+
+
+def check_checkpointing(callbacks_cfg: DictConfig | None) -> None:
+    """Refuse a checkpoint callback that monitors a metric and also saves at a step or time
+    interval.
+
+    Such a ``ModelCheckpoint`` saves between validations, where the monitored value is still the
+    previous validation's: a "best" file would hold weights that were never scored. The best
+    checkpoint (``callbacks.model_checkpoint``) saves after each validation instead, and the
+    periodic, resumable one is ``callbacks.last_checkpoint``.
+
+    Raises:
+        ValueError: naming the callback and the setting to use instead.
+    """
+    for key, node in (callbacks_cfg or {}).items():
+        if not node or not node.get("monitor"):
+            continue
+        for interval in ("every_n_train_steps", "train_time_interval"):
+            if node.get(interval):
+                raise ValueError(
+                    f"callbacks.{key}: monitor={node.monitor} with {interval}={node[interval]} "
+                    "saves between validations, crediting the weights with the previous "
+                    f"validation's {node.monitor}. The best checkpoint saves after each validation "
+                    "by itself; for a checkpoint every N optimizer steps set "
+                    "callbacks.last_checkpoint.every_n_train_steps=N (checkpoints/last.ckpt)"
+                )
 
 
 def require_writable_dir(path: str | os.PathLike[str], key: str) -> Path:

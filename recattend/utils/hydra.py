@@ -34,7 +34,8 @@ from recattend.utils.config import require_writable_dir
 
 
 class OutputDirCheck(Callback):
-    """Fails before Hydra creates the run folder if it could not be written.
+    """Fails before Hydra creates the run folder if it could not be written, and notes the
+    multirun folder it is about to create (:func:`remove_empty_sweep_dir`).
 
     Hydra would otherwise stop with a bare ``PermissionError`` from ``mkdir``; this names the
     setting to change.
@@ -44,7 +45,30 @@ class OutputDirCheck(Callback):
         require_writable_dir(OmegaConf.select(config, "hydra.run.dir"), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        require_writable_dir(OmegaConf.select(config, "hydra.sweep.dir"), "hydra.sweep.dir")
+        global _SWEEP_DIR
+        sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir"))
+        new = not sweep_dir.exists()
+        require_writable_dir(sweep_dir, "hydra.sweep.dir")
+        _SWEEP_DIR = sweep_dir if new else None
+
+
+# The multirun folder that this process created, if it did.
+_SWEEP_DIR: Path | None = None
+
+
+def remove_empty_sweep_dir() -> None:
+    """Remove this process's multirun folder if it holds nothing but Hydra's ``multirun.yaml``.
+
+    Hydra's sweeper creates the folder and writes ``multirun.yaml`` before it composes the jobs'
+    configs; a mistyped key among the swept overrides (``-m trainer.max_epoch=1,2``) would leave
+    that folder behind, a multirun that never ran. Called by :func:`recattend.utils.cli.hydra_main`
+    when the config fails before any job has run.
+    """
+    if _SWEEP_DIR is None or not _SWEEP_DIR.is_dir():
+        return
+    if {p.name for p in _SWEEP_DIR.iterdir()} <= {"multirun.yaml"}:
+        (_SWEEP_DIR / "multirun.yaml").unlink(missing_ok=True)
+        _SWEEP_DIR.rmdir()
 
 
 def _multirun_job() -> Any | None:

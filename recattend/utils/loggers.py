@@ -58,12 +58,19 @@ class WandbLogger(LightningWandbLogger):
     records offline artifacts (the checkpoint is staged in W&B's data folder) and ``wandb sync``
     uploads them with the run. Offline with ``log_model`` therefore runs W&B in offline mode
     itself (``mode="offline"``) instead of through Lightning's switch.
+
+    It also leaves out Lightning's ``anonymous=None``, which W&B answers with "The anonymous
+    setting has no effect" on every run.
     """
 
     def __init__(self, *, offline: bool = False, log_model: bool | str = False, **kwargs: Any):
         if offline and log_model:
             offline, kwargs["mode"] = False, "offline"
         super().__init__(offline=offline, log_model=log_model, **kwargs)
+        # Lightning always passes anonymous (None unless asked for), and W&B (0.31) warns that
+        # the setting has no effect whenever it is given: leave it unset.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
 
 # W&B run folders: offline-run-<YYYYmmdd_HHMMSS>-<id> (offline) or run-<...>-<id> (online).

@@ -139,3 +139,35 @@ def test_post_processing_runs_in_the_steps_precision(tmp_path: Path, precision: 
     run.validate(module, loader(GT_TWO, ["v"]), verbose=False)
     run.test(module, loader(GT_TWO, ["t"]), verbose=False)
     assert seen == [precision == "bf16-mixed"] * 2
+
+
+def test_validation_gives_the_module_its_output_statistics(tmp_path: Path) -> None:
+    evaluate = Evaluate(test=InstanceEvaluator(original_resolution=False, per_image=False))
+    module = TinyModule()
+    # Only the sanity check validates here (no validation epoch in a 1-epoch run): nothing set.
+    run = trainer(
+        tmp_path, evaluate, max_epochs=1, check_val_every_n_epoch=2, num_sanity_val_steps=1
+    )
+    run.fit(module, loader(GT_TWO, ["t"]), loader(GT_TWO, ["v1", "v2"]))
+    assert len(module.postprocess.calls) == 1 and not hasattr(module, "output_statistics")
+
+    # A validation epoch: GT_TWO on each 4 x 4 image, scores 0.9 and 0.8 kept (0.1: no pixel).
+    trainer(tmp_path, evaluate).validate(module, loader(GT_TWO, ["v1", "v2"]), verbose=False)
+    assert module.output_statistics == pytest.approx(
+        {
+            "images": 2.0,
+            "foreground_fraction.mean": 1.0,
+            "foreground_fraction.std": 0.0,
+            "instances.mean": 2.0,
+            "instances.std": 0.0,
+            "mean_score.mean": 0.85,
+            "mean_score.std": 0.0,
+            "image_area.mean": 16.0,
+            "image_area.std": 0.0,
+            "aspect_ratio.mean": 1.0,
+            "aspect_ratio.std": 0.0,
+        }
+    )
+    # The next validation replaces them: only its own images count.
+    trainer(tmp_path, evaluate).validate(module, loader(GT_TWO, ["w"]), verbose=False)
+    assert module.output_statistics["images"] == 1.0

@@ -22,7 +22,7 @@ KEYS = {
     f"{name}{suffix}"
     for name in ("sbd", "dic", "abs_dic", "sbd_recattend", "fg_dice", "mwcov", "mucov", "fp", "fn")
     for suffix in ("", "_std")
-}
+} | {"mask_ap", "mask_ap50"}
 
 
 def values(evaluator: InstanceEvaluator) -> dict[str, float]:
@@ -64,6 +64,10 @@ def test_network_resolution_scores_every_metric_and_writes_rows(tmp_path: Path) 
     # DiC uses the batch's true counts: b 1 - 2 = -1, a 2 - 3 = -1.
     # rec-attend SBD of b: outputs -> GT 6/7, GT -> outputs 6/7 + 2/5 = 44/35, min / 2 = 3/7.
     # Coverage of b: MUCov (3/4 + 1/4) / 2 = 1/2, MWCov (12/16)(3/4) + (4/16)(1/4) = 5/8.
+    # Mask AP, 4 GT instances: b's one prediction (0.9) has IoU 12/16 with its first, a TP up to
+    # th 0.70; a's two (0.9, 0.8) are exact. th <= 0.70: p = (1, 1) at r = (3/4, 1/2), widths
+    # (1/8, 3/8, 1/4) with the closing point: AP 3/4. th >= 0.75: p = (2/3, 1/2) at r = (1/2, 1/4),
+    # widths (1/8, 1/4, 1/8): AP 1/12 + 1/8 + 1/8 = 1/3. Mean: (3/4 + 1/3) / 2 = 13/24.
     expected = {
         "sbd": 57 / 70, "sbd_std": 13 / 70,
         "dic": -1, "dic_std": 0, "abs_dic": 1, "abs_dic_std": 0,
@@ -71,6 +75,7 @@ def test_network_resolution_scores_every_metric_and_writes_rows(tmp_path: Path) 
         "fg_dice": 1, "fg_dice_std": 0,
         "mwcov": 13 / 16, "mwcov_std": 3 / 16, "mucov": 3 / 4, "mucov_std": 1 / 4,
         "fp": 0, "fp_std": 0, "fn": 0, "fn_std": 0,
+        "mask_ap": 13 / 24, "mask_ap50": 3 / 4,
     }  # fmt: skip
     assert got == pytest.approx(expected, abs=1e-6)
 
@@ -147,11 +152,15 @@ def test_original_resolution_reads_the_ground_truth_again(tmp_path: Path) -> Non
     # SBD = min((1 + 2/3) / 2, (1 + 2/3 + 2/3) / 3) = 7/9; DiC 2 - 3 = -1 (counted at 8x8).
     # rec-attend: outputs -> GT (1 + 2/3), GT -> outputs 7/3, min / 3 = 5/9.
     # MUCov (1 + 1/2 + 1/2) / 3 = 2/3; MWCov (48 + 4 + 4) / 64 = 7/8. p2 scores 1 (DiC 0).
+    # Mask AP, 5 GT instances, the same at every threshold: P2 of p1 (0.5, IoU 1/2 at best) is an
+    # FP, the other three exact TPs (0.75, 0.75, 0.5): p = (3/4, 1) at r = (3/5, 2/5), widths
+    # (1/10, 3/10, 1/5) with the closing point: AP 3/40 + 3/10 + 1/5 = 23/40.
     assert got == pytest.approx(
         {
             **{k: got[k] for k in KEYS if k.endswith("_std")},
             "sbd": 8 / 9, "dic": -0.5, "abs_dic": 0.5, "sbd_recattend": 7 / 9, "fg_dice": 1,
             "mwcov": 15 / 16, "mucov": 5 / 6, "fp": 0, "fn": 0,
+            "mask_ap": 23 / 40, "mask_ap50": 23 / 40,
         }, abs=1e-6,
     )  # fmt: skip
     assert got["sbd_std"] == pytest.approx(1 / 9) and got["dic_std"] == 0.5

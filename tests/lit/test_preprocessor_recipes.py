@@ -115,7 +115,7 @@ def test_recipe_composes_and_builds(compose_train, recipe: str) -> None:
     assert h % module.net.stride == 0 and w % module.net.stride == 0
     if recipe in PAPER_SIZED:
         assert cfg.trainer.max_steps == 40000 and cfg.trainer.max_epochs == -1
-        assert cfg.callbacks.model_checkpoint.every_n_train_steps == 1000
+        assert cfg.callbacks.last_checkpoint.every_n_train_steps == 1000
         assert module.hparams.optimizer == "sgd" and module.hparams.weight_decay == 5e-5
     else:  # the CPU recipe: ten minutes
         assert cfg.trainer.max_time == "00:00:10:00"

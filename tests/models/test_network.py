@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from recattend.lit import PreprocessorModule, SegmenterModule
+from recattend.utils.checkpoint import load_weights
 from tests.helpers import SMALL_FCN, tiny_batch, tiny_data, tiny_network, tiny_segmenter
 
 
@@ -110,3 +111,33 @@ def test_a_stored_default_architecture_rebuilds_without_the_file() -> None:
     net = tiny_network(preprocessor={"net": {}, "ckpt_path": "/moved/away.ckpt"})
     assert isinstance(net.preprocessor, Preprocessor)
     assert net.settings["preprocessor"]["net"] == {}
+
+
+def test_weights_from_another_resolution_fit_with_the_attention_resampled(tmp_path: Path) -> None:
+    # 16x16 images give the box CNN (stride 8) a 2x2 grid; 32x32 a 4x4 one.
+    small = tiny_segmenter(image_size=(16, 16))
+    with torch.no_grad():
+        logits = small.net.segmenter.box_net.glimpse_mlp[2]
+        logits.bias.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]))  # cells row by row
+        logits.weight.copy_(torch.arange(4.0)[:, None].expand(4, 16))
+    path = tmp_path / "small.ckpt"
+    torch.save({"state_dict": small.state_dict(), "hyper_parameters": dict(small.hparams)}, path)
+
+    large = tiny_segmenter(image_size=(32, 32))
+    with pytest.raises(
+        ValueError, match=r"glimpse_mlp\.2\.bias \(checkpoint \(4,\), model \(16,\)"
+    ):
+        load_weights(large, path)
+    fit = lambda state, saved: large.net.fit_state(state, saved["net"]["image_size"], "net.")  # noqa: E731
+    assert load_weights(large, path, fit=fit) == []
+    # Bilinear 2 -> 4 (half-pixel centres): along a line of [a, b] the four samples are
+    # a, a + (b - a) / 4, a + 3 (b - a) / 4, b; rows [0, 1] over columns, [0, 2] down.
+    row = torch.tensor([0.0, 0.25, 0.75, 1.0])
+    expected = (row[None, :] + 2 * row[:, None]).flatten()
+    got = large.net.segmenter.box_net.glimpse_mlp[2]
+    assert torch.allclose(got.bias, expected)
+    assert torch.allclose(got.weight, expected[:, None].expand(16, 16))
+    # Everything else is copied as it is.
+    for name, value in small.state_dict().items():
+        if "glimpse_mlp.2" not in name:
+            assert torch.equal(large.state_dict()[name], value), name

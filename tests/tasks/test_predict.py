@@ -13,17 +13,23 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from recattend.evaluation.export import coco_results, overlay, write_label_png
+from recattend.evaluation import Evaluate, InstanceEvaluator
+from recattend.evaluation.export import coco_results, count_strip_height, overlay, write_label_png
+from recattend.lit import SegmenterModule
 from recattend.tasks import predict
+from recattend.visualise import PALETTE
 from tests.helpers import tiny_data, tiny_segmenter
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("run")
+    # Validated, as train.py validates: the checkpoint records its output statistics.
+    evaluate = Evaluate(test=InstanceEvaluator(original_resolution=False, per_image=False))
     trainer = L.Trainer(
         default_root_dir=folder, max_steps=2, accelerator="cpu", logger=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        callbacks=[evaluate],
     )  # fmt: skip
     torch.manual_seed(0)
     # threshold 0: every pixel goes to some instance, so the outputs are never trivially empty.
@@ -71,9 +77,10 @@ def test_predicts_every_image_and_lists_the_rest(checkpoint: Path, tmp_path: Pat
         labels = np.asarray(Image.open(out / f"{name}.png_labels.png"))
         assert labels.shape == size  # back at the image's own size
         assert labels.max() == counts[f"{name}.png"] and labels.max() >= 1
-        assert np.asarray(Image.open(out / f"{name}.png_overlay.png")).shape == (*size, 3)
+        picture = np.asarray(Image.open(out / f"{name}.png_overlay.png"))
+        assert picture.shape == (size[0] + count_strip_height(size[1]), size[1], 3)
     rows = list(csv.reader((out / "counts.csv").open()))
-    assert rows[0] == ["image", "instances"] and len(rows) == 3
+    assert rows[0] == ["image", "instances", "unlike_training"] and len(rows) == 3
     skipped = {Path(r[0]).name: r[1] for r in list(csv.reader((out / "skipped.csv").open()))[1:]}
     assert set(skipped) == {"notes.txt", "broken.png", "huge.png"}
     assert "max_pixels=5000" in skipped["huge.png"]
@@ -113,7 +120,43 @@ def test_overlay_tints_instances_and_outlines_them() -> None:
     out = overlay(image, labels)
     assert (out[20, 20] > 0).any()  # tinted inside
     assert (out[10, 20] == 255).all()  # outline on the instance's edge
-    assert (out[35, 35] == 0).all()  # background untouched (away from the count text)
+    assert (out[:40][labels == 0] == 0).all()  # background untouched, the corners included
+
+
+def test_overlay_count_never_covers_a_small_image() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    labels = np.zeros((64, 64), np.int64)
+    labels[0:10, 0:12] = 1  # top-left, where the count used to be written
+    labels[40:64, 30:64] = 2
+    labels[20:30, 50:60] = 3
+    alpha = 0.45
+    out = overlay(image, labels, alpha)
+    strip = count_strip_height(64)
+    assert out.shape == (64 + strip, 64, 3) and out.dtype == np.uint8
+    # Every pixel of the image is still there: background exactly, instances tinted (the
+    # hand-computed blend), outlines white; none hidden under text.
+    colours = PALETTE[labels - 1].astype(np.float32)
+    tint = ((1 - alpha) * image.astype(np.float32) + alpha * colours).astype(np.uint8)
+    # Outlines: instance pixels with another label among their 3x3 neighbours (inside the image).
+    inner = labels > 0
+    edge = np.zeros_like(inner)
+    for k in (1, 2, 3):
+        mask = labels == k
+        grown = np.pad(mask, 1, mode="edge")
+        interior = np.ones_like(mask)
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                interior &= grown[dy : dy + 64, dx : dx + 64]
+        edge |= mask & ~interior
+    assert (out[:64][~inner] == image[~inner]).all()
+    assert (out[:64][inner & ~edge] == tint[inner & ~edge]).all()
+    assert (out[:64][edge] == 255).all()
+    # The count, below: black text on white, shortened to fit 64 px ("3 inst.").
+    below = out[64:]
+    assert (below == 255).mean() > 0.7 and (below < 100).any()
+    assert strip == count_strip_height(640) and count_strip_height(4000) > 2 * strip
+    assert (overlay(image, np.zeros((64, 64), np.int64))[:64] == image).all()
 
 
 def test_coco_results_round_trip_and_skip_empty_ids() -> None:
@@ -302,7 +345,8 @@ def test_inputs_sharing_a_stem_keep_their_own_outputs(checkpoint: Path, tmp_path
     assert set(predict.run(cfg)) == {"x.png", "x.jpg"}
     for name, size in (("x.png", (40, 50)), ("x.jpg", (30, 20))):
         assert np.asarray(Image.open(out / f"{name}_labels.png")).shape == size
-        assert np.asarray(Image.open(out / f"{name}_overlay.png")).shape == (*size, 3)
+        picture = np.asarray(Image.open(out / f"{name}_overlay.png"))
+        assert picture.shape == (size[0] + count_strip_height(size[1]), size[1], 3)
     rows = list(csv.reader((out / "counts.csv").open()))[1:]
     assert sorted(row[0] for row in rows) == ["x.jpg", "x.png"]
     results = json.loads((out / "results.json").read_text())
@@ -380,3 +424,126 @@ def test_predict_refuses_checkpoints_that_are_not_a_segmenters(
         with pytest.raises(ValueError, match=message):
             predict.run(cfg)
         assert list(out.iterdir()) == []  # refused before writing anything
+
+
+# ------------------------------------------------------------- inputs unlike the training data
+def _validation_images(folder: Path) -> list[str]:
+    """The fixture's 4 validation images (tiny_data's, 32 x 32) as PNG files in ``folder``."""
+    folder.mkdir()
+    data = tiny_data()
+    data.setup("validate")
+    names = []
+    for batch in data.val_dataloader():
+        for image in batch["image"]:
+            names.append(f"val_{len(names)}.png")
+            pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(pixels).save(folder / names[-1])
+    return names
+
+
+def _unlike(out: Path) -> dict[str, str]:
+    """counts.csv's unlike_training column: {image: reasons}."""
+    return {r["image"]: r["unlike_training"] for r in csv.DictReader((out / "counts.csv").open())}
+
+
+def test_validation_statistics_survive_the_checkpoint_round_trip(checkpoint: Path) -> None:
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["output_statistics"]
+    assert saved["images"] == 4.0  # tiny_data's 4 validation images
+    assert all(type(v) is float for v in saved.values())
+    assert {"foreground_fraction.std", "instances.mean", "mean_score.mean"} <= set(saved)
+    assert saved["image_area.mean"] == 32 * 32  # generated at the network's resolution
+    # Resuming restores them, and the next checkpoint saves them again.
+    module = tiny_segmenter(threshold=0.0)
+    assert module.output_statistics is None
+    blank: dict = {}
+    module.on_save_checkpoint(blank)
+    assert "output_statistics" not in blank  # never validated: nothing to save
+    module.on_load_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    assert module.output_statistics == saved
+    again: dict = {}
+    module.on_save_checkpoint(again)
+    assert again["output_statistics"] == saved
+
+
+def test_inputs_unlike_the_training_data_are_warned_about_not_refused(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "in"
+    names = _validation_images(folder)
+    rng = np.random.default_rng(3)
+    # 264 x 264: 68 times the training images' area; 16 x 70: as large, 4.4 times wider.
+    Image.fromarray(rng.integers(0, 255, (264, 264, 3), dtype=np.uint8)).save(folder / "big.png")
+    Image.fromarray(rng.integers(0, 255, (16, 70, 3), dtype=np.uint8)).save(folder / "wide.png")
+    out = tmp_path / "out"
+    cfg = _compose(
+        f"ckpt_path='{checkpoint}'", f"input={folder}", f"output={out}", "progress=false",
+        "device=cpu",
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger=predict.__name__):
+        counts = predict.run(cfg)
+    assert set(counts) == {*names, "big.png", "wide.png"}  # warned about, still predicted
+    # The validation images themselves give the recorded statistics: nothing to say.
+    assert _unlike(out) == {
+        **dict.fromkeys(names, ""),
+        "big.png": "size 264x264 vs about 32x32",
+        "wide.png": "size 70x16 vs about 32x32",
+    }
+    [warning] = [r.getMessage() for r in caplog.records if "look unlike" in r.getMessage()]
+    assert warning.startswith(
+        "2 of 6 image(s) look unlike the data the model was trained on (compared with its "
+        "validation images: about 32x32, foreground fraction "
+    )
+    assert "results on them may be meaningless" in warning and "unlike_training" in warning
+    assert "big.png: size 264x264 vs about 32x32" in warning and "val_0" not in warning
+
+    # Only the validation images: no warning at all.
+    caplog.clear()
+    for name in ("big.png", "wide.png"):
+        (folder / name).unlink()
+    with caplog.at_level("WARNING", logger=predict.__name__):
+        predict.run(cfg)
+    assert not [r for r in caplog.records if "look unlike" in r.getMessage()]
+    assert set(_unlike(out).values()) == {""}
+
+
+def test_outputs_far_from_the_validation_statistics_are_warned_about(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The tiny model (two training steps) answers a flat white image as it answers its
+    # validation images, so the checkpoint's record is made narrower by hand: validation
+    # scores of 0.90±0.01, on a recorded dataset.
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved["output_statistics"].update({"mean_score.mean": 0.9, "mean_score.std": 0.01})
+    saved["dataset"] = {"_target_": "recattend.data.SyntheticDataModule", "style": "leaves"}
+    narrow = tmp_path / "narrow.ckpt"
+    torch.save(saved, narrow)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(folder / "white.png")
+    out = tmp_path / "out"
+    args = [f"input={folder}", f"output={out}", "progress=false", "device=cpu"]
+    with caplog.at_level("WARNING", logger=predict.__name__):
+        predict.run(_compose(f"ckpt_path='{narrow}'", *args))
+    with torch.no_grad():  # the white image's mean score, as predict computes it
+        module = SegmenterModule.load_from_checkpoint(narrow).eval()
+        x = torch.ones(1, 3, 32, 32)
+        score = float(module.instances(module(x), x)[0].scores.mean())
+    assert _unlike(out) == {"white.png": f"mean score {score:.2f} vs 0.90±0.01"}
+    [warning] = [r.getMessage() for r in caplog.records if "look unlike" in r.getMessage()]
+    assert warning.startswith(
+        "1 of 1 image(s) look unlike the data the model was trained on (SyntheticDataModule "
+        "(style=leaves)) (compared with its validation images: about 32x32"
+    )
+
+    # A checkpoint from before statistics were recorded: the size alone, against the network.
+    del saved["output_statistics"]
+    old = tmp_path / "old.ckpt"
+    torch.save(saved, old)
+    Image.fromarray(np.full((264, 264, 3), 255, np.uint8)).save(folder / "big.png")
+    caplog.clear()
+    with caplog.at_level("INFO", logger=predict.__name__):
+        predict.run(_compose(f"ckpt_path='{old}'", *args))
+    assert _unlike(out) == {"white.png": "", "big.png": "size 264x264 vs about 32x32"}
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("holds no output statistics" in m for m in messages)
+    assert any("compared with its network input: 32x32" in m for m in messages)

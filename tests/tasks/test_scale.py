@@ -169,7 +169,7 @@ def test_sigkill_then_resume_continues_the_run_folder_and_step(
         "trainer.max_epochs=-1",
         "+trainer.limit_val_batches=0",
         "trainer.log_every_n_steps=1",
-        "callbacks.model_checkpoint.every_n_train_steps=3",
+        "callbacks.last_checkpoint.every_n_train_steps=3",
         "callbacks.bootstrap.stages.0.steps=2",
         "test=false",
         f"paths.log_dir={tmp_path}",

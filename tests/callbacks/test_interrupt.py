@@ -1,0 +1,167 @@
+"""SaveOnInterrupt: a signal during training saves a resumable checkpoint and stops the run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from recattend.callbacks import ProcessGroupTeardown
+from recattend.callbacks.interrupt import SaveOnInterrupt
+from recattend.tasks import train
+from tests.helpers import ROOT, TINY, quiet_trainer, run_cli, tiny_data, tiny_segmenter
+
+
+class SignalAt(L.Callback):
+    """Sends ``signum`` to its own process while step ``step`` (1-based) runs, on global rank
+    ``rank`` only."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM, rank: int = 0) -> None:
+        self.step, self.signum, self.rank = step, signum, rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step - 1 and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), self.signum)
+
+
+class MarkStarted(L.Callback):
+    """Writes ``path`` once the first training step is done (a subprocess test waits for it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.path.exists():
+            self.path.write_text(str(trainer.global_step))
+
+
+class StepOnEnd(L.Callback):
+    """Each rank writes the global step it ended training at (``rank<r>.txt``)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        (self.folder / f"rank{trainer.global_rank}.txt").write_text(str(trainer.global_step))
+
+
+# TINY with 3 epochs of 2 steps (8 images, batches of 4), every step logged to csv/metrics.csv.
+THREE_EPOCHS = [
+    *(o for o in TINY if not o.startswith("trainer.max_epochs=")),
+    "trainer.max_epochs=3",
+    "trainer.log_every_n_steps=1",
+    "logger=csv",
+]
+
+
+def _logged_steps(run: Path) -> list[int]:
+    rows = csv.DictReader((run / "csv" / "metrics.csv").open())
+    return [int(row["step"]) for row in rows if row.get("train/loss")]
+
+
+def test_sigterm_saves_the_step_and_resuming_finishes_the_same_steps(
+    compose_train, tmp_path: Path, caplog
+) -> None:
+    # Step 3 is the first of epoch 1: stopping cuts the epoch short, and last.ckpt must be the
+    # state after step 3 (the checkpoint callbacks' saves at the end of training would say that
+    # epoch 1 was complete, and a resume would skip its second step).
+    handler = signal.getsignal(signal.SIGTERM)
+    cfg = compose_train(
+        *THREE_EPOCHS,
+        "+callbacks.signal._target_=tests.callbacks.test_interrupt.SignalAt",
+        "+callbacks.signal.step=3",
+    )
+    with pytest.raises(SystemExit) as stopped:
+        train.run(cfg)
+    assert stopped.value.code == 128 + signal.SIGTERM == 143
+    assert signal.getsignal(signal.SIGTERM) == handler  # restored after fit
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    assert (state["global_step"], state["epoch"]) == (3, 1)
+    assert not (tmp_path / "checkpoints" / "interrupted.ckpt").exists()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {k: metrics[k] for k in ("interrupted", "signal", "step", "checkpoint")} == {
+        "interrupted": True,
+        "signal": "SIGTERM",
+        "step": 3,
+        "checkpoint": str(last),
+    }
+    assert "train/loss" in metrics and not any(k.startswith("test/") for k in metrics)
+    assert "Resume with:" in caplog.text and f"ckpt_path={last}" in caplog.text
+    assert _logged_steps(tmp_path) == [0, 1, 2]
+
+    # Resuming runs the remaining 3 steps (epoch 1's second, epoch 2's two): 6 in all, each once.
+    train.run(compose_train(*THREE_EPOCHS, f"ckpt_path={last}", "test=false"))
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+    assert _logged_steps(tmp_path) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_second_ctrl_c_aborts_and_handlers_are_restored(tmp_path: Path) -> None:
+    interrupt = SaveOnInterrupt(tmp_path)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with interrupt.listening(quiet_trainer(tmp_path, 1)):
+        assert signal.getsignal(signal.SIGINT) == interrupt._handle
+        interrupt._handle(signal.SIGINT, None)  # first Ctrl-C: a stop request
+        interrupt._handle(signal.SIGTERM, None)  # then SIGTERM (a scheduler): nothing more
+        assert interrupt.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
+            interrupt._handle(signal.SIGINT, None)
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_without_a_signal_nothing_is_saved(tmp_path: Path) -> None:
+    interrupt = SaveOnInterrupt(tmp_path / "checkpoints")
+    trainer = quiet_trainer(tmp_path, 2, [interrupt], enable_checkpointing=False)
+    with interrupt.listening(trainer):
+        trainer.fit(tiny_segmenter(), datamodule=tiny_data())
+    assert not interrupt.interrupted and trainer.global_step == 2
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def _fit_two_processes(folder: str) -> None:
+    """A 2-process CPU DDP fit (ddp_spawn, gloo) of 6 steps where only rank 1 gets SIGTERM,
+    during step 2; run in a subprocess by the test below."""
+    torch.manual_seed(0)
+    trainer = L.Trainer(
+        default_root_dir=folder,
+        max_steps=6,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        callbacks=[
+            SignalAt(2, rank=1),
+            StepOnEnd(folder),
+            SaveOnInterrupt(Path(folder) / "checkpoints"),
+            ProcessGroupTeardown(),
+        ],
+    )
+    trainer.fit(tiny_segmenter(), datamodule=tiny_data(16))
+
+
+@pytest.mark.slow
+def test_a_signal_on_one_ddp_rank_stops_every_rank_after_the_same_step(
+    tmp_path: Path, offline_env: dict[str, str]
+) -> None:
+    code = (
+        "from tests.callbacks.test_interrupt import _fit_two_processes; "
+        f"_fit_two_processes({str(tmp_path)!r})"
+    )
+    # A regression (rank 0 training on into a collective that rank 1 left) hangs: the timeout
+    # fails it.
+    result = run_cli(["-c", code], ROOT, {**offline_env, "OMP_NUM_THREADS": "1"}, timeout=150)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 2

@@ -1,0 +1,107 @@
+"""The command line (recattend.utils.cli): --help, errors that name the key meant, the resume
+command. The scripts run as users run them (subprocesses, outputs under tmp_path)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from recattend.utils.cli import resume_command
+from tests.helpers import ROOT, run_cli
+
+
+def _run(args: list[str], tmp_path: Path, env: dict[str, str], full_error: str = "0"):
+    """``python <args>`` with every output folder under ``tmp_path/outputs``."""
+    outputs = tmp_path / "outputs"
+    extra = {"RECATTEND_OUTPUTS": str(outputs), "HYDRA_FULL_ERROR": full_error}
+    return run_cli(args, ROOT, {**env, **extra}, timeout=120)
+
+
+def _folders(tmp_path: Path) -> list[str]:
+    """Run and multirun folders made under ``tmp_path/outputs``."""
+    outputs = tmp_path / "outputs"
+    return sorted(str(p.relative_to(outputs)) for p in outputs.glob("*/*/*"))
+
+
+def test_help_describes_the_app_its_groups_and_the_common_overrides(
+    tmp_path: Path, offline_env: dict[str, str]
+) -> None:
+    train = _run(["train.py", "--help"], tmp_path, offline_env)
+    assert train.returncode == 0, train.stderr
+    text = train.stdout
+    assert text.startswith("python train.py [OVERRIDE ...]: train the instance segmenter")
+    assert "== Config groups (group=option) ==" in text
+    assert "\nmodel: full, iter1, iter3, no_angle, no_box_net," in text
+    assert "\ntrainer: cpu, ddp, ddp_sim, default, gpu\n" in text
+    for override in (
+        "dataset=cvppp dataset.root=",
+        "experiment=cvppp",
+        "model=no_box_net",
+        "trainer.max_steps=",
+        "trainer=ddp trainer.devices=4",
+        "logger.wandb.offline=false",
+        "ckpt_path=last",
+        "init_from=",
+        "seed=0",
+        "-m model=full,iter1",
+    ):
+        assert f"\n  {override}" in text, override
+    # Not Hydra's dump of the whole config (244 lines before): no config values.
+    assert "_target_" not in text and len(text.splitlines()) < 60
+    for script, what in (("eval.py", "score a checkpoint"), ("predict.py", "find the instances")):
+        result = _run([script, "--help"], tmp_path, offline_env)
+        assert result.returncode == 0 and what in result.stdout, result.stderr
+    assert _folders(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.max_epoch=1"], "no key 'trainer.max_epoch' in the config. Did you mean "
+         "trainer.max_epochs=1 or trainer.min_epochs=1"),
+        (["dataset.batchsize=4"], "Did you mean dataset.batch_size=4?"),
+        (["dataset=cvppp", "dataset.rot=/data/A1"], "Did you mean dataset.root=/data/A1?"),
+        (["modle=full"], "no key or config group 'modle' in the config. Did you mean model=full?"),
+        (["datset=cvppp"], "Did you mean dataset=cvppp?"),
+        (["trainr.max_epochs=3"], "'trainr' in the config. Did you mean trainer.max_epochs=3?"),
+        (["dataset.augmnt=strong"], "Did you mean dataset/augment=strong?"),
+        (["dataset=cvpp"], "Could not find 'dataset/cvpp'. Did you mean dataset=cvppp?\n"
+         "Available options in 'dataset': cityscapes, coco, cvppp, kitti,"),
+        (["-m", "trainer.max_epoch=1,2"], "Did you mean trainer.max_epochs=1,2"),
+    ],
+    ids=["key", "nested key", "key of the chosen option", "group", "group 2", "parent",
+         "nested group", "option", "multirun"],
+)  # fmt: skip
+def test_a_mistyped_override_names_the_closest_and_leaves_no_folder(
+    tmp_path: Path, offline_env: dict[str, str], overrides: list[str], expected: str
+) -> None:
+    result = _run(["train.py", *overrides], tmp_path, offline_env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and expected in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 2, result.stderr  # no traceback
+    assert _folders(tmp_path) == []  # a multirun's folder too (Hydra makes it first)
+
+
+def test_full_error_keeps_the_traceback_with_the_suggestion(
+    tmp_path: Path, offline_env: dict[str, str]
+) -> None:
+    result = _run(["eval.py", "trainer.max_epoch=1"], tmp_path, offline_env, full_error="1")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ConfigCompositionException" in result.stderr
+    assert "Did you mean trainer.max_epochs=1" in result.stderr  # the note
+    assert _folders(tmp_path) == []
+
+
+def test_resume_command_repeats_the_overrides_with_the_checkpoint(
+    compose_train, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compose_train("seed=3", "dataset.resolution=[32,32]", "ckpt_path=last")
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    assert resume_command(Path("/runs/a b/checkpoints/last.ckpt")) == (
+        "python train.py seed=3 'dataset.resolution=[32,32]' "
+        "'ckpt_path=/runs/a b/checkpoints/last.ckpt'"
+    )
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/recattend-train"])
+    assert resume_command(Path("/r/last.ckpt")).startswith("recattend-train seed=3 ")

@@ -1,0 +1,118 @@
+"""Each known library message is silenced on the real message, and nothing else is."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.utilities._pytree import _tree_flatten
+
+from recattend.callbacks import LoggedModelSummary
+from recattend.utils.loggers import WandbLogger, finish_wandb
+from recattend.utils.noise import LIGHTNING_INFO_LOGGER, silence_known_noise
+from tests.callbacks.scripted import Scripted
+from tests.helpers import quiet_trainer
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def lightning_info(monkeypatch: pytest.MonkeyPatch):
+    """The messages Lightning's rank_zero_info logs, with no filter installed before the test
+    (and the logger's filters restored after it)."""
+    logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
+    monkeypatch.setattr(logger, "filters", [])
+    records = Records()
+    logger.addHandler(records)
+    yield records.messages
+    logger.removeHandler(records)
+
+
+def lightning_messages(tmp_path: Path) -> None:
+    """Build a Trainer that says all three: the litlogger tip (no LitLogger), the note on the
+    configured model summary, and the litmodels tip (a ModelCheckpoint of its own)."""
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, logger=False, callbacks=[LoggedModelSummary()],
+        accelerator="cpu", enable_progress_bar=False,
+    )  # fmt: skip
+    trainer._callback_connector._maybe_show_litmodels_tip()  # what fit() calls
+
+
+def test_lightning_tips_and_the_summary_note_are_dropped(tmp_path: Path, lightning_info) -> None:
+    lightning_messages(tmp_path)
+    said = [m.split(":")[0] for m in lightning_info]
+    assert said.count("💡 Tip") == 2 and any(
+        m.startswith("Trainer already configured") for m in said
+    )
+    lightning_info.clear()
+    silence_known_noise()
+    silence_known_noise()  # twice: one filter
+    assert len(logging.getLogger(LIGHTNING_INFO_LOGGER).filters) == 1
+    lightning_messages(tmp_path)
+    assert lightning_info == [
+        "GPU available: False, used: False",
+        "TPU available: False, using: 0 TPU cores",
+    ]
+
+
+def test_the_pytree_deprecation_is_dropped() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _tree_flatten(1)  # Lightning builds a LeafSpec, which torch deprecates
+        assert [str(w.message).split(" is ")[0] for w in caught] == [
+            "`isinstance(treespec, LeafSpec)`"
+        ]
+        caught.clear()
+        silence_known_noise()
+        _tree_flatten(1)
+        warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)
+        assert [str(w.message) for w in caught] == ["another FutureWarning"]
+
+
+def test_wandb_is_not_told_about_anonymous(
+    tmp_path: Path, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+
+    monkeypatch.setenv("WANDB_SILENT", "false")  # W&B's warnings reach stderr
+    said = []
+    # Ours first: W&B says the warning once per process, so Lightning's logger would not get it
+    # after ours had.
+    for cls in (WandbLogger, LightningWandbLogger):
+        try:
+            assert cls(offline=True, save_dir=str(tmp_path), project="noise").experiment
+        finally:
+            finish_wandb()
+        said.append("The anonymous setting has no effect" in capfd.readouterr().err)
+    assert said == [False, True]
+
+
+def test_the_model_summary_has_no_unmeasured_flops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trainer = quiet_trainer(tmp_path, 1, [LoggedModelSummary()], enable_model_summary=True)
+    with caplog.at_level(logging.INFO, logger="recattend.callbacks.summary"):
+        trainer.fit(Scripted())
+    [summary] = [r.getMessage() for r in caplog.records if r.name == "recattend.callbacks.summary"]
+    assert summary.splitlines()[1].split() == ["|", "Name", "|", "Type", "|", "Params", "|", "Mode"]
+    assert "1         Total params" in summary and "flop" not in summary.lower()
+    # Lightning added no summary of its own next to the configured one.
+    assert sum(isinstance(cb, ModelSummary) for cb in trainer.callbacks) == 1
+    # Measured FLOPs would be kept.
+    with caplog.at_level(logging.INFO, logger="recattend.callbacks.summary"):
+        caplog.clear()
+        LoggedModelSummary.summarize(
+            [("Name", ["net"]), ("FLOPs", ["2.0 K"])], 1, 1, 0.0, {"train": 1, "eval": 0}, 2000
+        )
+    assert "Total Flops" in caplog.records[0].getMessage()
