@@ -175,6 +175,15 @@ class BootstrapStages(L.Callback):
         self.index, self.start_step = state_dict["index"], state_dict["start_step"]
 
 
+def stages_ahead(trainer: L.Trainer) -> list[str]:
+    """The names of the stages a trainer's :class:`BootstrapStages` has still to run after the
+    current one (none without such a callback)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, BootstrapStages) and callback.plan:
+            return [stage["name"] for stage in callback.plan[callback.index + 1 :]]
+    return []
+
+
 def running_stage(trainer: L.Trainer) -> tuple[str | None, int]:
     """(name, first global step) of the stage a trainer's :class:`BootstrapStages` runs, or
     (None, 0) when it has none (no such callback, or a module without stages)."""

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 
-from recattend.callbacks.bootstrap import running_stage
+from recattend.callbacks.bootstrap import running_stage, stages_ahead
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ class ProgressReport(L.Callback):
     out the stage's first ``warmup_steps`` steps in this process (compilation, caches; until
     more steps are measured, the interval's speed stands in), adds the last validation's duration
     for each validation still due, and takes ``max_time`` into account through Lightning's
-    ``Timer``.
+    ``Timer``. While a later bootstrap stage has still to run, its speed is unknown: the ETA is
+    then marked ``~`` and names the stages not timed yet (the full stage runs the segmentation
+    network too, and is slower than the box stage).
 
     Args:
         metrics: logged metric names to show when present (``val/...``); repeats are dropped.
@@ -224,7 +226,17 @@ class ProgressReport(L.Callback):
             timer.time_remaining() if timer is not None else None,
             limit,
         )
-        return "ETA ?" if eta is None else f"ETA {_duration(eta[0])} ({eta[1]})"
+        if eta is None:
+            return "ETA ?"
+        ahead = stages_ahead(trainer)
+        if ahead and eta[1] != "max_time":
+            # A later stage runs other networks at another speed, unknown until it starts: the
+            # estimate is the rest of the run at this stage's speed, marked as such.
+            return (
+                f"ETA ~{_duration(eta[0])} ({eta[1]}, at the {self._stage_key[0]} stage's speed; "
+                f"{', '.join(ahead)} not timed yet)"
+            )
+        return f"ETA {_duration(eta[0])} ({eta[1]})"
 
 
 def _validations_left(trainer: L.Trainer, step: int, total: float, val_step: int | None) -> int:

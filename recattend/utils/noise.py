@@ -11,6 +11,11 @@ Each filter matches one message of one library, so anything else they say still 
   ``lightning/pytorch/utilities/_pytree.py`` triggers by building a ``LeafSpec`` (torch marks the
   class ``@deprecated``); Lightning has to change, not us.
 
+Lightning's own console handler goes too: the ``lightning`` package logger prints every message
+as "INFO: ..." and also passes it on to the root logger, whose handlers (Hydra's console and
+``<task>.log``) print it again. When the root logger has handlers, Lightning's is removed, so
+each message appears once, formatted like the rest, and is still written to the log file.
+
 Two more are stopped where they start rather than filtered: W&B's "The anonymous setting has no
 effect" (:class:`recattend.utils.loggers.WandbLogger` no longer passes Lightning's
 ``anonymous=None``) and the model summary's "Total FLOPs: 0"
@@ -43,6 +48,11 @@ def silence_known_noise() -> None:
     lightning = logging.getLogger(LIGHTNING_INFO_LOGGER)
     if not any(isinstance(f, _LightningInfo) for f in lightning.filters):
         lightning.addFilter(_LightningInfo())
+    if logging.getLogger().handlers:  # the root's print it: Lightning's own would print it twice
+        package = logging.getLogger("lightning")
+        for handler in list(package.handlers):
+            if type(handler) is logging.StreamHandler:
+                package.removeHandler(handler)
     warnings.filterwarnings(  # filterwarnings drops an identical filter before adding it
         "ignore",
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",

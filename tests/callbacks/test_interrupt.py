@@ -128,23 +128,14 @@ def _fit_two_processes(folder: str) -> None:
     """A 2-process CPU DDP fit (ddp_spawn, gloo) of 6 steps where only rank 1 gets SIGTERM,
     during step 2; run in a subprocess by the test below."""
     torch.manual_seed(0)
-    trainer = L.Trainer(
-        default_root_dir=folder,
-        max_steps=6,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        callbacks=[
-            SignalAt(2, rank=1),
-            StepOnEnd(folder),
-            SaveOnInterrupt(Path(folder) / "checkpoints"),
-            ProcessGroupTeardown(),
-        ],
+    callbacks = [
+        SignalAt(2, rank=1),
+        StepOnEnd(folder),
+        SaveOnInterrupt(Path(folder) / "checkpoints"),
+        ProcessGroupTeardown(),
+    ]
+    trainer = quiet_trainer(
+        Path(folder), 6, callbacks, devices=2, strategy="ddp_spawn", enable_checkpointing=False
     )
     trainer.fit(tiny_segmenter(), datamodule=tiny_data(16))
 

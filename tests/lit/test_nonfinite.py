@@ -286,18 +286,8 @@ def _fit_two_processes(folder: str, policy: str) -> None:
     """A 2-process CPU DDP fit (ddp_spawn, gloo) where only rank 1's batch at step 1 has a NaN;
     run in a subprocess by the test below."""
     torch.manual_seed(0)
-    trainer = L.Trainer(
-        default_root_dir=folder,
-        max_steps=3,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[Poison({1}, rank=1), SaveOnEnd(folder), ProcessGroupTeardown()],
-    )
+    callbacks = [Poison({1}, rank=1), SaveOnEnd(folder), ProcessGroupTeardown()]
+    trainer = quiet_trainer(Path(folder), 3, callbacks, devices=2, strategy="ddp_spawn")
     trainer.fit(tiny_segmenter(on_nonfinite=policy), datamodule=tiny_data(16))
 
 

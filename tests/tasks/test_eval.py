@@ -26,7 +26,7 @@ def test_metrics_table_by_hand() -> None:
     assert metrics_table(metrics, "test", "ours").splitlines() == [
         "| run | SBD (%) | \\|DiC\\| |",
         "| --- | --- | --- |",
-        "| ours | 84.9 (4.8) | 0.8 (1.0) |",
+        "| ours | 84.9 (4.8) | 0.80 (1.00) |",
     ]
 
 
