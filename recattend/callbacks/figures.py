@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import lightning as L
@@ -11,7 +12,8 @@ import torch
 
 
 class ValidationFigures(L.Callback):
-    """Asks the module for ``figure(batch) -> (H, W, 3) uint8 RGB`` on the first validation batch.
+    """Asks the module for ``figure(batch) -> (H, W, 3) uint8 RGB`` on the first ``num_images``
+    images of the validation loop's first batch.
 
     The segmenter draws the paper's Figure 1 (attention, box, step mask, masks so far per step),
     the pre-processor Figure 3 (input, foreground, angle map), each with its rows and columns
@@ -24,13 +26,26 @@ class ValidationFigures(L.Callback):
 
     def __init__(self, num_images: int = 2) -> None:
         self.num_images = num_images
+        self._batch: dict[str, Any] | None = None
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # The validation loop's own first batch (already on the device): a DataLoader made here
+        # would start worker processes again at every validation.
+        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking:
+            self._batch = {k: v[: self.num_images] for k, v in batch.items()}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        batch, self._batch = self._batch, None
+        if batch is None or not trainer.is_global_zero:
             return
-        batch = next(iter(trainer.datamodule.val_dataloader()))
-        batch = {k: v[: self.num_images] for k, v in batch.items()}
-        batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
         with torch.no_grad():
             picture: np.ndarray = pl_module.figure(batch)
         path = Path(trainer.default_root_dir) / "figures" / f"val_step{trainer.global_step:06d}.png"
