@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train test test-fast bench bench-gpu check-data lint clean clean-outputs FORCE
+.PHONY: help install demo train test test-fast bench bench-gpu learning-speed check-data lint clean clean-outputs FORCE
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,12 @@ bench: $(STAMP) ## Segmenter speed and memory benchmark -> outputs/bench/latest.
 
 bench-gpu: $(STAMP) ## The same on the GPU (images/s, peak GPU memory) -> outputs/bench/latest-cuda.json
 	$(BIN)/python -m recattend.tasks.bench --device cuda
+
+# The recipe whose learning curve `make learning-speed` measures (docs/learning-speed.md).
+EXPERIMENT ?= synthetic_benchmark
+
+learning-speed: $(STAMP) ## Train a recipe alone and write its curve: make learning-speed EXPERIMENT=leaves_few
+	$(BIN)/python -m recattend.tasks.learning_speed $(EXPERIMENT) $(ARGS)
 
 check-data: $(STAMP) ## Check a dataset folder: make check-data ARGS="dataset=cvppp dataset.root=..."
 	$(BIN)/python -m recattend.data.check $(ARGS)

@@ -8,7 +8,8 @@ original resolution, and ``predict.py``. Its steps, in order, each one a switch 
    image's outputs from its first score s_t < ``stop_score`` on;
 2. score weighting: y_t <- y_t * s_t, so a mask with a low score loses its pixels to the
    threshold instead of being dropped;
-3. bilinear upsampling of each weighted map to the requested size (the original image's);
+3. ``upsample``: each weighted map resized to the requested size (the original image's),
+   bilinear (the authors'), bicubic (clamped to [0, 1]) or nearest;
 4. ``blur``: a bilateral filter of each map (:func:`bilateral_blur`);
 5. ``dilate``: a k x k grey dilation (max filter) of each map, before the maps compete;
 6. one label per pixel: the timestep with the largest value, kept only where that value is
@@ -34,8 +35,9 @@ import torch
 from torch import Tensor
 
 STOP_RULES = ("weighted", "first_below")
+UPSAMPLE_MODES = ("bilinear", "bicubic", "nearest")
 # The keys of module.postprocess (the other PostProcess fields are module arguments of their own).
-SWITCHES = ("blur", "dilate", "foreground", "foreground_threshold", "min_size")
+SWITCHES = ("blur", "dilate", "foreground", "foreground_threshold", "min_size", "upsample")
 # The authors' filter: cv2.bilateralFilter(d=5, sigmaColor=10, sigmaSpace=10) on [0, 1] maps.
 BLUR_DIAMETER = 5
 BLUR_SIGMA_COLOUR = 10.0
@@ -52,6 +54,8 @@ class PostProcess:
         stop_rule: ``"weighted"`` (run all T steps, no hard stop: the authors' code) or
             ``"first_below"`` (an image stops at its first s_t < ``stop_score``: the paper).
         stop_score: the stop threshold of ``"first_below"``; 0 never stops. Unused otherwise.
+        upsample: how each weighted map is resized to the requested size (:func:`upsample_maps`):
+            ``"bilinear"`` (the authors'), ``"bicubic"`` or ``"nearest"``.
         blur: bilateral filter of each weighted, upsampled map (:func:`bilateral_blur`).
         dilate: odd window of the per-map grey dilation, 0 or 1 for none (KITTI 5).
         foreground: AND with a foreground probability map (KITTI, Cityscapes); the caller gives
@@ -64,6 +68,7 @@ class PostProcess:
     threshold: float = 0.3
     stop_rule: str = "weighted"
     stop_score: float = 0.5
+    upsample: str = "bilinear"
     blur: bool = True
     dilate: int = 0
     foreground: bool = False
@@ -76,6 +81,10 @@ class PostProcess:
             problems.append(f"stop_rule={self.stop_rule!r} is not one of {', '.join(STOP_RULES)}")
         if not 0.0 <= self.stop_score <= 1.0:
             problems.append(f"stop_score={self.stop_score} is not in [0, 1]")
+        if self.upsample not in UPSAMPLE_MODES:
+            problems.append(
+                f"postprocess.upsample={self.upsample!r} is not one of {', '.join(UPSAMPLE_MODES)}"
+            )
         if self.dilate < 0 or (self.dilate > 1 and self.dilate % 2 == 0):
             problems.append(f"postprocess.dilate={self.dilate} must be odd (or 0 for none)")
         if self.min_size < 0:
@@ -196,6 +205,28 @@ def dilate_maps(maps: Tensor, size: int) -> Tensor:
     return torch.nn.functional.max_pool2d(maps, size, stride=1, padding=size // 2)
 
 
+def upsample_maps(maps: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    """Resize every map to ``size`` (pixel centres aligned, ``align_corners=False``).
+
+    Args:
+        maps: (B, T, h, w) float in [0, 1]; size: (H, W).
+        mode: ``"bilinear"`` (the authors'), ``"bicubic"`` (its overshoot at edges clamped back
+            to [0, 1], so a map stays a weighted probability the threshold can compare) or
+            ``"nearest"`` (each output pixel takes the input pixel whose area holds its centre:
+            an integer factor repeats every pixel).
+
+    Returns:
+        (B, T, H, W), same dtype and device, in [0, 1].
+    """
+    if mode == "nearest":
+        # "nearest-exact" takes the input pixel under each output pixel's centre; torch's
+        # "nearest" takes floor(dst * h / H), up to a pixel towards the top left when H / h is
+        # not an integer (both repeat pixels for an integer factor).
+        return torch.nn.functional.interpolate(maps, size=tuple(size), mode="nearest-exact")
+    out = torch.nn.functional.interpolate(maps, size=tuple(size), mode=mode, align_corners=False)
+    return out.clamp(0.0, 1.0) if mode == "bicubic" else out
+
+
 def winning_timesteps(maps: Tensor, threshold: float) -> Tensor:
     """The slot map of processed maps: t + 1 where map t has the largest value (the first one on
     ties) and that value is > ``threshold``, else 0.
@@ -267,9 +298,7 @@ def postprocess(
         masks, scores = stop_outputs(masks, scores, settings.stop_score)
     maps = masks * scores[:, :, None, None]
     if size is not None and tuple(size) != tuple(maps.shape[-2:]):
-        maps = torch.nn.functional.interpolate(
-            maps, size=tuple(size), mode="bilinear", align_corners=False
-        )
+        maps = upsample_maps(maps, tuple(size), settings.upsample)
     if settings.blur:
         maps = bilateral_blur(maps)
     maps = dilate_maps(maps, settings.dilate)

@@ -326,3 +326,71 @@ def test_majority_class_per_instance() -> None:
     semantic = torch.tensor([[3, 3, 5, 0], [1, 0, 0, 0]])
     # Instance 1: classes 3, 3, 5 -> 3. Instance 2: all background -> 0. Instance 3: background.
     assert majority_class(labels, semantic).tolist() == [3, 0, 0]
+
+
+# The upsample switch: how the weighted maps reach the requested size.
+
+
+def test_nearest_upsampling_repeats_every_pixel() -> None:
+    from recattend.postprocess import upsample_maps
+
+    soft = np.array([[0.2, 0.9], [0.6, 0.4]], np.float32)
+    maps = torch.from_numpy(soft).view(1, 1, 2, 2)
+    up = upsample_maps(maps, (4, 4), "nearest")
+    np.testing.assert_array_equal(up[0, 0].numpy(), np.repeat(np.repeat(soft, 2, 0), 2, 1))
+    # Through the whole path, threshold 0.3: the pixels 0.9, 0.6 and 0.4 are the instance.
+    slots = postprocess(maps, torch.ones(1, 1), PostProcess(blur=False, upsample="nearest"), (4, 4))
+    assert slots[0].tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]]
+    # A 3 -> 4 factor: output pixel x has its centre at (x + 0.5) * 3 / 4 in the input, so it
+    # takes input pixels 0, 1, 1, 2 (plain floor(x * 3 / 4) would take 0, 0, 1, 2).
+    row = torch.tensor([0.1, 0.5, 0.9]).view(1, 1, 1, 3)
+    assert upsample_maps(row, (1, 4), "nearest").flatten().tolist() == pytest.approx(
+        [0.1, 0.5, 0.5, 0.9]
+    )
+
+
+def test_bilinear_stays_the_default_and_keeps_its_values() -> None:
+    from recattend.postprocess import upsample_maps
+
+    # Rows [0.2, 0.9] to 4 columns with half-pixel centres: input positions -0.25 (edge: 0.2),
+    # 0.25 (0.75 * 0.2 + 0.25 * 0.9 = 0.375), 0.75 (0.725) and 1.25 (edge: 0.9).
+    assert PostProcess().upsample == "bilinear"
+    maps = torch.tensor([[0.2, 0.9], [0.2, 0.9]]).view(1, 1, 2, 2)
+    up = upsample_maps(maps, (4, 4), "bilinear")
+    torch.testing.assert_close(up[0, 0], torch.tensor([[0.2, 0.375, 0.725, 0.9]] * 4))
+
+
+def test_bicubic_overshoot_is_clamped_to_the_unit_range() -> None:
+    from recattend.postprocess import upsample_maps
+
+    # A step [0, 0, 1, 1] to 8 columns. Output column 2 sits at input 0.75 between two zeros;
+    # its four taps (columns -1..2, the edge repeated) weigh 0, 0, 0 and 1 by the cubic kernel
+    # (a = -0.75) at distance 1.25: -0.75 (1.25^3 - 5 1.25^2 + 8 1.25 - 4) = -0.10546875.
+    # Column 5 mirrors it: 1.10546875. Clamped, the maps stay in [0, 1].
+    step = torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat(4, 1).view(1, 1, 4, 4)
+    raw = torch.nn.functional.interpolate(step, size=(8, 8), mode="bicubic", align_corners=False)
+    assert raw[0, 0, 0, 2].item() == pytest.approx(-0.10546875)
+    assert raw[0, 0, 0, 5].item() == pytest.approx(1.10546875)
+    up = upsample_maps(step, (8, 8), "bicubic")
+    assert up.min().item() == 0.0 and up.max().item() == 1.0
+    assert up[0, 0, 0, 2].item() == 0.0 and up[0, 0, 0, 5].item() == 1.0
+    torch.testing.assert_close(up, raw.clamp(0, 1))
+
+
+def test_upsample_is_a_checked_switch(compose_train) -> None:
+    from recattend.tasks import eval as eval_task
+
+    with pytest.raises(ValueError, match=r"upsample='lanczos' is not one of bilinear, bicubic, n"):
+        PostProcess(upsample="lanczos")
+    with pytest.raises(ValueError, match=r"postprocess\.upsample='area'"):
+        PostProcess.from_module(0.3, "weighted", 0.5, {"upsample": "area"})
+    settings = PostProcess.from_module(0.3, "weighted", 0.5, {"upsample": "bicubic", "blur": None})
+    assert settings == PostProcess(upsample="bicubic")
+    assert PostProcess.from_module(0.3, "weighted", 0.5, {"upsample": None}).upsample == "bilinear"
+    # eval.py: evaluate.postprocess.upsample replaces the checkpoint's, the other switches stay.
+    cfg = compose_train("evaluate.postprocess.upsample=bicubic", config_name="eval")
+    saved = {"postprocess": {"dilate": 5, "upsample": "bilinear"}}
+    assert eval_task.evaluation_overrides(cfg.evaluate, saved) == {
+        "postprocess": {"dilate": 5, "upsample": "bicubic"}
+    }
+    assert compose_train().module.postprocess.upsample == "bilinear"

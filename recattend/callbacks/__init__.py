@@ -1,5 +1,6 @@
 """Lightning callbacks of the platform."""
 
+from recattend.callbacks.averaging import EMAWeights
 from recattend.callbacks.bootstrap import BootstrapStages
 from recattend.callbacks.checkpoint import LastCheckpoint
 from recattend.callbacks.curve import LearningCurve
@@ -14,6 +15,7 @@ from recattend.callbacks.teardown import ProcessGroupTeardown
 
 __all__ = [
     "BootstrapStages",
+    "EMAWeights",
     "KeyMetricsProgressBar",
     "LastCheckpoint",
     "LearningCurve",

@@ -19,7 +19,7 @@ from recattend.data.base import InstanceDataModule
 
 log = logging.getLogger(__name__)
 
-OPTIM_KEYS = ("lr", "lr_decay", "lr_decay_steps", "weight_decay")
+OPTIM_KEYS = ("lr", "lr_decay", "lr_decay_steps", "lr_warmup_steps", "weight_decay")
 # Module settings a stage may override while it runs (read through ``pl_module.stage_overrides``).
 OVERRIDE_KEYS = (*OPTIM_KEYS, "box_min_pad")
 STAGE_KEYS = {"name", "steps", "reinit_score_head", *OVERRIDE_KEYS}
@@ -31,12 +31,13 @@ class BootstrapStages(L.Callback):
     Args:
         stages: each a mapping with ``name`` (a stage the module supports: ``box`` or ``full``),
             ``steps`` (its length in optimizer steps; ``None`` for the last, which runs to the
-            end) and optionally ``lr``, ``lr_decay``, ``lr_decay_steps``, ``weight_decay`` and
-            ``box_min_pad`` overriding the module's settings during that stage (e.g. ground-truth
-            boxes padded by at least 10 px in the box stage and 20 px afterwards, the authors'
-            224x224 values), and ``reinit_score_head: true`` to re-initialise the score head
-            when the stage begins (the authors' full model started with a new score head, since
-            their box-stage head read the box network's LSTM state alone).
+            end) and optionally ``lr``, ``lr_decay``, ``lr_decay_steps``, ``lr_warmup_steps``,
+            ``weight_decay`` and ``box_min_pad`` overriding the module's settings during that
+            stage (e.g. ground-truth boxes padded by at least 10 px in the box stage and 20 px
+            afterwards, the authors' 224x224 values), and ``reinit_score_head: true`` to
+            re-initialise the score head when the stage begins (the authors' full model started
+            with a new score head, since their box-stage head read the box network's LSTM state
+            alone).
 
     Stages the module cannot run (the box stage of a model without a box network) are skipped
     with a warning, so one configuration serves every ablation. Under DDP, parameters idle in a

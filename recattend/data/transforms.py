@@ -59,7 +59,13 @@ def build_transform(
                 f"dataset.augment.per_image.{name}: invalid arguments {dict(kwargs)}: {err}"
             ) from err
     height, width = resolution
-    interpolation = {"interpolation": cv2.INTER_CUBIC, "mask_interpolation": cv2.INTER_NEAREST}
+    # Masks take the pixel nearest each output pixel's centre (NEAREST_EXACT), as the image's
+    # resampling is centred; plain NEAREST takes each block's top-left pixel, which put the
+    # masks (s - 1) / 2 source pixels up and left of the image at a downscale s.
+    interpolation = {
+        "interpolation": cv2.INTER_CUBIC,
+        "mask_interpolation": cv2.INTER_NEAREST_EXACT,
+    }
     if keep_aspect_ratio:  # fit inside, then zero-pad the bottom and right
         steps.append(A.LongestMaxSize(max_size_hw=(height, width), **interpolation))
         steps.append(

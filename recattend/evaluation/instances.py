@@ -71,14 +71,14 @@ class InstanceEvaluator(DatasetEvaluator):
 
         Raises:
             ValueError: ``original_resolution`` with a datamodule that has no
-                ``original_target`` (generated data, or none).
+                ``original_target``.
         """
         super().setup(datamodule, output_dir, export)
         if self.original_resolution and not hasattr(datamodule, "original_target"):
             raise ValueError(
                 f"{type(self).__name__}(original_resolution=true) reads each image's ground truth "
-                f"again from its file, but {type(datamodule).__name__} has no original_target "
-                "(generated data has no files): score it at network resolution "
+                f"again at its original size, but {type(datamodule).__name__} has no "
+                "original_target: score it at network resolution "
                 "(original_resolution=false, evaluator=instances)"
             )
 

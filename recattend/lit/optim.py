@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import lightning as L
 import torch
 from torch import nn
@@ -28,12 +31,12 @@ def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def adam(
-    module: nn.Module, weight_decay: float, fused: bool = True, **kwargs: float
+    module: nn.Module, weight_decay: float, fused: bool = True, **kwargs: Any
 ) -> torch.optim.Adam:
     """Adam over :func:`decay_groups`, fused (the same update up to float rounding) when ``fused``
     and every parameter is a float tensor on a CPU or CUDA device; ``kwargs`` go to Adam (``lr``,
-    ``eps``). Pass ``fused=not mixed_precision(module)``: Lightning's mixed-precision plugins
-    cannot clip the gradients of a fused optimiser."""
+    ``eps``, ``betas``). Pass ``fused=not mixed_precision(module)``: Lightning's mixed-precision
+    plugins cannot clip the gradients of a fused optimiser."""
     groups = decay_groups(module, weight_decay)
     fused = fused and all(
         p.is_floating_point() and p.device.type in _FUSED_ADAM_DEVICES
@@ -47,3 +50,24 @@ def mixed_precision(module: L.LightningModule) -> bool:
     """Whether the module trains under a mixed precision (``trainer.precision=bf16-mixed`` or
     ``16-mixed``); False without a trainer."""
     return module._trainer is not None and str(module.trainer.precision).endswith("-mixed")
+
+
+def lr_factor(warmup_steps: int, decay: float, decay_steps: int) -> Callable[[int], float]:
+    """The learning rate's factor at optimiser step k (for ``LambdaLR``): a linear warm-up,
+    (k + 1) / ``warmup_steps`` for k < ``warmup_steps``, times a staircase decay,
+    ``decay`` ** (k // ``decay_steps``).
+
+    Raises:
+        ValueError: a negative ``warmup_steps`` or ``decay_steps`` < 1.
+    """
+    if warmup_steps < 0 or decay_steps < 1:
+        raise ValueError(
+            f"lr_warmup_steps={warmup_steps} must be >= 0 and lr_decay_steps={decay_steps} >= 1"
+        )
+
+    def factor(k: int) -> float:
+        return min(1.0, (k + 1) / warmup_steps if warmup_steps else 1.0) * decay ** (
+            k // decay_steps
+        )
+
+    return factor

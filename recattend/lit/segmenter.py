@@ -30,7 +30,7 @@ worth: about 430 lines, half of them docstrings.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from torch import Tensor
 from recattend import ops
 from recattend.callbacks.teacher_forcing import TeacherForcing
 from recattend.lit.nonfinite import NonFiniteGuard
-from recattend.lit.optim import adam, mixed_precision
+from recattend.lit.optim import adam, lr_factor, mixed_precision
 from recattend.losses import (
     box_stage_losses,
     padded_box_masks,
@@ -89,6 +89,10 @@ class SegmenterModule(L.LightningModule):
             checkpoint's hyper-parameters).
         lr, lr_decay, lr_decay_steps: Adam (eps 1e-7) with a staircase decay: x ``lr_decay``
             every ``lr_decay_steps`` optimiser steps.
+        lr_warmup_steps: the learning rate rises linearly from ``lr / lr_warmup_steps`` to
+            ``lr`` over this many steps (0: none); like the decay, counted from the start of each
+            bootstrap stage, whose fresh Adam it eases in.
+        adam_betas: Adam's (beta1, beta2).
         weight_decay: L2 on weight matrices and kernels (not biases, BatchNorm or gains).
         grad_clip: element-wise gradient clipping to [-grad_clip, grad_clip] (0: none).
         lambda_box, lambda_score: the loss weights of eq. (21) (paper: 1, 1).
@@ -99,12 +103,13 @@ class SegmenterModule(L.LightningModule):
         postprocess: the switches of the post-processing (:mod:`recattend.postprocess`), run
             alike on validation, on the test split (at the original resolution for file
             datasets) and by ``predict.py``; missing keys take :class:`PostProcess`'s defaults
-            (the authors'): ``blur`` (bilateral filter of each soft map), ``dilate`` (KITTI 5:
-            grey dilation of each soft map before the argmax), ``foreground`` (KITTI,
-            Cityscapes: AND with the pre-processor's foreground, skipped with a warning without
-            a pre-processor), ``foreground_threshold``, ``min_size`` (Cityscapes 1200:
-            instances of at most this many original-image pixels dropped). With a semantic
-            pre-processor, each instance also takes its majority class.
+            (the authors'): ``upsample`` (``bilinear``, ``bicubic`` or ``nearest`` resizing of
+            each soft map to the original size), ``blur`` (bilateral filter of each soft map),
+            ``dilate`` (KITTI 5: grey dilation of each soft map before the argmax),
+            ``foreground`` (KITTI, Cityscapes: AND with the pre-processor's foreground, skipped
+            with a warning without a pre-processor), ``foreground_threshold``, ``min_size``
+            (Cityscapes 1200: instances of at most this many original-image pixels dropped).
+            With a semantic pre-processor, each instance also takes its majority class.
         stop_score: the score under which ``stop_rule="first_below"`` stops an image (paper:
             0.5; 0 never stops).
         stop_rule: ``"weighted"`` (the authors' evaluation code, which the tables come from):
@@ -140,6 +145,8 @@ class SegmenterModule(L.LightningModule):
         lr: float = 1e-3,
         lr_decay: float = 0.9,
         lr_decay_steps: int = 5000,
+        lr_warmup_steps: int = 0,
+        adam_betas: Sequence[float] = (0.9, 0.999),
         weight_decay: float = 5e-5,
         grad_clip: float = 1.0,
         lambda_box: float = 1.0,
@@ -349,9 +356,16 @@ class SegmenterModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = {**self.hparams, **self.stage_overrides}  # the bootstrap stage's settings win
-        opt = adam(self, hp["weight_decay"], not mixed_precision(self), lr=hp["lr"], eps=1e-7)
-        sched = torch.optim.lr_scheduler.StepLR(
-            opt, step_size=hp["lr_decay_steps"], gamma=hp["lr_decay"]
+        opt = adam(
+            self,
+            hp["weight_decay"],
+            not mixed_precision(self),
+            lr=hp["lr"],
+            eps=1e-7,
+            betas=tuple(hp["adam_betas"]),
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_factor(hp["lr_warmup_steps"], hp["lr_decay"], hp["lr_decay_steps"])
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -14,6 +14,15 @@ def kaiming_init_(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def truncated_normal_init_(module: nn.Module, std: float = 0.01) -> None:
+    """Every conv, deconv, linear and LSTM weight and bias of ``module`` from N(0, std^2)
+    truncated at +-2 std (the authors' initialisation): small outputs everywhere at the start."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear | nn.LSTMCell):
+            for parameter in m.parameters(recurse=False):
+                nn.init.trunc_normal_(parameter, std=std, a=-2 * std, b=2 * std)
+
+
 class ConvBlock(nn.Sequential):
     """3x3 conv (stride 1, same padding) -> BatchNorm -> ReLU -> optional max-pool.
 

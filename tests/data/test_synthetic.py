@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from recattend.data import SyntheticDataModule
-from recattend.data.synthetic import SyntheticInstances
+from recattend.data.synthetic import SyntheticInstances, render_leaves, render_shapes
 from recattend.structures import ANGLE_IGNORE
 
 
@@ -180,3 +183,112 @@ def test_augmentations_are_reproducible_and_differ_between_workers() -> None:
 def test_bad_settings_name_the_key(kwargs: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         make(**kwargs)
+
+
+# dataset.render_size: the same scenes drawn larger, resized to the resolution, scored there.
+
+
+def test_null_render_size_draws_exactly_what_it_drew_before() -> None:
+    # The digest of these six samples as drawn before scenes had a layout size (pinned from the
+    # renderer of commit f099b12): a layout equal to the drawn size must not move a single pixel.
+    # (A numpy or OpenCV upgrade that changes the generator or the rasteriser changes it too.)
+    digest = hashlib.sha256()
+    for style in ("leaves", "shapes"):
+        source = SyntheticInstances(
+            style=style, size=(48, 64), length=3, seed=7, split="train", min_objects=2,
+            max_objects=5, kinds=("circle", "square", "triangle"),
+        )  # fmt: skip
+        for i in range(3):
+            raw = source[i]
+            digest.update(raw.image.tobytes())
+            digest.update(np.ascontiguousarray(raw.masks).tobytes())
+    assert digest.hexdigest() == (
+        "317849b48dc7144bf90a104d97272ae90afd73aa12251524601d952eb5535954"
+    )
+    # A layout equal to the size is the same as none.
+    rng = [np.random.default_rng(5) for _ in range(2)]
+    a, b = render_leaves(rng[0], (64, 64), 6), render_leaves(rng[1], (64, 64), 6, 1.0, (64, 64))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("render", [render_leaves, render_shapes])
+def test_a_scene_is_the_same_at_four_times_the_size(render) -> None:
+    # The layout's draws do not depend on the drawn size, so 512x512 is the 128x128 scene: each
+    # object's 512 mask, brought back to 128 (area average > 1/2), overlaps its 128 mask.
+    # fillPoly grows a shape by about half a drawn pixel; at 512 an outline one layout pixel
+    # wide keeps the 128 margin, else every 512 leaf would be ~10 % smaller in area.
+    ious, other = [], []
+    for seed in range(4):
+        _, small = render(np.random.default_rng(seed), (128, 128), 8)
+        _, large = render(np.random.default_rng(seed), (512, 512), 8, layout_size=(128, 128))
+        _, unrelated = render(np.random.default_rng(seed + 100), (128, 128), 8)
+        assert large.shape == (8, 512, 512) and large.dtype == bool
+        for a, b, c in zip(small, large, unrelated, strict=True):
+            if a.sum() < 100:  # slivers of hidden objects: a boundary pixel is a large share
+                continue
+            down = cv2.resize(b.astype(np.float32), (128, 128), interpolation=cv2.INTER_AREA) > 0.5
+            ious.append((a & down).sum() / (a | down).sum())
+            other.append((a & c).sum() / (a | c).sum())
+    assert len(ious) >= 10
+    assert np.mean(ious) > 0.93 and min(ious) > 0.8, ious  # 0.945, 0.846 (shapes 0.973, 0.932)
+    assert np.mean(other) < 0.3  # what an unrelated scene scores
+
+
+def test_render_size_draws_the_same_scenes_at_that_size() -> None:
+    plain = make(num_test=4, max_instances=10).test_dataloader()
+    large = make(num_test=4, max_instances=10, render_size=[256, 256])
+    a, b = next(iter(plain)), next(iter(large.test_dataloader()))
+    # The network still sees the resolution; meta gives the drawn size (what pixel_area and the
+    # original-resolution evaluation read) and which draw each sample is.
+    assert b["image"].shape == (4, 3, 64, 64) and b["masks"].shape == (4, 11, 64, 64)
+    assert [m["orig_size"] for m in a["meta"]] == [(64, 64)] * 4
+    assert [m["orig_size"] for m in b["meta"]] == [(256, 256)] * 4
+    assert [(m["id"], m["split"], m["index"]) for m in b["meta"]] == [
+        (f"leaves_test_{i:06d}", "test", i) for i in range(4)
+    ]
+    assert large.render_size == (256, 256) and make().render_size is None
+    # The same scenes: every image's foreground overlaps its 64x64 draw (Dice > 0.9) and its
+    # pixels are within a few grey levels, while the neighbouring image's differ far more.
+    fa, fb = a["foreground"][:, 0], b["foreground"][:, 0]
+    dice = 2 * (fa * fb).sum((1, 2)) / (fa.sum((1, 2)) + fb.sum((1, 2)))
+    assert (dice > 0.9).all(), dice
+    assert torch.equal(a["num_instances"], b["num_instances"])
+    same = (a["image"] - b["image"]).abs().mean((1, 2, 3)) * 255
+    shifted = (a["image"] - b["image"].roll(1, 0)).abs().mean((1, 2, 3)) * 255
+    assert (same < 6).all() and (shifted > 10).all(), (same, shifted)
+
+
+@pytest.mark.parametrize("style", ["leaves", "shapes"])
+def test_original_target_is_the_label_map_the_batch_was_resized_from(style: str) -> None:
+    dm = make(style=style, num_test=4, max_instances=10, render_size=[256, 256])
+    batch = next(iter(dm.test_dataloader()))
+    for i, meta in enumerate(batch["meta"]):
+        target = dm.original_target(meta)
+        assert target.shape == (256, 256) and target.dtype == np.int32
+        ids = np.unique(target).tolist()
+        assert ids == list(range(len(ids))), "0 background, instances 1..N without gaps"
+        # The pipeline's centred nearest-neighbour resize (cv2.INTER_NEAREST_EXACT) gives
+        # network pixel (y, x) the drawn pixel at floor(4 (y + 0.5)) = 4y + 2 (its centre, as
+        # the image's resampling), not 4y: those samples of the target are the batch's instances.
+        sampled = target[2::4, 2::4]
+        expected = sorted((sampled == k).tobytes() for k in ids[1:] if (sampled == k).any())
+        slots = batch["masks"][i].bool().numpy()
+        assert sorted(m.tobytes() for m in slots if m.any()) == expected
+        assert len(expected) == int(batch["num_instances"][i])
+    # Drawn at the resolution, the target is the batch's own label map.
+    plain = make(style=style, num_test=4, max_instances=10)
+    batch = next(iter(plain.test_dataloader()))
+    target = plain.original_target(batch["meta"][1])
+    assert target.shape == (64, 64)
+    slots = batch["masks"][1].bool().numpy()
+    assert sorted(m.tobytes() for m in slots if m.any()) == sorted(
+        (target == k).tobytes() for k in range(1, target.max() + 1)
+    )
+    with pytest.raises(ValueError, match="not one of this dataset's"):
+        plain.original_target({**batch["meta"][1], "id": "shapes_test_000009"})
+
+
+@pytest.mark.parametrize("value", [[512], [0, 512], [512, -1], [512.5, 512], [True, 512], "512"])
+def test_bad_render_size_names_the_key(value) -> None:
+    with pytest.raises(ValueError, match=r"dataset\.render_size=.* two positive integers"):
+        make(render_size=value)

@@ -107,6 +107,29 @@ def test_adam_is_fused_on_cpu_and_updates_as_the_per_parameter_loop() -> None:
     assert not adam(moved, 0.0, lr=1e-3).defaults["fused"]
 
 
+def test_the_authors_initialisation_is_a_truncated_normal_of_std_0_01() -> None:
+    model = make(init="authors", hidden=64)
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    assert layers
+    for layer in layers:  # weights and biases alike, truncated at 2 std
+        for parameter in layer.parameters(recurse=False):
+            assert parameter.abs().max() <= 0.02
+    lstm = model.box_net.lstm
+    weights = torch.cat([lstm.weight_ih.flatten(), lstm.weight_hh.flatten()])
+    assert weights.abs().max() <= 0.02
+    # N(0, 0.01^2) truncated at +-2 std has std 0.01 * 0.8796 (0.88 of the untruncated one).
+    assert weights.std().item() == pytest.approx(0.0088, rel=0.05)
+    forget = lstm.bias_ih[64:128]
+    assert torch.equal(forget, torch.ones_like(forget))  # the gate biases override the init
+    assert torch.equal(lstm.bias_hh, torch.zeros_like(lstm.bias_hh))
+    kaiming = make(hidden=64).box_net.cnn  # the default: He-normal, far larger than 0.02
+    assert (
+        max(m.weight.abs().max() for m in kaiming.modules() if isinstance(m, torch.nn.Conv2d)) > 0.1
+    )
+    with pytest.raises(ValueError, match="model.segmenter.init='xavier'"):
+        make(init="xavier")
+
+
 def test_soft_box_is_the_reprojected_all_ones_patch() -> None:
     # eq. (25): b_t = sigmoid(gamma_box F_Y 1 F_X^T - beta), computed from the filters' row sums.
     model = make().train()

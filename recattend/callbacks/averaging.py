@@ -1,0 +1,67 @@
+"""An exponential moving average of the weights, from the start of the last bootstrap stage.
+
+The held-out quality of the recurrent segmenter swings by several points of SBD from one
+validation to the next while the scheduled sampling hands it its own canvas; the average of the
+recent weights is steadier and better than any one of them. :class:`EMAWeights` keeps
+w_ema <- decay w_ema + (1 - decay) w after every optimiser step (BatchNorm statistics alike) and
+lets Lightning's :class:`~lightning.pytorch.callbacks.WeightAveraging` swap the average in for
+validation, for the checkpoints' ``state_dict`` (the live weights go to ``current_model_state``,
+from which a resumed run continues) and at the end of training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import WeightAveraging
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from recattend.callbacks.bootstrap import BootstrapStages
+
+
+class EMAWeights(WeightAveraging):
+    """The average of the weights that validation, checkpoints and the test split see.
+
+    Args:
+        decay: the weight of the old average at each step, in (0, 1): the average spans about
+            1 / (1 - decay) steps (0.998: 500).
+        start_step: the first optimiser step averaged; ``None``: the first step of the last
+            bootstrap stage (the whole model), so the untrained segmentation network of a box stage
+            never enters the average. The first averaged step copies the weights.
+
+    Raises:
+        ValueError: ``decay`` outside (0, 1) or a negative ``start_step``.
+    """
+
+    def __init__(self, decay: float = 0.998, start_step: int | None = None) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"callbacks.ema.decay={decay} must be in (0, 1), e.g. 0.998")
+        if start_step is not None and start_step < 0:
+            raise ValueError(f"callbacks.ema.start_step={start_step} must be >= 0 or null")
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay, self.start_step = decay, start_step
+        self.first_step = start_step or 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.start_step is None:  # after every callback's setup: the stages' plan is known
+            self.first_step = last_stage_start(trainer)
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and step_idx >= self.first_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "first_step": self.first_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.first_step = int(state_dict.get("first_step", self.first_step))
+
+
+def last_stage_start(trainer: L.Trainer) -> int:
+    """The global step at which the trainer's last bootstrap stage begins: the sum of the
+    earlier stages' steps in the plan the module supports (0 without stages)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, BootstrapStages) and callback.plan:
+            return sum(int(spec["steps"]) for spec in callback.plan[:-1])
+    return 0
