@@ -50,6 +50,31 @@ class EMAWeights(WeightAveraging):
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.first_step
 
+    @property
+    def averaging(self) -> bool:
+        """Whether the average holds any step yet; before, validation, checkpoints and the end of
+        training keep the live weights (the average would still be the initial ones)."""
+        model = self._average_model
+        return model is not None and int(model.n_averaged) > 0
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.averaging:
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.averaging:
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.averaging:
+            super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self.averaging:
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "first_step": self.first_step}
 

@@ -49,6 +49,22 @@ def test_average_from_the_full_stage_goes_to_validation_checkpoints_and_the_end(
     assert torch.allclose(layer(loaded), expected, atol=1e-6)  # eval and predict read the average
 
 
+def test_before_the_average_starts_everything_sees_the_live_weights(tmp_path) -> None:
+    torch.manual_seed(0)
+    module = tiny_segmenter(lr=1e-2)
+    ema = EMAWeights(decay=0.5, start_step=10)
+    trainer = quiet_trainer(tmp_path, 2, [ema], limit_val_batches=1, val_check_interval=1)
+    trainer.fit(module, datamodule=tiny_data())
+    assert not ema.averaging
+    live = layer(module).detach().clone()
+    trainer.save_checkpoint(tmp_path / "early.ckpt")
+    saved = torch.load(tmp_path / "early.ckpt", weights_only=True)
+    assert "current_model_state" not in saved  # the plain checkpoint of the live weights
+    assert torch.equal(saved["state_dict"]["net.segmenter.score_head.weight"], live)
+    initial = ema._average_model.module.net.segmenter.score_head.weight
+    assert not torch.equal(initial, live)  # what an early swap would have shown
+
+
 def test_a_run_without_stages_averages_from_the_first_step(tmp_path) -> None:
     ema = EMAWeights(decay=0.9)
     trainer = quiet_trainer(tmp_path, 1, [ema])
