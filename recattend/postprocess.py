@@ -1,4 +1,6 @@
-"""Post-processing of the recurrent outputs into one instance label map per image.
+"""Post-processing of the recurrent outputs into one instance label map per image (about 410
+lines: one path with its switches, which must stay together for validation, test and prediction
+to agree).
 
 One path (:func:`postprocess`) serves validation, the test split at network resolution and at the
 original resolution, and ``predict.py``. Its steps, in order, each one a switch of

@@ -16,6 +16,9 @@ drawn at another size (``dataset.render_size``): the random draws, and so the sc
 on the drawn size; only the sharpness and the per-pixel sensor noise do. The pipeline then resizes
 the drawn image to the network's resolution as it does a file dataset's, and
 :meth:`SyntheticDataModule.original_target` draws the sample again for scoring at the drawn size.
+
+One module (about 460 lines) because the renderers, the seeded split and the DataModule share one
+contract, the scene a seed draws at any size; splitting them would spread that contract over files.
 """
 
 from __future__ import annotations

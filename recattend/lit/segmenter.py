@@ -24,7 +24,7 @@ which the :class:`~recattend.evaluation.Evaluate` callback hands to the dataset'
 together with :meth:`SegmenterModule.instances`, the one post-processing path. The non-finite
 guard's logic lives in :mod:`recattend.lit.nonfinite`; this module keeps its hooks. What remains
 (the rollout, the losses and their hooks, the optimiser, inference) is one LightningModule's
-worth: about 430 lines, half of them docstrings.
+worth: about 460 lines, half of them docstrings.
 """
 
 from __future__ import annotations

@@ -170,7 +170,10 @@ def upgrade_checkpoint(checkpoint: Any) -> Any:
     ``parallel_backward`` among the module's hyper-parameters, and the weights under
     ``model.*`` and ``preprocessor.*``. They become ``net = {image_size, max_instances,
     segmenter, preprocessor}`` and ``net.segmenter.*`` / ``net.preprocessor.*``; the parallel
-    backward is now the process-wide ``cpu_fast_path`` switch. The dict is changed in place.
+    backward is now the process-wide ``cpu_fast_path`` switch. Checkpoints written before the
+    learning-rate warm-up kept a ``StepLR`` state: it gains the ``lr_lambdas`` entry that
+    ``LambdaLR`` restores from (its step count carries the schedule on). The dict is changed in
+    place.
     """
     if not isinstance(checkpoint, dict):
         return checkpoint
@@ -183,6 +186,10 @@ def upgrade_checkpoint(checkpoint: Any) -> Any:
             "segmenter": hparams.pop("net", None) or {},
             "preprocessor": hparams.pop("preprocessor", None) or {},
         }
+    if isinstance(hparams, dict) and "lambda_box" in hparams:
+        for scheduler in checkpoint.get("lr_schedulers") or []:
+            if isinstance(scheduler, dict) and "step_size" in scheduler:  # a StepLR's
+                scheduler.setdefault("lr_lambdas", [None] * len(scheduler.get("base_lrs", [])))
     state = checkpoint.get("state_dict")
     if isinstance(state, dict) and any(k.startswith("model.") for k in state):
         checkpoint["state_dict"] = {_renamed(k): v for k, v in state.items()}

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from recattend.lit import SegmenterModule
+from recattend.lit.optim import decay_groups
 from recattend.utils.checkpoint import load_module, load_weights, upgrade_checkpoint
 from tests.helpers import quiet_trainer, tiny_data, tiny_segmenter
 
@@ -185,3 +186,25 @@ def test_load_module_names_the_module_a_checkpoint_holds(tmp_path: Path) -> None
     torch.save(odd, tmp_path / "odd.ckpt")
     with pytest.raises(ValueError, match=r"odd\.ckpt: its settings do not build a SegmenterModule"):
         load_module(SegmenterModule, tmp_path / "odd.ckpt")
+
+
+def test_a_step_schedule_from_before_the_warm_up_resumes_where_it_was() -> None:
+    # An old checkpoint's StepLR state after 7 steps: x0.5 every 5 steps, base lr 1e-3.
+    old = tiny_segmenter(lr=1e-3, lr_decay=0.5, lr_decay_steps=5)
+    optimizer = torch.optim.Adam(decay_groups(old, 5e-5), lr=1e-3)  # two groups, as the module
+    step_lr = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)
+    for _ in range(7):
+        optimizer.step()
+        step_lr.step()
+    checkpoint = {"hyper_parameters": dict(old.hparams), "lr_schedulers": [step_lr.state_dict()]}
+    upgrade_checkpoint(checkpoint)
+    config = tiny_segmenter(lr=1e-3, lr_decay=0.5, lr_decay_steps=5).configure_optimizers()
+    scheduler = config["lr_scheduler"]["scheduler"]
+    scheduler.load_state_dict(checkpoint["lr_schedulers"][0])  # as Lightning resumes
+    assert scheduler.last_epoch == 7
+    lrs = []
+    for _ in range(3):  # steps 8, 9, 10
+        config["optimizer"].step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    assert lrs == pytest.approx([5e-4, 5e-4, 2.5e-4])
