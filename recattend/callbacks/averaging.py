@@ -40,7 +40,7 @@ class EMAWeights(WeightAveraging):
         if start_step is not None and start_step < 0:
             raise ValueError(f"callbacks.ema.start_step={start_step} must be >= 0 or null")
         super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        self.decay, self.start_step = decay, start_step
+        self.start_step = start_step
         self.first_step = start_step or 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -74,13 +74,6 @@ class EMAWeights(WeightAveraging):
     ) -> None:
         if self.averaging:
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "first_step": self.first_step}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.first_step = int(state_dict.get("first_step", self.first_step))
 
 
 def last_stage_start(trainer: L.Trainer) -> int:

@@ -334,7 +334,7 @@ def _worker(name: str, steps: int, variant: dict[str, Any], queue: mp.Queue) -> 
     queue.put(measure(name, steps, **variant))
 
 
-def _in_fresh_process(name: str, steps: int, variant: dict[str, Any]) -> dict[str, float]:
+def in_fresh_process(name: str, steps: int, variant: dict[str, Any]) -> dict[str, float]:
     """A fresh process per measurement gives a clean memory peak."""
     context = mp.get_context("spawn")
     queue = context.Queue()
@@ -409,9 +409,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         defaults, figures = [], {}
         for suffix in _plan(variants, args.repeats):
             if suffix is None:
-                defaults.append(_in_fresh_process(name, args.steps, device))
+                defaults.append(in_fresh_process(name, args.steps, device))
                 continue
-            variant = _in_fresh_process(name, args.steps, {**VARIANTS[suffix], **device})
+            variant = in_fresh_process(name, args.steps, {**VARIANTS[suffix], **device})
             for key in ("train_images_per_s", "peak_train_memory_gib"):
                 figures[key + suffix] = variant[key]
         results[name] = {

@@ -3,8 +3,8 @@
 ``python -m recattend.tasks.learning_speed EXPERIMENT [OVERRIDE ...] [--allow-busy] [--out DIR]``
 trains one recipe alone on this machine and writes how fast it learned. The regimes are recipes:
 
-* ``synthetic_benchmark``: 20,000 rendered rosettes, 60 minutes (``synthetic_fast``: the same
-  data with the fastest-learning settings found, docs/learning-speed.md);
+* ``synthetic_benchmark``: 20,000 rendered rosettes, 60 minutes, with the fastest-learning
+  settings found (docs/learning-speed.md);
 * ``leaves_few``: 100 training images of 11-20 leaves, T = 21, 20 minutes from scratch
   (``few_images``: the same data from the shipped weights).
 
@@ -14,16 +14,15 @@ Any Hydra override may follow the name (the arm of an A/B, e.g. ``module.lr=2e-3
    ``--allow-busy`` records the load and goes on): a curve taken beside another job measures that
    job too;
 2. measures the machine's bare speed, the synthetic configuration's training images/s
-   (:func:`recattend.tasks.bench.measure` in a fresh process), so curves from other machines can
-   be set side by side;
+   (:func:`recattend.tasks.bench.in_fresh_process`, as ``make bench`` measures it), so curves
+   from other machines can be set side by side;
 3. runs ``train.py experiment=EXPERIMENT OVERRIDE ...`` in a child process into
    ``DIR/run`` (default ``outputs/learning_speed/<experiment>/<timestamp>``);
 4. writes ``DIR/curve.csv`` (minutes, step, held-out SBD and |DiC| with their std, one row per
    validation, then a ``test`` row: the test split scored with the best checkpoint, at its
-   step), ``DIR/curve.md``
-   (the same as a table) and ``DIR/summary.json`` (the command, commit, bare speed, load
-   averages, the held-out SBD and |DiC| first reached at or after 15, 30, 45 and 60 minutes, the
-   test figures).
+   step), ``DIR/curve.md`` (the same as a table) and ``DIR/summary.json`` (the command, commit,
+   bare speed, load averages, the held-out SBD and |DiC| first reached at or after 15, 30, 45
+   and 60 minutes, the test figures).
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -103,21 +101,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _bare_speed(queue: mp.Queue) -> None:
-    from recattend.tasks.bench import measure
-
-    queue.put(measure("synthetic", steps=8)["train_images_per_s"])
-
-
 def bare_speed() -> float:
     """Training images/s of the synthetic configuration (128x128, T = 11, batch 8), measured in a
     fresh process as ``make bench`` does."""
-    queue: mp.Queue = mp.get_context("spawn").Queue()
-    process = mp.get_context("spawn").Process(target=_bare_speed, args=(queue,))
-    process.start()
-    speed = queue.get()
-    process.join()
-    return float(speed)
+    from recattend.tasks.bench import in_fresh_process
+
+    return float(in_fresh_process("synthetic", 8, {})["train_images_per_s"])
 
 
 def git_commit() -> str | None:

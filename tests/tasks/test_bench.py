@@ -58,7 +58,7 @@ def test_device_cuda_measures_the_model_on_the_gpu_only(monkeypatch, tmp_path) -
                 "peak_train_memory_gib": 1.5, "matching_loss_share": 0.1,
                 "torch_threads": 2, "gpu": "Fake GPU"}  # fmt: skip
 
-    monkeypatch.setattr(bench, "_in_fresh_process", fake)
+    monkeypatch.setattr(bench, "in_fresh_process", fake)
     monkeypatch.setattr(bench, "measure_ddp", lambda *a: pytest.fail("DDP measured"))
     monkeypatch.setattr(bench, "measure_loading", lambda *a: pytest.fail("loading measured"))
     out = tmp_path / "cuda.json"
@@ -81,7 +81,7 @@ def test_device_cuda_without_cuda_is_a_clear_error(monkeypatch, tmp_path, capsys
     from recattend.tasks import bench
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(bench, "_in_fresh_process", lambda *a: pytest.fail("measured"))
+    monkeypatch.setattr(bench, "in_fresh_process", lambda *a: pytest.fail("measured"))
     out = tmp_path / "cuda.json"
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--device", "cuda", "--out", str(out)])
