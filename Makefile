@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train test test-fast bench bench-gpu learning-speed check-data lint clean clean-outputs FORCE
+.PHONY: help install demo train test test-fast bench bench-gpu learning-speed gallery rosette-stats check-data lint clean clean-outputs FORCE
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,6 +54,12 @@ EXPERIMENT ?= synthetic_benchmark
 
 learning-speed: $(STAMP) ## Train a recipe alone and write its curve: make learning-speed EXPERIMENT=leaves_few
 	$(BIN)/python -m recattend.tasks.learning_speed $(EXPERIMENT) $(ARGS)
+
+gallery: $(STAMP) ## Synthetic rosettes beside their labels -> docs/images/rosettes.jpg (ARGS="--knob moss=1")
+	$(BIN)/python -m recattend.tasks.gallery $(ARGS)
+
+rosette-stats: $(STAMP) ## The rosettes' statistics beside real CVPPP A1 plants' (ARGS="--cvppp <A1 folder>")
+	$(BIN)/python -m recattend.tasks.rosette_stats $(ARGS)
 
 check-data: $(STAMP) ## Check a dataset folder: make check-data ARGS="dataset=cvppp dataset.root=..."
 	$(BIN)/python -m recattend.data.check $(ARGS)

@@ -7,6 +7,7 @@ import re
 import pytest
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from recattend.utils.config import instantiate_data, instantiate_group
 from tests.helpers import CONF
@@ -311,9 +312,23 @@ def test_learning_speed_recipes(compose_train) -> None:
     assert ablation.module.lr == 1e-3 and ablation.module.postprocess.blur is True
     few, scratch = compose_train("experiment=few_images"), compose_train("experiment=leaves_few")
     assert scratch.init_from is None and few.init_from == "leaves"
-    assert few.dataset == scratch.dataset and few.trainer.max_time == "00:00:20:00"
+    assert few.dataset == scratch.dataset and few.trainer.max_time == "00:01:00:00"
     assert [s.name for s in few.callbacks.bootstrap.stages] == ["full"]
-    cvppp = compose_train("experiment=cvppp_fast")
-    assert cvppp.init_from == "leaves" and cvppp.trainer.max_steps == 9000
-    assert cvppp.dataset == compose_train("experiment=cvppp").dataset
+    cvppp, paper = compose_train("experiment=cvppp_fast"), compose_train("experiment=cvppp")
+    assert cvppp.init_from == "leaves" and cvppp.trainer.max_steps == -1
+    assert cvppp.dataset == paper.dataset
+    # The recipe for a real set is the one tried on the few-image regime: the same schedule,
+    # network, budget and validation cadence ...
+    for key in ("module", "model", "callbacks.bootstrap", "callbacks.scheduled_sampling"):
+        assert OmegaConf.select(cvppp, key) == OmegaConf.select(few, key), key
+    for key in ("max_time", "max_steps", "val_check_interval", "check_val_every_n_epoch"):
+        assert cvppp.trainer[key] == few.trainer[key], key
+    # ... on data laid out as CVPPP's: input, T, batch, augmentation, scored at original size.
+    for key in ("resolution", "max_instances", "batch_size", "augment"):
+        assert few.dataset[key] == paper.dataset[key], key
+    assert few.dataset.evaluator == paper.dataset.evaluator
+    assert (
+        few.dataset.render_size == [500, 530]
+        and few.dataset.seed != compose_train("experiment=leaves_pretrained").dataset.seed
+    )
     assert list(cvppp.model.segmenter.skips) == [False, False, True, False, True, False, True]

@@ -2,9 +2,8 @@
 
 Two styles:
 
-* ``leaves``: CVPPP-like rosettes. Elongated leaves of varied length, width and green shade radiate
-  from a centre at the golden angle (as real phyllotaxis does); younger, shorter leaves are drawn
-  last, on top of the older ones, over a textured soil-like background.
+* ``leaves``: top-view Arabidopsis rosettes in their pots, modelled on real phenotyping photos
+  (:mod:`recattend.data.rosette`, its knobs in ``dataset.rosette``).
 * ``shapes``: the authors' toy data: grey (100, 100, 100) background, green shapes with a red
   border (3 px at 224x224), radius U(15, 45) px at 224x224, later shapes occluding earlier ones.
 
@@ -17,210 +16,26 @@ on the drawn size; only the sharpness and the per-pixel sensor noise do. The pip
 the drawn image to the network's resolution as it does a file dataset's, and
 :meth:`SyntheticDataModule.original_target` draws the sample again for scoring at the drawn size.
 
-One module (about 460 lines) because the renderers, the seeded split and the DataModule share one
-contract, the scene a seed draws at any size; splitting them would spread that contract over files.
+The toy shapes' renderer lives here beside the seeded split and the DataModule; the rosettes'
+(a scene model of its own, with its knobs) in :mod:`recattend.data.rosette`.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
 from recattend.data.base import SPLITS, InstanceDataModule, RawSample
+from recattend.data.drawing import SUBPIXEL, fill, frame, polygon, to_drawn
+from recattend.data.rosette import RosetteOptions, render_rosette
 
 STYLES = ("leaves", "shapes")
 SHAPE_KINDS = ("circle", "square", "triangle")
-_SUBPIXEL = 4  # fixed-point bits for cv2 polygon drawing: smooth, anti-alias-free edges
-_GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))
-
-
-def _polygon(points: np.ndarray) -> np.ndarray:
-    return np.round(points * (1 << _SUBPIXEL)).astype(np.int32).reshape(-1, 1, 2)
-
-
-def _frame(
-    size: tuple[int, int], layout_size: tuple[int, int] | None
-) -> tuple[int, int, float, float]:
-    """The layout's (H0, W0) and the drawn image's pixels per layout pixel (sy, sx)."""
-    h0, w0 = layout_size if layout_size is not None else size
-    return int(h0), int(w0), size[0] / h0, size[1] / w0
-
-
-def _to_drawn(points: np.ndarray, sy: float, sx: float) -> np.ndarray:
-    """Layout (x, y) pixel coordinates (..., 2) to the drawn image's, float64.
-
-    Layout pixel i covers [i - 0.5, i + 0.5] (OpenCV puts pixel centres on integers), so x maps
-    to (x + 0.5) sx - 0.5; a plain x sx would shift the scene by (sx - 1) / 2 drawn pixels.
-    """
-    return (np.asarray(points, np.float64) + 0.5) * np.array([sx, sy]) - 0.5
-
-
-def _fill(canvas: np.ndarray, polygon: np.ndarray, edge: int) -> None:
-    """Fill a polygon (``_polygon`` points) with 1; ``edge`` > 1 also draws its outline that
-    many pixels wide.
-
-    ``fillPoly`` takes every pixel its outline touches, so a shape covers about half a pixel
-    more than its polygon on every side; at the layout size that is half a layout pixel. Drawn
-    larger, an outline one layout pixel wide (``edge`` drawn pixels) keeps that margin, so a
-    mask is the same shape at every size.
-    """
-    cv2.fillPoly(canvas, [polygon], 1, cv2.LINE_8, _SUBPIXEL)
-    if edge > 1:
-        cv2.polylines(canvas, [polygon], True, 1, edge, cv2.LINE_8, _SUBPIXEL)
-
-
-def _smooth_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.ndarray:
-    """Low-frequency noise in [-1, 1]: a coarse random grid upsampled bicubically."""
-    grid = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
-    return np.clip(cv2.resize(grid, size[::-1], interpolation=cv2.INTER_CUBIC), -1, 1)
-
-
-def render_soil(
-    rng: np.random.Generator, size: tuple[int, int], layout_size: tuple[int, int] | None = None
-) -> np.ndarray:
-    """A soil-like background: brown with mottling, grain and a few pebbles.
-
-    Args:
-        rng: the sample's generator.
-        size: (H, W) drawn.
-        layout_size: (H0, W0) the scene is laid out in (module docstring); None: ``size``.
-
-    Returns:
-        (H, W, 3) float32 RGB, about 0-255 (not clipped).
-    """
-    h, w = size
-    h0, w0, sy, sx = _frame(size, layout_size)
-    scaled = (h0, w0) != (h, w)
-    base = np.array([96, 72, 52], np.float32) * rng.uniform(0.8, 1.15)
-    mottling = 18 * _smooth_noise(rng, size, 6) + 8 * _smooth_noise(rng, size, 24)
-    # One grain per layout pixel: drawn at the drawn size, its H W draws would move every later
-    # draw (the leaves) with the size. Nearest-upsampled, a layout-size resize gives it back.
-    grain = rng.normal(0, 6, (h0, w0)).astype(np.float32)
-    if scaled:
-        grain = cv2.resize(grain, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-    img = base[None, None, :] + (mottling + grain)[..., None]
-    for _ in range(int(rng.integers(5, 15))):
-        centre = (float(rng.uniform(0, w0)), float(rng.uniform(0, h0)))
-        radius = float(rng.uniform(0.005, 0.02)) * min(h0, w0)
-        shade = base * rng.uniform(0.6, 1.4)
-        if not scaled:
-            cv2.circle(
-                img,
-                _polygon(np.array(centre))[0, 0],
-                int(radius * (1 << _SUBPIXEL)),
-                shade.tolist(),
-                -1,
-                cv2.LINE_8,
-                _SUBPIXEL,
-            )
-            continue
-        axes = (int(radius * sx * (1 << _SUBPIXEL)), int(radius * sy * (1 << _SUBPIXEL)))
-        cv2.ellipse(
-            img,
-            _polygon(_to_drawn(np.array(centre), sy, sx))[0, 0],
-            axes,
-            0,
-            0,
-            360,
-            shade.tolist(),
-            -1,
-            cv2.LINE_8,
-            _SUBPIXEL,
-        )
-    return img
-
-
-def _leaf_outline(centre: np.ndarray, angle: float, length: float, width: float) -> np.ndarray:
-    """Leaf polygon: a thin petiole from the centre, then a pointed-oval blade. (K, 2) in x, y."""
-    petiole = 0.25 * length
-    blade = length - petiole
-    s = np.linspace(0.0, 1.0, 24)
-    # Half-width along the blade: wide near its base, pointed at the tip.
-    half = 0.5 * width * np.sin(math.pi * s) ** 0.7 * (1.0 - 0.25 * s)
-    along = petiole + blade * s
-    stalk = max(0.06 * width, 0.6)
-    u = np.concatenate([[0.0], along, along[::-1], [0.0]])
-    v = np.concatenate([[stalk], np.maximum(half, stalk), -np.maximum(half, stalk)[::-1], [-stalk]])
-    cos, sin = math.cos(angle), math.sin(angle)
-    return np.stack([centre[0] + u * cos - v * sin, centre[1] + u * sin + v * cos], axis=1)
-
-
-def render_leaves(
-    rng: np.random.Generator,
-    size: tuple[int, int],
-    num_leaves: int,
-    shade_jitter: float = 1.0,
-    layout_size: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw a rosette of ``num_leaves`` leaves on soil.
-
-    Args:
-        rng: the sample's generator.
-        size: (H, W) drawn.
-        num_leaves: leaves drawn (some may end up fully hidden: their masks are empty).
-        shade_jitter: spread of the per-leaf green shade; 0 gives every leaf the same colour.
-        layout_size: (H0, W0) the scene is laid out in: the same generator state gives the same
-            scene at every ``size``, stretched by H / H0 and W / W0 (module docstring); None:
-            ``size``.
-
-    Returns:
-        image (H, W, 3) uint8 RGB, and visible masks (N, H, W) bool, oldest leaf first (N =
-        ``num_leaves``).
-    """
-    h, w = size
-    h0, w0, sy, sx = _frame(size, layout_size)
-    scaled = (h0, w0) != (h, w)
-    scale = min(h0, w0)
-    img = render_soil(rng, size, (h0, w0))
-    labels = np.zeros((h, w), np.int32)
-    # The rim, and the margin of the masks (_fill), are one layout pixel wide.
-    edge = max(1, round(min(sx, sy))) if scaled else 1
-    centre = np.array([w0 / 2, h0 / 2]) + rng.uniform(-0.08, 0.08, 2) * scale
-    hue0 = rng.uniform(38, 48)  # OpenCV hue (0-180): a yellowish to pure green plant
-    phase = rng.uniform(0, 2 * math.pi)
-    for i in range(num_leaves):
-        age = 1.0 - i / max(num_leaves, 1)  # the first leaves are the oldest and longest
-        length = scale * rng.uniform(0.24, 0.34) * (0.55 + 0.45 * age)
-        width = length * rng.uniform(0.3, 0.5)
-        angle = phase + i * _GOLDEN_ANGLE + rng.normal(0, 0.15)
-        outline = _leaf_outline(centre, angle, length, width)
-        drawn = _to_drawn(outline, sy, sx) if scaled else outline
-        hsv = np.array(
-            [
-                [
-                    [
-                        hue0 + shade_jitter * rng.normal(0, 3),
-                        np.clip(150 + shade_jitter * rng.normal(0, 25), 60, 255),
-                        np.clip(120 + 50 * age + shade_jitter * rng.normal(0, 20), 40, 255),
-                    ]
-                ]
-            ],
-            np.float32,
-        )
-        colour = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
-        leaf = np.zeros((h, w), np.uint8)
-        _fill(leaf, _polygon(drawn), edge)
-        inside = leaf.astype(bool)
-        # Shading: lighter towards the tip, a darker rim so touching leaves stay distinguishable.
-        yy, xx = np.nonzero(inside)
-        if scaled:  # the distance from the centre in layout pixels
-            dist = np.hypot((xx + 0.5) / sx - 0.5 - centre[0], (yy + 0.5) / sy - 0.5 - centre[1])
-        else:
-            dist = np.hypot(xx - centre[0], yy - centre[1])
-        dist = dist / max(length, 1.0)
-        img[yy, xx] = colour * (0.85 + 0.25 * np.clip(dist, 0, 1))[:, None]
-        rim = np.zeros((h, w), np.uint8)
-        cv2.polylines(rim, [_polygon(drawn)], True, 1, edge, cv2.LINE_8, _SUBPIXEL)
-        img[rim.astype(bool)] *= 0.7
-        labels[inside] = i + 1
-    img += rng.normal(0, 3, img.shape).astype(np.float32)
-    masks = labels[None] == np.arange(1, num_leaves + 1)[:, None, None]
-    return np.clip(img, 0, 255).astype(np.uint8), masks
 
 
 def render_shapes(
@@ -237,20 +52,20 @@ def render_shapes(
         size: (H, W) drawn.
         num_shapes: shapes drawn (some may end up fully hidden: their masks are empty).
         kinds: the kinds each shape is drawn from (circle, square, triangle).
-        layout_size: (H0, W0) the scene is laid out in, as in :func:`render_leaves`; None:
-            ``size``.
+        layout_size: (H0, W0) the scene is laid out in, as in
+            :func:`~recattend.data.rosette.render_rosette`; None: ``size``.
 
     Returns:
         image (H, W, 3) uint8 RGB, and visible masks (N, H, W) bool in drawing order.
     """
     h, w = size
-    h0, w0, sy, sx = _frame(size, layout_size)
+    h0, w0, sy, sx = frame(size, layout_size)
     scaled = (h0, w0) != (h, w)
     k = min(h0, w0) / 224.0  # the authors' toy sizes are for 224x224
     img = np.full((h, w, 3), 100, np.uint8)
     labels = np.zeros((h, w), np.int32)
     border = max(1, round(3 * k * min(sx, sy))) if scaled else max(1, round(3 * k))
-    edge = max(1, round(min(sx, sy))) if scaled else 1  # the masks' margin (_fill)
+    edge = max(1, round(min(sx, sy))) if scaled else 1  # the masks' margin (drawing.fill)
     for i in range(num_shapes):
         radius = rng.uniform(15, 45) * k
         cx, cy = rng.uniform(0, w0), rng.uniform(0, h0)
@@ -262,11 +77,11 @@ def render_shapes(
         else:
             t = -math.pi / 2 + np.arange(3) * 2 * math.pi / 3
         points = np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], axis=1)
-        poly = _polygon(_to_drawn(points, sy, sx) if scaled else points)
+        poly = polygon(to_drawn(points, sy, sx) if scaled else points)
         shape = np.zeros((h, w), np.uint8)
-        _fill(shape, poly, edge)
+        fill(shape, poly, edge)
         img[shape.astype(bool)] = (0, 255, 0)
-        cv2.polylines(img, [poly], True, (255, 0, 0), border, cv2.LINE_8, _SUBPIXEL)
+        cv2.polylines(img, [poly], True, (255, 0, 0), border, cv2.LINE_8, SUBPIXEL)
         labels[shape.astype(bool)] = i + 1
     masks = labels[None] == np.arange(1, num_shapes + 1)[:, None, None]
     return img, masks
@@ -283,6 +98,7 @@ class SyntheticInstances(Sequence[RawSample]):
         split: "train", "val" or "test".
         min_objects, max_objects: objects drawn per image, uniform over this inclusive range.
         shade_jitter: per-leaf colour spread (``leaves``).
+        rosette: the rosettes' knobs (``leaves``); None: the defaults.
         kinds: shape kinds to draw from (``shapes``).
         layout_size: (H0, W0) the scenes are laid out in (module docstring): each image is the
             scene of a ``layout_size`` draw, drawn at ``size``; None: ``size``.
@@ -303,6 +119,7 @@ class SyntheticInstances(Sequence[RawSample]):
         min_objects: int,
         max_objects: int,
         shade_jitter: float = 1.0,
+        rosette: RosetteOptions | None = None,
         kinds: Sequence[str] = ("circle",),
         layout_size: tuple[int, int] | None = None,
     ) -> None:
@@ -310,6 +127,7 @@ class SyntheticInstances(Sequence[RawSample]):
         self.seed, self.split_id = seed, SPLITS.index(split)
         self.min_objects, self.max_objects = min_objects, max_objects
         self.shade_jitter, self.kinds = shade_jitter, tuple(kinds)
+        self.rosette = rosette or RosetteOptions()
         self.layout_size = self.size if layout_size is None else tuple(map(int, layout_size))
 
     def __len__(self) -> int:
@@ -321,8 +139,8 @@ class SyntheticInstances(Sequence[RawSample]):
         rng = np.random.default_rng([self.seed, self.split_id, index])
         count = int(rng.integers(self.min_objects, self.max_objects + 1))
         if self.style == "leaves":
-            image, masks = render_leaves(
-                rng, self.size, count, self.shade_jitter, layout_size=self.layout_size
+            image, masks = render_rosette(
+                rng, self.size, count, self.shade_jitter, self.layout_size, self.rosette
             )
         else:
             image, masks = render_shapes(
@@ -342,11 +160,13 @@ class SyntheticDataModule(InstanceDataModule):
     """The embedded synthetic dataset (``dataset=synthetic``), no downloads.
 
     Args:
-        style: "leaves" (CVPPP-like rosettes) or "shapes" (the authors' toy circles).
+        style: "leaves" (top-view Arabidopsis rosettes) or "shapes" (the authors' toy circles).
         min_objects, max_objects: objects drawn per image (inclusive range, 0 allowed).
         num_train, num_val, num_test: split sizes.
         seed: the dataset seed (independent of the run seed, so the data stay fixed across runs).
         shade_jitter: per-leaf colour spread for ``leaves``; 0 for a single green.
+        rosette: the ``leaves`` generator's knobs, any subset of
+            :class:`~recattend.data.rosette.RosetteOptions`' fields; None: their defaults.
         kinds: shape kinds for ``shapes`` (circle, square, triangle).
         render_size: (H, W) every split's images are drawn at, the scenes laid out at
             ``resolution`` (so the same scenes as without it, sharper or coarser); the pipeline
@@ -371,6 +191,7 @@ class SyntheticDataModule(InstanceDataModule):
         num_test: int = 128,
         seed: int = 0,
         shade_jitter: float = 1.0,
+        rosette: Mapping[str, Any] | None = None,
         kinds: Sequence[str] = ("circle",),
         render_size: Sequence[int] | None = None,
         **kwargs: Any,
@@ -395,6 +216,7 @@ class SyntheticDataModule(InstanceDataModule):
         self.min_objects, self.max_objects = min_objects, max_objects
         self.lengths = {"train": num_train, "val": num_val, "test": num_test}
         self.shade_jitter, self.kinds = shade_jitter, tuple(kinds)
+        self.rosette = RosetteOptions.from_config(rosette)
         self.render_size = _parse_render_size(render_size)
 
     def build_source(self, split: str) -> SyntheticInstances:
@@ -407,6 +229,7 @@ class SyntheticDataModule(InstanceDataModule):
             min_objects=self.min_objects,
             max_objects=self.max_objects,
             shade_jitter=self.shade_jitter,
+            rosette=self.rosette,
             kinds=self.kinds,
             layout_size=self.resolution,
         )

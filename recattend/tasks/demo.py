@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from recattend import pretrained
 from recattend.data.images import network_input, read_image
+from recattend.data.rosette import RosetteOptions
 from recattend.data.synthetic import SyntheticInstances
 from recattend.lit import SegmenterModule
 from recattend.tasks import predict
@@ -42,6 +43,7 @@ def render_images(
         min_objects=dataset["min_objects"],
         max_objects=dataset["max_objects"],
         shade_jitter=dataset["shade_jitter"],
+        rosette=RosetteOptions.from_config(dataset.get("rosette")),
         kinds=dataset["kinds"],
     )
     folder.mkdir(parents=True, exist_ok=True)

@@ -65,8 +65,12 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
     overrides = evaluation_overrides(cfg.get("evaluate"), saved.get("hyper_parameters") or {})
     if overrides:
         log.info("evaluation settings over the checkpoint's: %s", overrides)
-    module = load_module(module_cls, ckpt, overrides, key=key)
-    segmenter = isinstance(module, SegmenterModule)
+    datamodule, evaluator = instantiate_data(data_config(cfg.dataset, saved, name))
+    segmenter = issubclass(module_cls, SegmenterModule)
+    # A segmenter is built for the data's resolution: any input size works (resampled attention).
+    resolution = datamodule.resolution if segmenter else None
+    module = load_module(module_cls, ckpt, overrides, key=key, resolution=resolution)
+    _warn_resolution(saved, datamodule, name)
     settings = process_settings(
         cfg,
         resolved_devices(cfg.trainer)[0],
@@ -75,7 +79,6 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
         training=False,
     )
     ops.configure(**settings)
-    datamodule, evaluator = instantiate_data(data_config(cfg.dataset, saved, name))
     _check_compatible(module, datamodule, name)
     callbacks = [ProcessSettings(**settings), ProcessGroupTeardown()]
     if segmenter:  # the pre-processor scores its own pixel metrics
@@ -165,10 +168,27 @@ def evaluation_overrides(
     return settings
 
 
+def _warn_resolution(
+    saved: Mapping[str, Any], datamodule: L.LightningDataModule, name: str
+) -> None:
+    """Say so when a segmenter runs at another input resolution than it was trained at."""
+    trained = ((saved.get("hyper_parameters") or {}).get("net") or {}).get("image_size")
+    if trained is None or list(trained) == list(datamodule.resolution):
+        return
+    log.warning(
+        "%s was trained at %dx%d and runs at dataset.resolution=%s here (its attention layer "
+        "resampled): objects appear %.2fx their training size to it. Its own resolution is "
+        "dataset.resolution=[%d,%d]; fine-tuning (init_from) adapts it to a new one.",
+        name, *trained, list(datamodule.resolution),
+        datamodule.resolution[0] / trained[0], *trained,
+    )  # fmt: skip
+
+
 def _check_compatible(
     module: L.LightningModule, datamodule: L.LightningDataModule, ckpt: str
 ) -> None:
-    """The data must match what the checkpoint's network was built for."""
+    """The data must match what the checkpoint's network was built for (a segmenter is built
+    for the data's resolution, so only its T must match)."""
     settings = module.hparams.net if isinstance(module, SegmenterModule) else module.hparams
     wanted = {"resolution": list(settings["image_size"])}
     if "max_instances" in settings:

@@ -9,7 +9,7 @@ import inspect
 import logging
 import pickle
 import zipfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -210,6 +210,7 @@ def load_module(
     map_location: str | torch.device = "cpu",
     hint: str | None = None,
     key: str = "ckpt_path",
+    resolution: Sequence[int] | None = None,
 ) -> L.LightningModule:
     """``module_cls`` rebuilt from a checkpoint's hyper-parameters (``weights_only=True``) with
     its weights, or an error naming what differs.
@@ -217,6 +218,10 @@ def load_module(
     Args:
         overrides: constructor arguments that replace the checkpoint's (e.g. evaluation
             settings); each must be an argument of ``module_cls``.
+        resolution: (H, W) input to build a segmenter's network for instead of the checkpoint's
+            ``net.image_size``: the one resolution-dependent layer (the attention logits, eq. 5)
+            is resampled to it (:meth:`~recattend.models.SegmenterNetwork.fit_state`); None:
+            the checkpoint's.
         hint: what to do when the checkpoint holds another module, ending that error (default:
             load it as that module, ``module=<its config>``); e.g. predict.py's "predict.py
             needs a segmenter checkpoint (module=segmenter run)".
@@ -255,17 +260,45 @@ def load_module(
             f"{foreign[0]}: {module_cls.__name__} has no such setting (evaluate.* applies to the "
             "segmenter, module=segmenter, only)"
         )
+    overrides = dict(overrides or {})
+    state = checkpoint["state_dict"]
+    trained_at = _resized(saved, overrides, resolution, path)
     try:
-        module = module_cls(**{**saved, **dict(overrides or {})})
+        module = module_cls(**{**saved, **overrides})
     except TypeError as err:  # e.g. a nested setting the network does not know
         raise ValueError(
             f"{path}: its settings do not build a {module_cls.__name__}: {err}"
         ) from err
+    if trained_at is not None:
+        state = module.net.fit_state(state, trained_at, prefix="net.")
     try:
-        module.load_state_dict(checkpoint["state_dict"])
+        module.load_state_dict(state)
     except RuntimeError as err:  # state_dict size mismatch / missing keys
         raise ValueError(f"{path} does not fit {module_cls.__name__}: {err}") from err
     return module.to(map_location)
+
+
+def _resized(
+    saved: Mapping[str, Any],
+    overrides: dict[str, Any],
+    resolution: Sequence[int] | None,
+    path: str | Path,
+) -> list[int] | None:
+    """With ``resolution`` other than the checkpoint's, put the network's new ``image_size`` in
+    ``overrides`` and return the checkpoint's (the weights' resolution); else None."""
+    if resolution is None:
+        return None
+    net = saved.get("net")
+    if not isinstance(net, Mapping) or "image_size" not in net:
+        raise ValueError(
+            f"{path}: its module has no net.image_size, so it cannot be built for the input "
+            f"resolution {list(resolution)}; pass its own resolution"
+        )
+    trained_at = [int(v) for v in net["image_size"]]
+    if trained_at == [int(v) for v in resolution]:
+        return None
+    overrides["net"] = {**net, **dict(overrides.get("net") or {}), "image_size": list(resolution)}
+    return trained_at
 
 
 def _arguments(module_cls: type) -> set[str]:

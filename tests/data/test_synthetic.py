@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from recattend.data import SyntheticDataModule
-from recattend.data.synthetic import SyntheticInstances, render_leaves, render_shapes
+from recattend.data.rosette import render_rosette
+from recattend.data.synthetic import SyntheticInstances, render_shapes
 from recattend.structures import ANGLE_IGNORE
 
 
@@ -189,9 +190,10 @@ def test_bad_settings_name_the_key(kwargs: dict, key: str) -> None:
 
 
 def test_null_render_size_draws_exactly_what_it_drew_before() -> None:
-    # The digest of these six samples as drawn before scenes had a layout size (pinned from the
-    # renderer of commit f099b12): a layout equal to the drawn size must not move a single pixel.
-    # (A numpy or OpenCV upgrade that changes the generator or the rasteriser changes it too.)
+    # The digest of these six samples (pinned from the renderers as they are): a layout equal to
+    # the drawn size must not move a single pixel, and a change to a renderer is a change to every
+    # dataset drawn with it, so it shows here. (A numpy or OpenCV upgrade that changes the
+    # generator or the rasteriser changes it too.)
     digest = hashlib.sha256()
     for style in ("leaves", "shapes"):
         source = SyntheticInstances(
@@ -203,15 +205,15 @@ def test_null_render_size_draws_exactly_what_it_drew_before() -> None:
             digest.update(raw.image.tobytes())
             digest.update(np.ascontiguousarray(raw.masks).tobytes())
     assert digest.hexdigest() == (
-        "317849b48dc7144bf90a104d97272ae90afd73aa12251524601d952eb5535954"
+        "bc2b84d01758ddcd6606605b292be777c2a6e798d8c225cb8d3c5e5c4a11d6c0"
     )
     # A layout equal to the size is the same as none.
     rng = [np.random.default_rng(5) for _ in range(2)]
-    a, b = render_leaves(rng[0], (64, 64), 6), render_leaves(rng[1], (64, 64), 6, 1.0, (64, 64))
+    a, b = render_rosette(rng[0], (64, 64), 6), render_rosette(rng[1], (64, 64), 6, 1.0, (64, 64))
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("render", [render_leaves, render_shapes])
+@pytest.mark.parametrize("render", [render_rosette, render_shapes])
 def test_a_scene_is_the_same_at_four_times_the_size(render) -> None:
     # The layout's draws do not depend on the drawn size, so 512x512 is the 128x128 scene: each
     # object's 512 mask, brought back to 128 (area average > 1/2), overlaps its 128 mask.
@@ -253,9 +255,15 @@ def test_render_size_draws_the_same_scenes_at_that_size() -> None:
     dice = 2 * (fa * fb).sum((1, 2)) / (fa.sum((1, 2)) + fb.sum((1, 2)))
     assert (dice > 0.9).all(), dice
     assert torch.equal(a["num_instances"], b["num_instances"])
-    same = (a["image"] - b["image"]).abs().mean((1, 2, 3)) * 255
-    shifted = (a["image"] - b["image"].roll(1, 0)).abs().mean((1, 2, 3)) * 255
-    assert (same < 6).all() and (shifted > 10).all(), (same, shifted)
+
+    # Compared at the scene's scale (a 2 px blur): the soil's grain and the sensor noise are
+    # drawn per pixel, so they differ pixel by pixel by design.
+    def scene(images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(images, 5, stride=1, padding=2)
+
+    same = (scene(a["image"]) - scene(b["image"])).abs().mean((1, 2, 3)) * 255
+    shifted = (scene(a["image"]) - scene(b["image"]).roll(1, 0)).abs().mean((1, 2, 3)) * 255
+    assert (same < 12).all() and (shifted > 2.5 * same).all(), (same, shifted)
 
 
 @pytest.mark.parametrize("style", ["leaves", "shapes"])

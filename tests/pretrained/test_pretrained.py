@@ -17,7 +17,7 @@ from recattend.pretrained.export import main as export
 from recattend.pretrained.export import validation_statistics
 from recattend.tasks import demo, train
 from recattend.tasks import eval as eval_task
-from recattend.utils.checkpoint import load_weights, read_checkpoint
+from recattend.utils.checkpoint import load_module, load_weights, read_checkpoint
 from tests.helpers import ROOT, TINY
 
 DATA = [o for o in TINY if o.startswith("dataset.")]
@@ -59,10 +59,37 @@ def test_eval_scores_weights_on_the_data_they_record(compose_train, weights: Pat
     recorded = eval_task.run(compose_train(f"ckpt_path={weights}", config_name="eval"))
     by_hand = eval_task.run(compose_train(*DATA, f"ckpt_path={weights}", config_name="eval"))
     assert recorded == by_hand and "test/sbd" in recorded
-    # A dataset chosen on the command line wins: here one the network does not fit.
-    other = compose_train("dataset.resolution=[64,64]", f"ckpt_path={weights}", config_name="eval")
-    with pytest.raises(ValueError, match=r"dataset\.resolution=\[64, 64\] \(checkpoint"):
+    # A dataset chosen on the command line wins: here one of another T, which the network
+    # does not fit.
+    other = compose_train("dataset.max_instances=5", f"ckpt_path={weights}", config_name="eval")
+    with pytest.raises(ValueError, match=r"dataset\.max_instances=5 \(checkpoint: 3\)"):
         eval_task.run(other)
+
+
+def test_eval_runs_weights_at_the_datasets_resolution(
+    compose_train, weights: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Trained at 32x32 (one attention cell at the box CNN's stride 32), scored at 64x64: the
+    # network is built for 64x64 and its attention layer resampled to 2x2 cells, each the one
+    # cell's logit (bilinear resampling itself: tests/models, fit_state).
+    with caplog.at_level("WARNING"):
+        cfg = compose_train(
+            *DATA, "dataset.resolution=[64,64]", f"ckpt_path={weights}", config_name="eval"
+        )
+        metrics = eval_task.run(cfg)
+    assert "test/sbd" in metrics
+    assert "trained at 32x32 and runs at dataset.resolution=[64, 64]" in caplog.text
+    saved = torch.load(weights, weights_only=True)
+    module = load_module(SegmenterModule, weights, resolution=[64, 64])
+    assert list(module.net.image_size) == [64, 64]
+    for suffix in ("weight", "bias"):
+        name = f"net.segmenter.box_net.glimpse_mlp.2.{suffix}"
+        one = saved["state_dict"][name]
+        assert one.shape[0] == 1
+        assert torch.allclose(module.state_dict()[name], one.expand(4, *one.shape[1:]))
+    # The weights' own resolution loads them unchanged.
+    same = load_module(SegmenterModule, weights, resolution=[32, 32]).state_dict()[name]
+    assert torch.equal(same, saved["state_dict"][name])
 
 
 def test_demo_renders_predicts_and_draws(compose_train, weights: Path, tmp_path: Path) -> None:
