@@ -55,7 +55,7 @@ EXPERIMENT ?= synthetic_benchmark
 learning-speed: $(STAMP) ## Train a recipe alone and write its curve: make learning-speed EXPERIMENT=leaves_few
 	$(BIN)/python -m recattend.tasks.learning_speed $(EXPERIMENT) $(ARGS)
 
-gallery: $(STAMP) ## Synthetic rosettes beside their labels -> docs/images/rosettes.jpg (ARGS="--knob moss=1")
+gallery: $(STAMP) ## Synthetic rosettes beside their labels -> outputs/gallery/rosettes.jpg (ARGS="--knob moss=1")
 	$(BIN)/python -m recattend.tasks.gallery $(ARGS)
 
 rosette-stats: $(STAMP) ## The rosettes' statistics beside real CVPPP A1 plants' (ARGS="--cvppp <A1 folder>")

@@ -13,11 +13,11 @@ plant:
   along each blade; the plant's colour varies a little from leaf to leaf (young leaves lighter
   and yellower).
 
-The background is terracotta (or another colour of) tray with straight walls, the plant's pot and
-its neighbours (dark rims, granular soil with light grains, moss or algae patches of any extent)
-and, sometimes, leaves of neighbouring plants at the border, which are *not* labelled. Then the
-whole image gets a random exposure, colour cast, light gradient, gamma, blur and sensor noise
-(domain randomisation): the network sees many cameras and never the same light twice.
+The background is a tray (terracotta, or dark or grey plastic) with straight walls, the plant's
+pot and its neighbours (dark rims, granular soil with light grains, moss or algae patches of any
+extent) and, sometimes, leaves of neighbouring plants at the border, which are *not* labelled.
+Then the whole image gets a random exposure, colour cast, light gradient, gamma, blur and sensor
+noise (domain randomisation): the network sees many cameras and never the same light twice.
 
 Every knob is a field of :class:`RosetteOptions` (``dataset.rosette.*``, docs/datasets.md); the
 defaults match the aggregate statistics of the CVPPP A1 training plants, which
@@ -34,13 +34,13 @@ import dataclasses
 import difflib
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
-from recattend.data.drawing import fill, frame, polygon, smooth_noise, to_drawn
+from recattend.data.drawing import SUBPIXEL, fill, frame, polygon, smooth_noise, to_drawn
 
 _GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))
 _TERRACOTTA = np.array([204, 114, 66], np.float32)  # RGB
@@ -67,7 +67,7 @@ class RosetteOptions:
         moss: probability of moss or algae patches on the soil.
         neighbour_leaves: probability of unlabelled leaves of neighbouring plants at the border.
         brightness: exposure gain of the whole image.
-        colour_cast: spread of the per-channel gains (white balance), e.g. 0.06 for ±6 %.
+        colour_cast: standard deviation of the per-channel gains (white balance), e.g. 0.06.
         light_gradient: largest brightness change of a linear light gradient across the image.
         blur: Gaussian blur sigma as a fraction of the image's shorter side (0.002: 1 px at 500).
         noise: sensor noise sigma in grey levels (0-255), per drawn pixel.
@@ -90,63 +90,83 @@ class RosetteOptions:
     blur: tuple[float, float] = (0.0, 0.002)
     noise: tuple[float, float] = (1.0, 6.0)
 
-    # The allowed span of every knob: ranges lie inside it, probabilities in [0, 1].
-    _BOUNDS = {
-        "plant_extent": (0.05, 1.5),
-        "youngest_leaf": (0.02, 1.0),
-        "leaf_aspect": (0.5, 5.0),
-        "petiole": (0.0, 0.8),
-        "leaf_hue": (0.0, 360.0),
-        "leaf_value": (0.0, 1.0),
-        "overlap_shadow": (0.0, 1.0),
-        "brightness": (0.1, 4.0),
-        "colour_cast": (0.0, 0.5),
-        "light_gradient": (0.0, 0.9),
-        "blur": (0.0, 0.05),
-        "noise": (0.0, 64.0),
-    }
+    def __post_init__(self) -> None:
+        """Check every knob (and store ranges as float pairs, numbers as floats).
+
+        Raises:
+            ValueError: a range that is not [low, high] with low <= high inside the knob's span
+                (:data:`SPANS`), or a number outside its span; the message names the knob.
+        """
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            ranged = isinstance(field.default, tuple)
+            object.__setattr__(self, field.name, _checked(field.name, value, ranged))
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any] | None) -> RosetteOptions:
         """Options from ``dataset.rosette`` (any subset of the fields; None: the defaults).
 
         Raises:
-            ValueError: an unknown key (with the closest name), a range that is not [low, high]
-                with low <= high inside the knob's span, or a probability outside [0, 1].
+            ValueError: an unknown key (with the closest name), or a value out of its span
+                (:meth:`__post_init__`).
         """
         if values is None:
             return cls()
         if not isinstance(values, Mapping):
             raise ValueError(f"dataset.rosette={values!r} must be a mapping of knob: value")
         names = [f.name for f in dataclasses.fields(cls)]
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
+        for key in values:
             if key not in names:
                 close = difflib.get_close_matches(str(key), names, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise ValueError(
                     f"dataset.rosette.{key}: no such knob{hint}; the knobs are {names}"
                 )
-            kwargs[key] = _checked(key, value, cls._BOUNDS.get(key))
-        return cls(**kwargs)
+        return cls(**dict(values))
 
 
-def _checked(key: str, value: Any, bounds: tuple[float, float] | None) -> Any:
-    def number(v: Any) -> bool:
-        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+# The allowed span of every knob: a range's low and high lie inside it, and so does a number.
+SPANS = {
+    "plant_extent": (0.05, 1.5),
+    "youngest_leaf": (0.02, 1.0),
+    "leaf_aspect": (0.5, 5.0),
+    "petiole": (0.0, 0.8),
+    "leaf_hue": (0.0, 360.0),
+    "leaf_value": (0.0, 1.0),
+    "overlap_shadow": (0.0, 1.0),
+    "pot": (0.0, 1.0),
+    "tray": (0.0, 1.0),
+    "moss": (0.0, 1.0),
+    "neighbour_leaves": (0.0, 1.0),
+    "brightness": (0.1, 4.0),
+    "colour_cast": (0.0, 0.5),
+    "light_gradient": (0.0, 0.9),
+    "blur": (0.0, 0.05),
+    "noise": (0.0, 64.0),
+}
 
+
+def _number(value: Any) -> bool:
+    """A finite real number (not a bool)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _checked(key: str, value: Any, ranged: bool) -> float | tuple[float, float]:
+    """``value`` of knob ``key`` checked against its span: a float, or a (low, high) pair."""
+    lo, hi = SPANS[key]
     where = f"dataset.rosette.{key}={value!r}"
-    if bounds is None:  # a probability
-        if not number(value) or not 0 <= value <= 1:
-            raise ValueError(f"{where} must be a probability in [0, 1]")
-        return float(value)
-    lo, hi = bounds
-    if key in ("colour_cast", "light_gradient"):
-        if not number(value) or not lo <= value <= hi:
+    if not ranged:
+        if not _number(value) or not lo <= value <= hi:
             raise ValueError(f"{where} must be a number in [{lo}, {hi}]")
         return float(value)
-    pair = list(value) if isinstance(value, list | tuple) or hasattr(value, "__len__") else None
-    if pair is None or isinstance(value, str) or len(pair) != 2 or not all(map(number, pair)):
+    sequence = isinstance(value, Sequence | np.ndarray) and not isinstance(value, str | bytes)
+    pair = list(value) if sequence else None
+    if pair is None or len(pair) != 2 or not all(map(_number, pair)):
         raise ValueError(f"{where} must be a range [low, high] of two numbers")
     if not lo <= pair[0] <= pair[1] <= hi:
         raise ValueError(f"{where} must have {lo} <= low <= high <= {hi}")
@@ -208,7 +228,7 @@ def leaf_outline(
 
 def _disc(canvas: np.ndarray, centre: np.ndarray, radius: float, sy: float, sx: float) -> None:
     """Fill a disc given in layout pixels (an ellipse when the drawn frame is stretched)."""
-    scale = 1 << 4
+    scale = 1 << SUBPIXEL
     cv2.ellipse(
         canvas,
         tuple(int(v) for v in np.round(to_drawn(centre, sy, sx) * scale)),
@@ -219,21 +239,21 @@ def _disc(canvas: np.ndarray, centre: np.ndarray, radius: float, sy: float, sx: 
         1,
         -1,
         cv2.LINE_8,
-        4,
+        SUBPIXEL,
     )
 
 
 def _background(
     rng: np.random.Generator,
-    tex: np.random.Generator,
-    moss_rng: np.random.Generator,
+    streams: tuple[np.random.Generator, np.random.Generator, np.random.Generator],
     size: tuple[int, int],
-    layout: tuple[int, int, float, float],
+    layout: tuple[float, float, float, float],
     centre: np.ndarray,
     options: RosetteOptions,
 ) -> np.ndarray:
-    """Tray, pots, soil and moss: (H, W, 3) float32 RGB about 0-255. ``tex`` draws the
-    per-pixel textures, ``moss_rng`` the moss; ``rng`` the rest."""
+    """Tray, pots, soil and moss: (H, W, 3) float32 RGB about 0-255. ``streams`` draw the
+    low-frequency textures, the per-pixel grain and the moss; ``rng`` the rest."""
+    tex, pixels, moss_rng = streams
     h, w = size
     h0, w0, sy, sx = layout
     scale = min(h0, w0)
@@ -241,7 +261,7 @@ def _background(
     # Tray: terracotta, or a random plastic; straight walls on a grid around the pots.
     terracotta = rng.uniform() < options.tray
     tray = _TERRACOTTA * rng.uniform(0.8, 1.12) * (1 + rng.normal(0, 0.05, 3)).astype(np.float32)
-    plastic = np.full(3, rng.uniform(25, 150), np.float32) * (1 + rng.normal(0, 0.08, 3))
+    plastic = np.full(3, rng.uniform(25, 150), np.float32) * (1 + rng.normal(0, 0.04, 3))
     colour = tray if terracotta else plastic.astype(np.float32)
     img = np.empty((h, w, 3), np.float32)
     img[:] = colour
@@ -254,13 +274,13 @@ def _background(
     rim = scale * rng.uniform(0.008, 0.03)
     rim_colour = np.full(3, rng.uniform(15, 70), np.float32)
     tilt = rng.uniform(-0.1, 0.1)
-    # Tray walls: lines between the pot cells, a lighter edge beside a darker one.
+    # Tray walls: straight lines between the pot cells, each lighter or darker than the tray.
     walls = np.zeros((h, w), np.float32)
     direction = np.array([math.cos(tilt), math.sin(tilt)])
     normal = np.array([-direction[1], direction[0]])
     for axis, step in ((direction, normal), (normal, direction)):
         for k in (-1.5, -0.5, 0.5, 1.5):
-            mid = pot_centre + axis * 0.0 + step * k * pitch
+            mid = pot_centre + step * k * pitch
             ends = to_drawn(np.stack([mid - 3 * scale * axis, mid + 3 * scale * axis]), sy, sx)
             thickness = max(1, round(0.012 * dscale * rng.uniform(0.5, 1.5)))
             cv2.polylines(
@@ -278,11 +298,11 @@ def _background(
         soil[:] = 1
         rims[:] = 0
     rims &= ~soil.astype(bool)
-    img[rims.astype(bool)] = rim_colour * (1 + 0.1 * tex.normal(0, 1, (int(rims.sum()), 1)))
+    img[rims.astype(bool)] = rim_colour * (1 + 0.1 * pixels.normal(0, 1, (int(rims.sum()), 1)))
     # Soil: dark granular brown with light grains (perlite), moss patches.
     soil_colour = _SOIL * rng.uniform(0.7, 1.6) * (1 + rng.normal(0, 0.06, 3)).astype(np.float32)
     grain = cv2.GaussianBlur(
-        tex.normal(0, 1, (h, w)).astype(np.float32), (0, 0), max(0.3, 0.0025 * dscale)
+        pixels.normal(0, 1, (h, w)).astype(np.float32), (0, 0), max(0.3, 0.0025 * dscale)
     )
     grain /= max(float(grain.std()), 1e-6)
     earth = (
@@ -367,7 +387,9 @@ def render_rosette(
         num_leaves: leaves drawn (a leaf hidden entirely under younger ones has an empty mask).
         shade_jitter: spread of the per-leaf colour around the plant's; 0: every leaf the same.
         layout_size: (H0, W0) the scene is laid out in: the same generator state gives the same
-            scene at every ``size``, stretched by H / H0 and W / W0; None: ``size``.
+            scene at every ``size`` of one aspect, scaled by H / H0. The scene takes the drawn
+            aspect (W0 becomes H0 W / H), so the plant stays round in an image of any shape;
+            None: ``size``.
         options: the knobs (:class:`RosetteOptions`); None: the defaults.
 
     Returns:
@@ -376,19 +398,25 @@ def render_rosette(
     """
     options = options or RosetteOptions()
     h, w = size
-    h0, w0, sy, sx = frame(size, layout_size)
+    h0, _, sy, _ = frame(size, layout_size)
+    # A plant is round in a photo of any shape: the scene takes the drawn image's aspect, and the
+    # layout only sets its scale (H0 layout pixels across the image's height).
+    w0, sx = w * h0 / h, sy
     scaled = (h0, w0) != (h, w)
     scale = min(h0, w0)
     dscale = min(h, w)
-    edge = max(1, round(min(sx, sy))) if scaled else 1  # the masks' margin (drawing.fill)
-    # Side streams: per-pixel draws, and the optional parts, so that neither the drawn size nor
-    # a part switched on or off moves the scene's other draws.
+    edge = max(1, round(sx)) if scaled else 1  # the masks' margin (drawing.fill)
+    # Side streams: the low-frequency textures, the per-pixel draws (grain, sensor noise) and the
+    # optional parts, so that neither the drawn size nor a part switched on or off moves the
+    # scene's other draws.
     seed = int(rng.integers(1 << 62))
-    tex, noise_rng, moss_rng, neighbour_rng = (np.random.default_rng([seed, k]) for k in range(4))
+    tex, pixels, noise_rng, moss_rng, neighbour_rng = (
+        np.random.default_rng([seed, k]) for k in range(5)
+    )
 
     radius = 0.5 * _uniform(rng, options.plant_extent) * scale
     centre = np.array([w0 / 2, h0 / 2]) + rng.normal(0, 0.04, 2) * scale
-    img = _background(rng, tex, moss_rng, size, (h0, w0, sy, sx), centre, options)
+    img = _background(rng, (tex, pixels, moss_rng), size, (h0, w0, sy, sx), centre, options)
 
     # The plant's colour, and the light: the shadows fall away from it.
     hue = _uniform(rng, options.leaf_hue)
@@ -402,7 +430,7 @@ def render_rosette(
         other = neighbour_rng
         for _ in range(int(other.integers(1, 6))):
             side = other.uniform(0, 2 * math.pi)
-            reach = scale * other.uniform(0.75, 1.0)
+            reach = scale * other.uniform(0.6, 0.85)
             base = centre + reach * np.array([math.cos(side), math.sin(side)])
             length = radius * other.uniform(0.4, 0.9)
             width = length / other.uniform(1.2, 2.0)

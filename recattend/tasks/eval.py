@@ -9,6 +9,9 @@ weights record the data they were trained on: without a dataset chosen on the co
 Every module setting comes from the checkpoint, except the evaluation-only ones that the
 ``evaluate`` mapping overrides (:data:`EVALUATION_KEYS`, e.g. ``evaluate.stop_rule=first_below``
 or ``evaluate.postprocess.blur=false``): the post-processing can be changed without retraining.
+A segmenter is built for the data's ``dataset.resolution``, which may differ from the one it was
+trained at: its attention layer is resampled to it, with a warning (a pre-processor must run at
+its own resolution, and every model at its own T).
 """
 
 from __future__ import annotations
@@ -175,12 +178,13 @@ def _warn_resolution(
     trained = ((saved.get("hyper_parameters") or {}).get("net") or {}).get("image_size")
     if trained is None or list(trained) == list(datamodule.resolution):
         return
+    scale = [now / then for now, then in zip(datamodule.resolution, trained, strict=True)]
     log.warning(
         "%s was trained at %dx%d and runs at dataset.resolution=%s here (its attention layer "
-        "resampled): objects appear %.2fx their training size to it. Its own resolution is "
-        "dataset.resolution=[%d,%d]; fine-tuning (init_from) adapts it to a new one.",
-        name, *trained, list(datamodule.resolution),
-        datamodule.resolution[0] / trained[0], *trained,
+        "resampled): objects appear %.2fx (height) by %.2fx (width) their training size to it. "
+        "Its own resolution is dataset.resolution=[%d,%d]; fine-tuning (init_from) adapts it "
+        "to a new one.",
+        name, *trained, list(datamodule.resolution), *scale, *trained,
     )  # fmt: skip
 
 

@@ -4,7 +4,8 @@
 rosettes at a real photo's size (500 x 530 by default) with any generator setting (the knobs of
 ``dataset.rosette``, as ``rosette_stats`` takes them) and writes them as a grid of pairs, image
 left and leaves right (each leaf its own colour, oldest first in the palette's order,
-background black), scaled by ``--scale``. The default file is the one the docs show.
+background black), scaled by ``--scale``. The docs' picture is
+``make gallery ARGS="--out docs/images/rosettes.jpg"`` with the defaults.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from recattend.data.rosette import RosetteOptions
 from recattend.tasks.rosette_stats import draws, parse_knobs
 from recattend.visualise import PALETTE
 
-DEFAULT_OUT = Path("docs/images/rosettes.jpg")
+DEFAULT_OUT = Path("outputs/gallery/rosettes.jpg")
 
 
 def label_image(masks: np.ndarray) -> np.ndarray:
@@ -72,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         parser.error("--num >= 1, --columns >= 1, 0 < --scale <= 4, --size of at least 8 px")
     if not 0 <= args.leaves[0] <= args.leaves[1]:
         parser.error(f"--leaves {args.leaves[0]} {args.leaves[1]}: need 0 <= MIN <= MAX")
+    if not cv2.haveImageWriter(str(args.out)):
+        parser.exit(2, f"error: --out {args.out}: not an image file type (use .jpg or .png)\n")
     try:
         options = parse_knobs(args.knob)
     except ValueError as error:
@@ -79,10 +82,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     picture = gallery(
         args.num, tuple(args.size), tuple(args.leaves), args.seed, options, args.columns, args.scale
     )
-    if not cv2.haveImageWriter(str(args.out)):
-        parser.exit(2, f"error: --out {args.out}: not an image file type (use .jpg or .png)\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(args.out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    if not cv2.imwrite(str(args.out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+        parser.exit(2, f"error: --out {args.out}: the picture could not be written there\n")
     print(f"{args.num} rosettes and their labels: {args.out}")
     return args.out
 

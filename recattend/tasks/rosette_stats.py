@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+from omegaconf import OmegaConf
 
 from recattend.data.cvppp import read_label
+from recattend.data.files import READ_ERRORS
 from recattend.data.images import read_image
 from recattend.data.rosette import RosetteOptions, render_rosette
 
@@ -119,11 +120,22 @@ def folder(root: Path) -> list[dict[str, object]]:
     rows = []
     for rgb in sorted(root.glob("plant*_rgb.png")):
         label = rgb.with_name(rgb.name.replace("_rgb.png", "_label.png"))
-        if label.exists():
-            image = read_image(rgb, MAX_PIXELS)
-            if image.dtype != np.uint8:  # 16-bit photos read as floats in [0, 1]
-                image = np.round(image * 255).astype(np.uint8)
-            rows.append(image_statistics(image, read_label(label)))
+        if not label.exists():
+            continue
+        try:
+            image, masks = read_image(rgb, MAX_PIXELS), read_label(label)
+        except READ_ERRORS as error:
+            raise ValueError(
+                f"--cvppp: {rgb.name} or {label.name} is unreadable: {error}"
+            ) from error
+        if image.shape[:2] != masks.shape[1:]:
+            raise ValueError(
+                f"--cvppp: {rgb.name} is {image.shape[1]}x{image.shape[0]} but {label.name} "
+                f"{masks.shape[2]}x{masks.shape[1]}: an image and its label must be the same size"
+            )
+        if image.dtype != np.uint8:  # 16-bit photos read as floats in [0, 1]
+            image = np.round(image * 255).astype(np.uint8)
+        rows.append(image_statistics(image, masks))
     if not rows:
         raise FileNotFoundError(
             f"--cvppp {root}: no plantNNN_rgb.png with its plantNNN_label.png in this folder"
@@ -160,7 +172,11 @@ def parse_knobs(pairs: Sequence[str]) -> RosetteOptions:
         name, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--knob {pair!r}: write name=value, e.g. --knob moss=0.2")
-        values[name.strip()] = yaml.safe_load(value)
+        # OmegaConf's YAML, as Hydra's command line: 1e-3 is a number, not a string.
+        try:
+            values[name.strip()] = OmegaConf.to_container(OmegaConf.create(f"v: {value}"))["v"]
+        except Exception as error:  # the YAML parser's own error types
+            raise ValueError(f"--knob {pair!r}: {value!r} is not a YAML value") from error
     return RosetteOptions.from_config(values)
 
 

@@ -232,7 +232,9 @@ def load_module(
         ValueError: not a checkpoint (:func:`read_checkpoint`); the checkpoint holds another
             module (its hyper-parameters are not this class's arguments, or lack a required
             one: names the module it holds when it is one of :data:`MODULE_CONFIGS`); an
-            override is not an argument; or its weights do not fit (names the tensors).
+            override is not an argument; ``resolution`` for a module without ``net.image_size``
+            (a pre-processor: it runs at the resolution it was trained at); or its weights do
+            not fit (names the tensors).
     """
     checkpoint = read_checkpoint(path, key)
     saved = checkpoint.get("hyper_parameters") or {}
@@ -292,7 +294,7 @@ def _resized(
     if not isinstance(net, Mapping) or "image_size" not in net:
         raise ValueError(
             f"{path}: its module has no net.image_size, so it cannot be built for the input "
-            f"resolution {list(resolution)}; pass its own resolution"
+            f"resolution {list(resolution)}; give its data the resolution it was trained at"
         )
     trained_at = [int(v) for v in net["image_size"]]
     if trained_at == [int(v) for v in resolution]:

@@ -205,7 +205,7 @@ def test_null_render_size_draws_exactly_what_it_drew_before() -> None:
             digest.update(raw.image.tobytes())
             digest.update(np.ascontiguousarray(raw.masks).tobytes())
     assert digest.hexdigest() == (
-        "bc2b84d01758ddcd6606605b292be777c2a6e798d8c225cb8d3c5e5c4a11d6c0"
+        "c21c63fe9513480e536c6b31a4a3d4ed18e485a6894e231c407de4361258dbe4"
     )
     # A layout equal to the size is the same as none.
     rng = [np.random.default_rng(5) for _ in range(2)]
@@ -263,7 +263,7 @@ def test_render_size_draws_the_same_scenes_at_that_size() -> None:
 
     same = (scene(a["image"]) - scene(b["image"])).abs().mean((1, 2, 3)) * 255
     shifted = (scene(a["image"]) - scene(b["image"]).roll(1, 0)).abs().mean((1, 2, 3)) * 255
-    assert (same < 12).all() and (shifted > 2.5 * same).all(), (same, shifted)
+    assert (same < 5).all() and (shifted > 5 * same).all(), (same, shifted)
 
 
 @pytest.mark.parametrize("style", ["leaves", "shapes"])

@@ -79,6 +79,7 @@ def test_eval_runs_weights_at_the_datasets_resolution(
         metrics = eval_task.run(cfg)
     assert "test/sbd" in metrics
     assert "trained at 32x32 and runs at dataset.resolution=[64, 64]" in caplog.text
+    assert "objects appear 2.00x (height) by 2.00x (width)" in caplog.text
     saved = torch.load(weights, weights_only=True)
     module = load_module(SegmenterModule, weights, resolution=[64, 64])
     assert list(module.net.image_size) == [64, 64]
