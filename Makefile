@@ -35,7 +35,7 @@ demo: $(STAMP) ## Segment a few rendered rosettes with the shipped weights: over
 	$(BIN)/python -m recattend.tasks.demo $(ARGS)
 
 train: $(STAMP) ## Train with the defaults (synthetic data); pass overrides with ARGS="..."
-	$(BIN)/python train.py $(ARGS)
+	RECATTEND_LAUNCHER="make train" $(BIN)/python train.py $(ARGS)
 
 test: $(STAMP) ## Run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

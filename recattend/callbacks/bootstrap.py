@@ -9,6 +9,7 @@ schedule are rebuilt from the new stage's settings (a fresh Adam, as in a new ru
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,6 +107,25 @@ class BootstrapStages(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.plan:
             self._apply(trainer, pl_module)  # the stage restored from a checkpoint, if any
+            self._warn_if_cut_short(trainer)
+
+    def _warn_if_cut_short(self, trainer: L.Trainer) -> None:
+        """Warn when the run's step limit ends it before its last stage begins (a run that
+        never reaches the full stage trains no masks, and scores 0 on every mask metric)."""
+        last_start = sum(int(spec["steps"]) for spec in self.plan[:-1])
+        total = trainer.estimated_stepping_batches
+        if len(self.plan) < 2 or not math.isfinite(total) or total > last_start:
+            return
+        last = self.plan[-1]["name"]
+        log.warning(
+            "bootstrap: this run ends at step %d (trainer.max_steps / max_epochs), before its "
+            "'%s' stage begins at step %d: %s. Raise the limit past step %d, or shorten the "
+            "earlier stages (callbacks.bootstrap.stages).",
+            int(total), last, last_start,
+            "the masks are never trained and every mask metric will be 0"
+            if last == "full" else "that stage never runs",
+            last_start,
+        )  # fmt: skip
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

@@ -10,9 +10,33 @@ and credits the file with the previous validation's value.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from recattend.utils.atomic import write_atomically
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing every local checkpoint whole or not at all
+    (:func:`recattend.utils.atomic.write_atomically`): the temporary file lies beside its target,
+    so a run folder on another filesystem than the system's temporary folder (cluster scratch,
+    NFS, tmpfs) never gets a truncated checkpoint under a valid name, and a full disk raises a
+    :class:`~recattend.utils.atomic.NoSpaceError` that names the folder. Remote paths (``s3://``
+    and the like) keep Lightning's own writer."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if "://" in str(path) or storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -64,8 +64,9 @@ def run_eta(
 
 
 class ProgressReport(L.Callback):
-    """Logs one progress line every ``every_n_steps`` optimizer steps or ``every_minutes``
-    minutes, whichever comes first (global rank 0 only).
+    """Logs one progress line at the first optimizer step of this process, then every
+    ``every_n_steps`` steps or ``every_minutes`` minutes, whichever comes first (global rank 0
+    only).
 
     The line holds: step / total steps, the bootstrap stage (when
     :class:`~recattend.callbacks.BootstrapStages` runs stages), the mean training loss over the
@@ -119,6 +120,7 @@ class ProgressReport(L.Callback):
         self._stage_steps = 0  # steps of the current stage seen in this process
         self._window: tuple[int, float] | None = None  # (step, training seconds) after warm-up
         self._report = (trainer.global_step, 0.0, monotonic())  # step, training s, clock
+        self._first_step = trainer.global_step  # the step this process started from
         self._images = 0
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
@@ -158,7 +160,8 @@ class ProgressReport(L.Callback):
         now = monotonic()
         train_seconds = now - self._start - self._val_seconds
         self._track_stage(trainer, step, train_seconds)
-        if step % self.every_n_steps == 0 or now - self._report[2] >= self.every_seconds:
+        first = self._report[0] == self._first_step  # no line yet: say at once that it runs
+        if first or step % self.every_n_steps == 0 or now - self._report[2] >= self.every_seconds:
             log.info(self.line(trainer, step, train_seconds, now))
             self._report = (step, train_seconds, now)
             self._images, self._loss_sum, self._loss_count = 0, None, 0

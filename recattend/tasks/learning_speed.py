@@ -134,7 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--allow-busy", action="store_true", help="run even when the machine is busy"
     )
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # options anywhere, e.g. between overrides
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -39,9 +39,8 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,7 @@ from recattend.evaluation.statistics import (
     unlike_training,
 )
 from recattend.lit import SegmenterModule
+from recattend.utils.atomic import write_atomically
 from recattend.utils.checkpoint import load_module, read_checkpoint
 from recattend.utils.cli import hydra_main
 from recattend.utils.config import process_settings, require_writable_dir
@@ -183,7 +183,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
             len(skipped), output / "skipped.csv", "\n  ".join(f"{p}: {why}" for p, why in skipped),
         )  # fmt: skip
     if cfg.coco_json:
-        _atomically(output / "results.json", lambda tmp: write_json(results, tmp))
+        write_atomically(output / "results.json", lambda tmp: write_json(results, tmp))
     log.info("%d image(s) predicted into %s", len(counts), output)
     return counts
 
@@ -219,17 +219,6 @@ def _describe_dataset(dataset: dict[str, Any]) -> str:
     return f"{name} ({', '.join(details)})" if details else name
 
 
-def _atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary file beside ``path``, then rename it over ``path``: readers see
-    the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_csv(path: Path, header: list[str], rows: Iterable[Iterable[object]]) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
@@ -237,7 +226,7 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[Iterable[object]]) 
             writer.writerow(header)
             writer.writerows(rows)
 
-    _atomically(path, write)
+    write_atomically(path, write)
 
 
 main = hydra_main("predict", f"{__name__}:run")  # the recattend-predict command

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recattend import ops
 from recattend.callbacks import ProcessGroupTeardown, ProcessSettings
+from recattend.callbacks.checkpoint import AtomicCheckpointIO
 from recattend.callbacks.interrupt import Interrupted, SaveOnInterrupt
 from recattend.data.base import InstanceDataModule
 from recattend.evaluation import Evaluate
@@ -100,7 +101,7 @@ def run(cfg: DictConfig) -> float | None:
         _continue_wandb_run(cfg, output_dir)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate_trainer(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     try:
         for logger in trainer.loggers:
@@ -117,6 +118,8 @@ def run(cfg: DictConfig) -> float | None:
             # weights at the end of training are the ones to test.
             callback = trainer.checkpoint_callback
             best = callback.best_model_path if callback and callback.monitor else ""
+            # The test table's row names what was scored.
+            scored = Path(best).name if best else f"end of training (step {trainer.global_step})"
             if not best:
                 log.info("testing the weights at the end of training")
             # Lightning's own table would print raw floats: the paper table below replaces it.
@@ -132,18 +135,19 @@ def run(cfg: DictConfig) -> float | None:
             json.dumps(metrics, indent=2, sort_keys=True) + "\n"
         )
         if tested:
-            name = str(cfg.get("task_name", "train"))
-            print(metrics_table(metrics, "test", name, paper_table(module, datamodule)))
+            print(metrics_table(metrics, "test", scored, paper_table(module, datamodule)))
         for line in saved:
             log.info(line)
         log.info("outputs in %s (every metric: metrics.json)", output_dir)
     if interrupt.interrupted:
         if trainer.is_global_zero:
+            status = 128 + interrupt.signum
             log.warning(
                 "training stopped by %s after step %s: saved %s and the metrics so far in %s. "
-                "Resume with:\n  %s",
+                "Resume with:\n  %s\nThe exit status, %d, means stopped on request with the "
+                "checkpoint saved (make reports it as 'Error %d').",
                 metrics["signal"], metrics["step"], interrupt.path, output_dir / "metrics.json",
-                resume_command(interrupt.path),
+                resume_command(interrupt.path), status, status,
             )  # fmt: skip
         raise Interrupted(interrupt.signum)
     name = cfg.get("optimized_metric")

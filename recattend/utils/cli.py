@@ -20,7 +20,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import re
 import shlex
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -76,6 +78,10 @@ def hydra_main(config_name: str, task: str) -> Callable[[], None]:
 
     def main() -> None:
         nonlocal user_setting
+        unknown = unknown_checkpoint(config_name, _overrides(sys.argv[1:]))
+        if unknown:  # before Hydra makes a run folder
+            sys.stderr.write(unknown + "\n")
+            sys.exit(1)
         user_setting = os.environ.get(_FULL_ERROR)
         _set_full_error("1")
         try:
@@ -96,6 +102,34 @@ def hydra_main(config_name: str, task: str) -> Callable[[], None]:
     return main
 
 
+# The settings that name a checkpoint: shipped weights by name, or a file.
+CHECKPOINT_KEYS = ("weights", "init_from", "ckpt_path")
+
+
+def unknown_checkpoint(config_name: str, overrides: Sequence[str]) -> str | None:
+    """The error report for an override that names a checkpoint that is neither shipped
+    weights nor a file (``weights=leavs``), with the closest shipped names; None when every
+    such override is fine. ``ckpt_path=last`` (training's resume) and multirun lists are left to
+    the task."""
+    from recattend import pretrained  # light: no PyTorch
+
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key not in CHECKPOINT_KEYS or value in ("", "null", "None") or "," in value:
+            continue
+        if key == "ckpt_path" and config_name == "train" and value == "last":
+            continue
+        if value in pretrained.REGISTRY or Path(value).expanduser().is_file():
+            continue
+        close = _close(value, list(pretrained.REGISTRY))
+        meant = f" Did you mean {key}={close[0]}?" if close else ""
+        return (
+            f"Error: {key}={value}: no shipped weights of that name and no such file.{meant}\n"
+            f"Shipped weights: {', '.join(pretrained.REGISTRY)}; or give a checkpoint file's path."
+        )
+    return None
+
+
 def _set_full_error(value: str | None) -> None:
     if value is None:
         os.environ.pop(_FULL_ERROR, None)
@@ -108,23 +142,45 @@ def _overrides(argv: Sequence[str]) -> list[str]:
     return [arg for arg in argv if "=" in arg and not arg.startswith("-")]
 
 
+# Set by the Makefile's train target to "make train": resume commands then go through make too.
+LAUNCHER = "RECATTEND_LAUNCHER"
+
+
 def program() -> str:
-    """How this process was started, for the commands that messages show: ``python train.py``
-    for a script, ``recattend-train`` for an installed command."""
+    """How this process was started, as a command that works from the folder it was started in
+    with or without the virtual environment activated: ``python train.py`` when ``python`` on
+    the PATH is this interpreter, else this interpreter's path (``.venv/bin/python train.py``);
+    an installed command (``recattend-train``) by its name when the PATH finds it, else by its
+    path."""
     name = sys.argv[0] if sys.argv and sys.argv[0] else "train.py"
-    return f"python {name}" if name.endswith(".py") else os.path.basename(name)
+    if name.endswith(".py"):
+        return f"{_command('python', sys.executable)} {name}"
+    return _command(os.path.basename(name), name)
+
+
+def _command(name: str, path: str) -> str:
+    """``name`` when the PATH finds ``path`` by it, else ``path`` (relative to the working folder
+    when inside it)."""
+    found = shutil.which(name)
+    if found and os.path.abspath(found) == os.path.abspath(path):
+        return name
+    relative = os.path.relpath(os.path.abspath(path))
+    return relative if not relative.startswith("..") else os.path.abspath(path)
 
 
 def resume_command(checkpoint: Path) -> str:
-    """The command that resumes this run from ``checkpoint``: the program, this run's (or
-    multirun job's) overrides less ``ckpt_path``, and ``ckpt_path=<checkpoint>``, quoted for a
-    POSIX shell."""
+    """The command that resumes this run from ``checkpoint``: the program (or ``make train``
+    for a run ``make train`` started), this run's (or multirun job's) overrides less
+    ``ckpt_path``, and ``ckpt_path=<checkpoint>``, quoted for a POSIX shell."""
     overrides: list[str] = []
     if HydraConfig.initialized():
         overrides = [
             str(o) for o in HydraConfig.get().overrides.task if _key(str(o)) != "ckpt_path"
         ]
     words = [*overrides, f"ckpt_path={checkpoint}"]
+    if os.environ.get(LAUNCHER) == "make train":
+        inner = " ".join(shlex.quote(word) for word in words)
+        return 'make train ARGS="' + re.sub(r'([\\"$`])', r"\\\1", inner) + '"'  # for the shell
     return " ".join([program(), *(shlex.quote(word) for word in words)])
 
 

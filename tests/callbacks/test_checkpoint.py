@@ -8,6 +8,7 @@ which step they are from.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ import torch
 from hydra.utils import instantiate
 
 from recattend.callbacks import LastCheckpoint
+from recattend.callbacks import checkpoint as checkpoint_module
+from recattend.callbacks.checkpoint import AtomicCheckpointIO
+from recattend.utils.atomic import NoSpaceError
 from recattend.utils.summary import checkpoint_summary
 from tests.callbacks.scripted import Scripted
 from tests.helpers import quiet_trainer
@@ -69,3 +73,50 @@ def test_last_checkpoint_resumes_and_the_best_survives(compose_train, tmp_path: 
 def test_the_last_checkpoint_needs_an_interval(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"every_n_train_steps=None: give the optimizer steps"):
         LastCheckpoint(tmp_path, None)
+
+
+# Written whole or not at all (AtomicCheckpointIO, utils.atomic).
+
+
+def _disk_full_after(nbytes: int):
+    """A torch.save that writes ``nbytes`` of the file, then fails as a full disk does."""
+
+    def save(obj, target) -> None:
+        with open(target, "wb") as f:
+            f.write(b"x" * nbytes)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return save
+
+
+def test_a_full_disk_leaves_no_partial_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "ckpts" / "best.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
+    before = target.read_bytes()
+    monkeypatch.setattr(checkpoint_module.torch, "save", _disk_full_after(100))
+    with pytest.raises(NoSpaceError, match=r"no space left in .*ckpts while writing best\.ckpt"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
+    assert target.read_bytes() == before, "the earlier checkpoint is untouched"
+    assert [p.name for p in target.parent.iterdir()] == ["best.ckpt"], "no temporary file left"
+    with pytest.raises(NoSpaceError, match=r"nothing of it was kept \(no earlier file\)"):
+        io.save_checkpoint({}, tmp_path / "ckpts" / "other.ckpt")
+    assert not (tmp_path / "ckpts" / "other.ckpt").exists()
+    # Other errors pass through as they are, the temporary file removed all the same.
+    monkeypatch.setattr(checkpoint_module.torch, "save", lambda obj, f: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        io.save_checkpoint({}, target)
+    assert [p.name for p in target.parent.iterdir()] == ["best.ckpt"]
+
+
+def test_training_writes_checkpoints_through_the_atomic_writer(
+    compose_train, tmp_path: Path, monkeypatch
+) -> None:
+    from recattend.tasks import train
+    from tests.helpers import TINY
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", _disk_full_after(1000))
+    with pytest.raises(NoSpaceError, match="no space left in"):
+        train.run(compose_train(*TINY, "logger=none", "test=false"))
+    assert not list((tmp_path / "checkpoints").glob("*")), "no file, whole or partial"

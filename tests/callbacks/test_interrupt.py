@@ -94,6 +94,9 @@ def test_sigterm_saves_the_step_and_resuming_finishes_the_same_steps(
     }
     assert "train/loss" in metrics and not any(k.startswith("test/") for k in metrics)
     assert "Resume with:" in caplog.text and f"ckpt_path={last}" in caplog.text
+    assert "The exit status, 143, means stopped on request with the checkpoint saved" in (
+        caplog.text
+    )
     assert _logged_steps(tmp_path) == [0, 1, 2]
 
     # Resuming runs the remaining 3 steps (epoch 1's second, epoch 2's two): 6 in all, each once.

@@ -56,10 +56,14 @@ def test_lines_show_progress_speed_and_eta(
         trainer.fit(Scripted())
     lines = [r.getMessage() for r in caplog.records if r.name == progress_module.__name__]
     assert lines == [
-        # Step 4: 24 images in 24 training s; box speed from step 2 on: (24 - 20) / 2 = 2 s per
-        # step, 8 steps left; no validation measured yet. The full stage is still to come, at
-        # an unknown speed: the estimate is marked and says so.
-        "step 4/12 (33%) | stage box | loss 2.5000 | lr 1.00e+00 | 1.0 img/s | elapsed 0:00:24"
+        # Step 1, the first of the run: a line at once. 6 images in 10 s; the stage's warm-up is
+        # not over, so the interval's 10 s per step stands in for its speed: 11 steps left.
+        "step 1/12 (8%) | stage box | loss 1.0000 | lr 1.00e+00 | 0.6 img/s | elapsed 0:00:10"
+        " | ETA ~0:01:50 (max_steps, at the box stage's speed; full not timed yet)",
+        # Step 4: 18 images in 14 training s since step 1; box speed from step 2 on:
+        # (24 - 20) / 2 = 2 s per step, 8 steps left; no validation measured yet. The full stage
+        # is still to come, at an unknown speed: the estimate is marked and says so.
+        "step 4/12 (33%) | stage box | loss 3.0000 | lr 1.00e+00 | 1.3 img/s | elapsed 0:00:24"
         " | ETA ~0:00:16 (max_steps, at the box stage's speed; full not timed yet)",
         # Step 8: the full stage's speed is not measured past its warm-up (steps 7, 8), so the
         # interval's stands in: 24 s / 4 steps = 6 s x 4 steps left, plus step 8's and step 12's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,21 @@ def test_model_without_box_network_skips_the_box_stage(tmp_path: Path, caplog) -
     assert [s["stage"] for s in probe.seen] == ["full", "full"]
     assert probe.seen[0]["lr"] == pytest.approx(0.002)  # the full stage's settings from the start
     assert "cannot train a 'box' stage" in caplog.text
+
+
+@pytest.mark.parametrize(("max_steps", "warned"), [(2, True), (3, False)])
+def test_a_run_that_ends_before_its_last_stage_is_warned_about(
+    tmp_path: Path, caplog, max_steps: int, warned: bool
+) -> None:
+    # The full stage begins at step 2: a 2-step run never reaches it, a 3-step run does.
+    trainer = _trainer(tmp_path, [BootstrapStages(_stages())], max_steps=max_steps)
+    with caplog.at_level(logging.WARNING):
+        trainer.fit(tiny_segmenter(), datamodule=tiny_data(16))
+    message = (
+        "bootstrap: this run ends at step 2 (trainer.max_steps / max_epochs), before its 'full' "
+        "stage begins at step 2: the masks are never trained and every mask metric will be 0"
+    )
+    assert (message in caplog.text) is warned
 
 
 @pytest.mark.parametrize(

@@ -99,8 +99,9 @@ def test_allow_busy_runs_and_writes_curve_table_and_summary(monkeypatch, tmp_pat
 
     monkeypatch.setattr(learning_speed.subprocess, "run", fake_run)
     out = tmp_path / "out"
+    # Options anywhere on the line: here between the experiment and an override.
     summary = learning_speed.main(
-        ["leaves_few", "module.lr=2e-3", "--allow-busy", "--out", str(out)]
+        ["leaves_few", "--out", str(out), "module.lr=2e-3", "--allow-busy"]
     )
     assert commands[0][2:] == [
         "experiment=leaves_few",

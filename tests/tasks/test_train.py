@@ -32,7 +32,10 @@ def test_train_writes_metrics_checkpoints_csv_and_offline_wandb(
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"train/loss", metric, metric.replace("test/", "val/")} <= set(metrics)
     assert 0.0 <= metrics[metric] <= 1.0
-    assert "| train |" in capsys.readouterr().out  # the paper-style table of test metrics
+    # The paper-style table of test metrics, its row named by what was scored: the best
+    # checkpoint by the monitored metric.
+    best = [p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt")]
+    assert len(best) == 1 and f"| {best[0]} |" in capsys.readouterr().out
     assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B offline run folder missing"
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     assert list((tmp_path / "figures").glob("val_step*.png")), "validation figure missing"
@@ -272,3 +275,16 @@ def test_runs_started_together_keep_apart_and_resume_picks_its_own(
     none = run_cli([*common, "seed=3", "ckpt_path=last"], ROOT, offline_env)
     assert none.returncode != 0
     assert "no run under" in none.stderr and "seed=2 (this command: seed=3)" in none.stderr
+
+
+def test_debug_tiny_runs_both_stages_and_the_test_split(compose_train, tmp_path: Path) -> None:
+    cfg = compose_train("debug=tiny", "logger=none")
+    train.run(cfg)
+    assert cfg.dataset.resolution == [64, 64] and cfg.dataset.max_instances == 4
+    # 32 images of batch 4 for 3 epochs; the full stage (from step 8) trained the masks.
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 24
+    (stages,) = (v for k, v in saved["callbacks"].items() if k.startswith("BootstrapStages"))
+    assert stages["stage"] == "full"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"test/sbd", "train/loss_segm"} <= set(metrics)

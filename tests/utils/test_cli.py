@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from recattend.utils import cli
 from recattend.utils.cli import resume_command
 from tests.helpers import ROOT, run_cli
 
@@ -84,6 +85,28 @@ def test_a_mistyped_override_names_the_closest_and_leaves_no_folder(
     assert _folders(tmp_path) == []  # a multirun's folder too (Hydra makes it first)
 
 
+@pytest.mark.parametrize(
+    ("script", "override", "expected"),
+    [
+        ("eval.py", "weights=leavs", "weights=leavs: no shipped weights of that name and no such "
+         "file. Did you mean weights=leaves?\nShipped weights: leaves;"),
+        ("predict.py", "weights=lef input=. output=out", "weights=lef: no shipped weights of "
+         "that name and no such file.\nShipped weights: leaves;"),
+        ("train.py", "init_from=leafs", "Did you mean init_from=leaves?"),
+        ("eval.py", "ckpt_path=runs/missing.ckpt", "ckpt_path=runs/missing.ckpt: no shipped"),
+    ],
+    ids=["weights", "no close name", "init_from", "ckpt_path"],
+)  # fmt: skip
+def test_a_mistyped_checkpoint_name_is_answered_and_leaves_no_folder(
+    tmp_path: Path, offline_env: dict[str, str], script: str, override: str, expected: str
+) -> None:
+    result = _run([script, *override.split()], tmp_path, offline_env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert _folders(tmp_path) == []
+
+
 def test_full_error_keeps_the_traceback_with_the_suggestion(
     tmp_path: Path, offline_env: dict[str, str]
 ) -> None:
@@ -98,10 +121,26 @@ def test_resume_command_repeats_the_overrides_with_the_checkpoint(
     compose_train, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     compose_train("seed=3", "dataset.resolution=[32,32]", "ckpt_path=last")
+    monkeypatch.delenv(cli.LAUNCHER, raising=False)
     monkeypatch.setattr(sys, "argv", ["train.py"])
+    # `python` on the PATH is this interpreter (an activated venv): python train.py ...
+    monkeypatch.setattr(cli.shutil, "which", lambda name: sys.executable)
     assert resume_command(Path("/runs/a b/checkpoints/last.ckpt")) == (
         "python train.py seed=3 'dataset.resolution=[32,32]' "
         "'ckpt_path=/runs/a b/checkpoints/last.ckpt'"
     )
+    # It is not (the venv not activated): this interpreter's path, relative where it can be.
+    monkeypatch.setattr(cli.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.chdir(Path(sys.executable).parent)
+    assert resume_command(Path("/r/last.ckpt")).startswith(
+        f"{Path(sys.executable).name} train.py seed=3 "
+    )
     monkeypatch.setattr(sys, "argv", ["/venv/bin/recattend-train"])
+    assert resume_command(Path("/r/last.ckpt")).startswith("/venv/bin/recattend-train seed=3 ")
+    monkeypatch.setattr(cli.shutil, "which", lambda name: "/venv/bin/" + name)
     assert resume_command(Path("/r/last.ckpt")).startswith("recattend-train seed=3 ")
+    # Started by `make train`: resumed by make too, the overrides in ARGS.
+    monkeypatch.setenv(cli.LAUNCHER, "make train")
+    assert resume_command(Path("/runs/a b/last.ckpt")) == (
+        "make train ARGS=\"seed=3 'dataset.resolution=[32,32]' 'ckpt_path=/runs/a b/last.ckpt'\""
+    )
