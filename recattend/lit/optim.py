@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import numbers
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -28,6 +30,40 @@ def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
         {"params": weights, "weight_decay": weight_decay},
         {"params": others, "weight_decay": 0.0},
     ]
+
+
+def check_settings(**settings: Any) -> None:
+    """Refuse optimiser settings torch would reject later, or that would silently train
+    nothing, naming the ``module.<key>`` (``lr``, ``lr_decay``, ``lr_decay_steps``,
+    ``lr_warmup_steps``, ``weight_decay``, ``adam_betas``; those given are checked).
+
+    Raises:
+        ValueError: e.g. ``module.lr=-1 must be a number > 0``.
+    """
+    rules = {
+        "lr": (lambda v: v > 0, "a number > 0, e.g. module.lr=1e-3"),
+        "lr_decay": (lambda v: 0 < v <= 1, "in (0, 1]: the factor per lr_decay_steps"),
+        "lr_decay_steps": (lambda v: v >= 1, "an integer >= 1"),
+        "lr_warmup_steps": (lambda v: v >= 0, "an integer >= 0 (0: no warm-up)"),
+        "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    }
+    for key, value in settings.items():
+        if key == "adam_betas":
+            ok = (
+                isinstance(value, Sequence)
+                and len(value) == 2
+                and all(_real(b) and 0 <= b < 1 for b in value)
+            )
+            if not ok:
+                raise ValueError(f"module.adam_betas={value!r} must be two numbers in [0, 1)")
+            continue
+        rule, what = rules[key]
+        if not _real(value) or not rule(value):
+            raise ValueError(f"module.{key}={value!r} must be {what}")
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def adam(

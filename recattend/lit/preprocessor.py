@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryJaccardIndex, MulticlassAccuracy
 
-from recattend.lit.optim import adam, decay_groups, mixed_precision
+from recattend.lit.optim import adam, check_settings, decay_groups, mixed_precision
 from recattend.models.preprocessor import Preprocessor, foreground_probability
 from recattend.structures import ANGLE_IGNORE, NUM_ANGLE_CLASSES
 from recattend.visualise import figure3
@@ -58,6 +58,9 @@ class PreprocessorModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_settings(
+            lr=lr, lr_decay=lr_decay, lr_decay_steps=lr_decay_steps, weight_decay=weight_decay
+        )
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"module.optimizer='{optimizer}' must be 'adam' or 'sgd'")
         self.net = Preprocessor(**(net or {}))

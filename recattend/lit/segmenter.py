@@ -42,7 +42,7 @@ from torch import Tensor
 from recattend import ops
 from recattend.callbacks.teacher_forcing import TeacherForcing
 from recattend.lit.nonfinite import NonFiniteGuard
-from recattend.lit.optim import adam, lr_factor, mixed_precision
+from recattend.lit.optim import adam, check_settings, lr_factor, mixed_precision
 from recattend.losses import (
     box_stage_losses,
     padded_box_masks,
@@ -162,6 +162,10 @@ class SegmenterModule(L.LightningModule):
         max_skipped: int = 10,
     ) -> None:
         super().__init__()
+        check_settings(
+            lr=lr, lr_decay=lr_decay, lr_decay_steps=lr_decay_steps,
+            lr_warmup_steps=lr_warmup_steps, weight_decay=weight_decay, adam_betas=adam_betas,
+        )  # fmt: skip
         if checkpoint_steps not in CHECKPOINT_STEPS:
             raise ValueError(
                 f"module.checkpoint_steps={checkpoint_steps!r}: use true (recompute whole steps), "

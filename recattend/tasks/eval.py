@@ -37,6 +37,7 @@ from recattend.tasks.train import paper_table, scalars
 from recattend.utils.checkpoint import load_module, read_checkpoint
 from recattend.utils.cli import hydra_main
 from recattend.utils.config import (
+    checked_seed,
     instantiate_data,
     instantiate_group,
     instantiate_trainer,
@@ -61,8 +62,9 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
     output_dir = require_writable_dir(cfg.paths.output_dir, "paths.output_dir")
     key, name = pretrained.chosen(cfg.get("ckpt_path"), cfg.get("weights"))
     ckpt = pretrained.checkpoint_file(name, key)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    seed = checked_seed(cfg.get("seed"))
+    if seed is not None:
+        L.seed_everything(seed, workers=True)
     module_cls = get_class(cfg.module._target_)
     saved = read_checkpoint(ckpt, key, mmap=True)  # the settings only: the tensors stay mapped
     overrides = evaluation_overrides(cfg.get("evaluate"), saved.get("hyper_parameters") or {})

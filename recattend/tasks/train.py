@@ -38,11 +38,12 @@ from recattend.data.base import InstanceDataModule
 from recattend.evaluation import Evaluate
 from recattend.lit import PreprocessorModule, SegmenterModule
 from recattend.report import metrics_table
-from recattend.utils.checkpoint import load_weights, read_checkpoint
+from recattend.utils.checkpoint import listed, load_weights, misfits, read_checkpoint
 from recattend.utils.cli import hydra_main, resume_command
 from recattend.utils.config import (
     check_checkpointing,
     check_multirun_strategy,
+    checked_seed,
     instantiate_data,
     instantiate_group,
     instantiate_trainer,
@@ -67,8 +68,9 @@ def run(cfg: DictConfig) -> float | None:
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir)
     for line in run_summary(cfg, output_dir, ckpt_path):
         log.info(line)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    seed = checked_seed(cfg.get("seed"))
+    if seed is not None:
+        L.seed_everything(seed, workers=True)
 
     datamodule, evaluator = instantiate_data(cfg.dataset)
     if cfg.get("test", False) and not datamodule.labelled("test"):
@@ -88,6 +90,16 @@ def run(cfg: DictConfig) -> float | None:
     ops.configure(**settings)
     if cfg.get("init_from"):
         load_weights(module, cfg.init_from, fit=_fit_resolution(module) if segmenter else None)
+    if ckpt_path is not None:  # before Lightning's own load, whose error names no fix
+        problems = misfits(read_checkpoint(ckpt_path, mmap=True)["state_dict"],
+                           module.state_dict(), strict=True)  # fmt: skip
+        if problems:
+            raise ValueError(
+                f"ckpt_path={ckpt_path} cannot be resumed with this run's model: "
+                f"{listed(problems)}. Resume with "
+                "the settings the run was started with (its .hydra/config.yaml), or start from "
+                "its weights only with init_from=<checkpoint>"
+            )
     interrupt = SaveOnInterrupt(output_dir / "checkpoints")  # always on, like the two below
     callbacks = [
         *instantiate_group(cfg.get("callbacks")),

@@ -62,8 +62,30 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", mmap: bool = False
         shown = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
         why = f"a dict without a 'state_dict' mapping; its keys: {shown or 'none'}"
     else:
+        _warn_if_newer(checkpoint, path, key)
         return upgrade_checkpoint(checkpoint)
     raise ValueError(f"{key}={path} is not a recattend/Lightning checkpoint ({why})")
+
+
+def _warn_if_newer(checkpoint: Mapping[str, Any], path: str | Path, key: str) -> None:
+    """Warn when a newer Lightning than the installed one wrote the checkpoint: it may hold
+    state this version reads wrongly or not at all."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import InvalidVersion, Version
+
+    written = checkpoint.get("pytorch-lightning_version")
+    try:
+        installed = version("lightning")
+        newer = written is not None and Version(str(written)) > Version(installed)
+    except (PackageNotFoundError, InvalidVersion):
+        return
+    if newer:
+        log.warning(
+            "%s=%s was written by Lightning %s, newer than the installed %s: upgrade Lightning "
+            "(pip install -U lightning) if loading it fails or its state looks wrong",
+            key, path, written, installed,
+        )  # fmt: skip
 
 
 # How torch.save's legacy (non-zip) format begins: its magic number, pickled with protocol 2.
@@ -131,30 +153,44 @@ def load_weights(
     if fit is not None:
         state = fit(state, checkpoint.get("hyper_parameters") or {})
     own = module.state_dict()
+    problems = misfits(state, own)
+    if problems:
+        raise ValueError(
+            f"{key}={path} does not fit this model: {listed(problems)}. Use a checkpoint trained "
+            "with the same model and dataset settings (the run's .hydra/config.yaml lists them)."
+        )
+    module.load_state_dict(state, strict=False)
+    missing = [name for name in own if name not in state]
+    log.info("%s: loaded %d entries from %s", key, len(state), path)
+    if missing:
+        log.warning(
+            "%s: %d entries of this model are not in %s and keep their initial values: %s",
+            key, len(missing), path, listed(missing),
+        )  # fmt: skip
+    return missing
+
+
+def misfits(
+    state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], strict: bool = False
+) -> list[str]:
+    """What keeps ``state`` (a checkpoint's) from loading into a model whose state is ``own``:
+    its entries the model lacks, those of another shape, and with ``strict`` the model's
+    entries it lacks; each named, with the shapes."""
     problems = [f"{name} (not in this model)" for name in state if name not in own]
     problems += [
         f"{name} (checkpoint {tuple(value.shape)}, model {tuple(own[name].shape)})"
         for name, value in state.items()
         if name in own and value.shape != own[name].shape
     ]
-    if problems:
-        shown = "; ".join(problems[:8]) + (
-            f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
-        )
-        raise ValueError(
-            f"{key}={path} does not fit this model: {shown}. Use a checkpoint trained with the "
-            "same model and dataset settings (the run's .hydra/config.yaml lists them)."
-        )
-    module.load_state_dict(state, strict=False)
-    missing = [name for name in own if name not in state]
-    log.info(
-        "%s: loaded %d entries from %s; %d kept their initial values",
-        key,
-        len(state),
-        path,
-        len(missing),
-    )
-    return missing
+    if strict:
+        problems += [f"{name} (not in the checkpoint)" for name in own if name not in state]
+    return problems
+
+
+def listed(names: Sequence[str], most: int = 8) -> str:
+    """The first ``most`` names joined by "; ", and how many more."""
+    more = f"; and {len(names) - most} more" if len(names) > most else ""
+    return "; ".join(names[:most]) + more
 
 
 # State-dict prefixes of segmenter checkpoints from before the network became one node

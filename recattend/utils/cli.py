@@ -86,6 +86,10 @@ def hydra_main(config_name: str, task: str) -> Callable[[], None]:
         _set_full_error("1")
         try:
             app()
+        except KeyboardInterrupt as stop:  # Ctrl-C before the run could save (or a second one)
+            why = f": {stop}" if str(stop) else " before the run could save anything"
+            sys.stderr.write(f"Stopped by Ctrl-C{why}. Exit status 130.\n")
+            sys.exit(130)
         except Exception as error:
             if started:  # the task's own error, reported by Hydra unless HYDRA_FULL_ERROR=1
                 raise

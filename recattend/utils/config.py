@@ -156,10 +156,20 @@ def trainer_settings(trainer_cfg: DictConfig) -> dict[str, Any]:
       with the whole batch). PyTorch's SyncBatchNorm has no CPU (gloo) implementation, so an
       explicit ``true`` with several CPU processes is an error.
     * ``precision`` must be one of :data:`PRECISIONS`.
+    * ``max_steps`` and ``max_epochs`` must be positive, or -1 (no limit).
 
     Raises:
         ValueError: naming the setting and what to use instead.
     """
+    for key in ("max_steps", "max_epochs"):
+        value = trainer_cfg.get(key)
+        count = isinstance(value, int) and not isinstance(value, bool)
+        if value is not None and (not count or value == 0 or value < -1):
+            raise ValueError(
+                f"trainer.{key}={value!r}: give a positive number of "
+                f"{key.removeprefix('max_')}, or -1 for no limit"
+                + (" (0 would train nothing and save nothing)" if value == 0 else "")
+            )
     accelerator, world = resolved_devices(trainer_cfg)
     precision = str(trainer_cfg.get("precision", "32-true"))
     if precision not in PRECISIONS:
@@ -200,6 +210,17 @@ def process_settings(
         "parallel_backward": training,
         "compile_steps": steps if compiled and steps is not None else 0,
     }
+
+
+def checked_seed(value: Any) -> int | None:
+    """The run's ``seed``: an integer, or None (unseeded).
+
+    Raises:
+        ValueError: anything else, e.g. ``seed=abc``.
+    """
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"seed={value!r} must be an integer (e.g. seed=0) or null for an unseeded run")
 
 
 def instantiate_trainer(trainer_cfg: DictConfig, **kwargs: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -10,7 +11,12 @@ import torch
 
 from recattend.lit import SegmenterModule
 from recattend.lit.optim import decay_groups
-from recattend.utils.checkpoint import load_module, load_weights, upgrade_checkpoint
+from recattend.utils.checkpoint import (
+    load_module,
+    load_weights,
+    read_checkpoint,
+    upgrade_checkpoint,
+)
 from tests.helpers import quiet_trainer, tiny_data, tiny_segmenter
 
 
@@ -208,3 +214,56 @@ def test_a_step_schedule_from_before_the_warm_up_resumes_where_it_was() -> None:
         scheduler.step()
         lrs.append(scheduler.get_last_lr()[0])
     assert lrs == pytest.approx([5e-4, 5e-4, 2.5e-4])
+
+
+# Checkpoints from another version: the entries that differ are named.
+
+
+def _saved(tmp_path: Path, state: dict, **extra) -> Path:
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": state, **extra}, path)
+    return path
+
+
+def test_init_from_names_the_entries_left_at_their_initial_values(tmp_path: Path, caplog) -> None:
+    module = tiny_segmenter()
+    state = dict(module.state_dict())
+    gone = sorted(state)[0]
+    del state[gone]
+    with caplog.at_level("WARNING"):
+        missing = load_weights(tiny_segmenter(), _saved(tmp_path, state))
+    assert missing == [gone]
+    assert f"1 entries of this model are not in {tmp_path / 'other.ckpt'}" in caplog.text
+    assert gone in caplog.text
+
+
+def test_resuming_a_checkpoint_of_another_model_names_the_entries(
+    compose_train, tmp_path: Path
+) -> None:
+    from recattend.tasks import train
+    from tests.helpers import TINY
+
+    cfg = compose_train(*TINY, "logger=none", "test=false")
+    train.run(cfg)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    name = next(iter(saved["state_dict"]))
+    saved["state_dict"]["net.renamed"] = saved["state_dict"].pop(name)
+    torch.save(saved, last)
+    with pytest.raises(
+        ValueError,
+        match=rf"cannot be resumed with this run's model: net\.renamed "
+        rf"\(not in this model\); {re.escape(name)} \(not in the checkpoint\)",
+    ):
+        train.run(compose_train(*TINY, "logger=none", "test=false", f"ckpt_path={last}"))
+
+
+def test_a_checkpoint_of_a_newer_lightning_is_warned_about(tmp_path: Path, caplog) -> None:
+    state = tiny_segmenter().state_dict()
+    with caplog.at_level("WARNING"):
+        read_checkpoint(_saved(tmp_path, state, **{"pytorch-lightning_version": "99.0.0"}))
+    assert "was written by Lightning 99.0.0, newer than the installed" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        read_checkpoint(_saved(tmp_path, state, **{"pytorch-lightning_version": "2.0.0"}))
+    assert "newer than the installed" not in caplog.text

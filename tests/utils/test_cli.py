@@ -3,14 +3,19 @@ command. The scripts run as users run them (subprocesses, outputs under tmp_path
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from recattend.utils import cli
 from recattend.utils.cli import resume_command
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, TINY, run_cli
 
 
 def _run(args: list[str], tmp_path: Path, env: dict[str, str], full_error: str = "0"):
@@ -144,3 +149,38 @@ def test_resume_command_repeats_the_overrides_with_the_checkpoint(
     assert resume_command(Path("/runs/a b/last.ckpt")) == (
         "make train ARGS=\"seed=3 'dataset.resolution=[32,32]' 'ckpt_path=/runs/a b/last.ckpt'\""
     )
+
+
+def test_ctrl_c_during_start_up_stops_cleanly(tmp_path: Path, offline_env: dict[str, str]) -> None:
+    # SIGINT half a second after the start, while the program imports and composes: no
+    # traceback, the Ctrl-C exit status.
+    env = {**os.environ, **offline_env, "RECATTEND_OUTPUTS": str(tmp_path / "outputs")}
+    process = subprocess.Popen(
+        [sys.executable, "train.py", "logger=none"], cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "Stopped by Ctrl-C" in stderr, stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=abc", "seed='abc' must be an integer (e.g. seed=0) or null"),
+        ("module.lr=-1", "module.lr=-1 must be a number > 0"),
+        ("trainer.max_steps=0", "trainer.max_steps=0: give a positive number of steps, or -1 "
+         "for no limit (0 would train nothing and save nothing)"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0: give a positive number of epochs"),
+    ],
+)  # fmt: skip
+def test_bad_values_name_their_key(compose_train, override: str, message: str) -> None:
+    from hydra.errors import InstantiationException
+
+    from recattend.tasks import train
+
+    # A module's own check reaches the user through Hydra's instantiation error, message intact.
+    with pytest.raises((ValueError, InstantiationException), match=re.escape(message)):
+        train.run(compose_train(*TINY, "logger=none", override))
