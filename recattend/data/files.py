@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from recattend.data.base import InstanceDataModule, RawSample
-from recattend.data.images import image_array, to_display
+from recattend.data.images import image_array, to_display, transparent_fraction
 
 # A sample's ground truth: (N, H, W) bool masks, (N,) int classes or None, (H, W) semantic or None.
 Instances = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
@@ -278,10 +278,16 @@ class FileDataModule(InstanceDataModule):
                 report[split] = {"images": 0, "problems": [str(err)]}
                 continue
             good, problems = scan(entries, self.labelled(split))
+            if not entries:
+                problems.append(
+                    f"the {split} split is empty: training stops on it at the start; check "
+                    "dataset.root and the split settings (e.g. dataset.val_fraction)"
+                )
             counts, sizes = [], set()
             for entry in good:
                 try:
                     raw = self.read(entry)
+                    clear = transparent_fraction(entry.image)
                 except READ_ERRORS as err:
                     problems.append(f"{entry.image}: cannot decode ({err})")
                     continue
@@ -291,6 +297,18 @@ class FileDataModule(InstanceDataModule):
                 if self.labelled(split) and expected is not None and expected != counts[-1]:
                     problems.append(
                         f"{entry.label}: {counts[-1]} instances, the dataset index says {expected}"
+                    )
+                if counts[-1] > self.max_instances:
+                    problems.append(
+                        f"{entry.label}: {counts[-1]} instances, more than the "
+                        f"{self.max_instances} slots (dataset.max_instances): the smallest "
+                        f"{counts[-1] - self.max_instances} are left out of training and scoring"
+                    )
+                if clear > 0:
+                    problems.append(
+                        f"{entry.image}: {100 * clear:.1f} % of it is transparent; recattend drops "
+                        "the alpha channel and segments those pixels like the rest (make them "
+                        "opaque, or crop them away)"
                     )
             report[split] = {
                 "images": len(entries),

@@ -59,6 +59,19 @@ def read_image(path: Path, max_pixels: int) -> np.ndarray:
         Image.MAX_IMAGE_PIXELS = previous
 
 
+def transparent_fraction(path: Path) -> float:
+    """The share of an image file's pixels that are not fully opaque (8-bit alpha below 255,
+    or a palette's or grey image's transparent value); 0 for an image without transparency."""
+    with Image.open(path) as image:
+        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+            alpha = np.asarray(image.getchannel("A"))
+        elif "transparency" in image.info:
+            alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+        else:
+            return 0.0
+    return float((alpha < 255).mean())
+
+
 def image_array(image: Image.Image) -> np.ndarray:
     """:func:`read_image` on a decoded PIL image."""
     mode = image.mode

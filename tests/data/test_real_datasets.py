@@ -256,9 +256,23 @@ def test_check_command_lists_counts_and_problems(tmp_path: Path, capsys) -> None
     assert "plant004_label.png: label size 10x10" in out
     assert "plant007_label.png" in out and "no label" in out
     assert "the dataset index says 1" in out  # A1.csv disagrees with the label
+    assert "the val split is empty" in out  # dataset.val_fraction=0
     assert "problem(s) found" in out
+    # More instances than slots, and a half-transparent photo: flagged.
+    busy = tmp_path / "busy"
+    truth = write_cvppp(busy, PLANTS[:5])
+    most = max(len(m) for m in truth.values())
+    photo = busy / "plant001_rgb.png"
+    rgba = np.asarray(Image.open(photo).convert("RGBA")).copy()
+    rgba[: rgba.shape[0] // 2, :, 3] = 0
+    Image.fromarray(rgba).save(photo)
+    assert check_main(["dataset=cvppp", f"dataset.root={busy}",
+                       f"dataset.max_instances={most - 1}"]) == 1  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"{most} instances, more than the {most - 1} slots (dataset.max_instances)" in out
+    assert "plant001_rgb.png: 50.0 % of it is transparent" in out
     good = tmp_path / "good"
-    write_cvppp(good, PLANTS[:3])
+    write_cvppp(good, PLANTS[:5])  # 4 train, 1 val
     assert check_main(["dataset=cvppp", f"dataset.root={good}"]) == 0
     assert "no problems found" in capsys.readouterr().out
 
