@@ -8,7 +8,14 @@ Per image (:func:`image_statistics`), from its post-processed label map:
 * ``mean_score``: the mean score s_t of those K instances, in [0, 1] (undefined when K = 0);
 
 and of the input itself, the image as given (before the resize to the network's resolution):
-``image_area`` (H W pixels) and ``aspect_ratio`` (W / H).
+``image_area`` (H W pixels) and ``aspect_ratio`` (W / H); and, from the network's input (the
+image at the network's resolution, values in [0, 1]), its appearance:
+
+* ``red``, ``green``, ``blue``: the mean of each channel;
+* ``contrast``: the standard deviation of the luminance (0.299 R + 0.587 G + 0.114 B);
+* ``colourfulness``: the mean over pixels of max(R, G, B) - min(R, G, B) (0 for grey);
+* ``edges``: the mean absolute difference of the luminance between neighbouring pixels
+  (texture: 0 for a flat image).
 
 During each validation the :class:`~recattend.evaluation.Evaluate` callback records them for
 every validation image (:class:`StatisticsRecorder`, at no extra cost: it watches the
@@ -27,10 +34,11 @@ batches (e.g. for weights exported from a checkpoint written before statistics w
   per side, so a ~500x500 plant photo for a model validated at 128x128 is fine (the network
   resizes it) and a 12-megapixel photo is not; or its aspect ratio more than
   :data:`ASPECT_FACTOR` (2) times wider or narrower; or
-* one of its output statistics is more than :data:`DEVIATIONS` (3) standard deviations from the
-  validation mean, the standard deviation taken at least :data:`STD_FLOORS` (foreground fraction
-  0.05, instances 1, mean score 0.05), so that a small or very uniform validation set does not
-  flag ordinary images.
+* one of its output or appearance statistics is more than :data:`DEVIATIONS` (3) standard
+  deviations from the validation mean, the standard deviation taken at least :data:`STD_FLOORS`
+  (foreground fraction 0.05, instances 1, mean score 0.05; channel means 0.03, contrast and
+  colourfulness 0.02, edges 0.008), so that a small or very uniform validation set does not flag
+  ordinary images. Checkpoints recorded before a statistic existed are not compared on it.
 
 These are warnings, never refusals: the model may still do well on such an image, but nothing
 measured it there.
@@ -54,18 +62,38 @@ from recattend.postprocess import Instances
 
 CHECKPOINT_KEY = "output_statistics"
 OUTPUT_STATISTICS = ("foreground_fraction", "instances", "mean_score")
+APPEARANCE_STATISTICS = ("red", "green", "blue", "contrast", "colourfulness", "edges")
 SIZE_STATISTICS = ("image_area", "aspect_ratio")
-STATISTICS = OUTPUT_STATISTICS + SIZE_STATISTICS
+STATISTICS = OUTPUT_STATISTICS + APPEARANCE_STATISTICS + SIZE_STATISTICS
 
 DEVIATIONS = 3.0
-STD_FLOORS = {"foreground_fraction": 0.05, "instances": 1.0, "mean_score": 0.05}
+STD_FLOORS = {
+    "foreground_fraction": 0.05,
+    "instances": 1.0,
+    "mean_score": 0.05,
+    "red": 0.03,
+    "green": 0.03,
+    "blue": 0.03,
+    "contrast": 0.02,
+    "colourfulness": 0.02,
+    "edges": 0.008,
+}
 AREA_FACTOR = 64.0
 ASPECT_FACTOR = 2.0
 
-_NAMES = {"foreground_fraction": "foreground fraction", "mean_score": "mean score"}
+_NAMES = {
+    "foreground_fraction": "foreground fraction",
+    "mean_score": "mean score",
+    "red": "mean red",
+    "green": "mean green",
+    "blue": "mean blue",
+    "edges": "edge strength",
+}
 
 
-def image_statistics(labels: Tensor, scores: Tensor, size: tuple[int, int]) -> dict[str, float]:
+def image_statistics(
+    labels: Tensor, scores: Tensor, size: tuple[int, int], image: Tensor | None = None
+) -> dict[str, float]:
     """One image's statistics (module docstring).
 
     Args:
@@ -73,18 +101,37 @@ def image_statistics(labels: Tensor, scores: Tensor, size: tuple[int, int]) -> d
             resolution).
         scores: (K,) float, instance k's score at index k - 1.
         size: (H, W) of the image as given to the model's user, before any resize.
+        image: (3, h, w) float in [0, 1], the network's input; None: no appearance statistics.
 
     Returns:
-        ``{name: value}`` for every name of :data:`STATISTICS`; ``mean_score`` is NaN when
-        K = 0.
+        ``{name: value}`` for every name of :data:`STATISTICS` (without the appearance ones
+        when ``image`` is None); ``mean_score`` is NaN when K = 0.
     """
     k = int(scores.numel())
-    return {
+    stats = {
         "foreground_fraction": float((labels > 0).float().mean()) if labels.numel() else 0.0,
         "instances": float(k),
         "mean_score": float(scores.float().mean()) if k else math.nan,
         "image_area": float(size[0] * size[1]),
         "aspect_ratio": float(size[1] / size[0]),
+    }
+    return stats if image is None else {**stats, **appearance(image)}
+
+
+def appearance(image: Tensor) -> dict[str, float]:
+    """The appearance statistics (module docstring) of a (3, h, w) image in [0, 1]."""
+    x = image.detach().float()
+    luminance = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+    across = (luminance[:, 1:] - luminance[:, :-1]).abs().mean() if x.shape[2] > 1 else 0.0
+    down = (luminance[1:] - luminance[:-1]).abs().mean() if x.shape[1] > 1 else 0.0
+    means = x.mean(dim=(1, 2))
+    return {
+        "red": float(means[0]),
+        "green": float(means[1]),
+        "blue": float(means[2]),
+        "contrast": float(luminance.std(correction=0)),
+        "colourfulness": float((x.amax(0) - x.amin(0)).mean()),
+        "edges": float((across + down) / 2),
     }
 
 
@@ -148,7 +195,7 @@ class StatisticsRecorder:
                     shape = tuple(metas[i]["orig_size"])
                 else:
                     shape = tuple(image.shape[-2:])
-                self.rows.append(image_statistics(result.labels, result.scores, shape))
+                self.rows.append(image_statistics(result.labels, result.scores, shape, image[i]))
             return results
 
         return record
@@ -219,8 +266,8 @@ def unlike_training(
 
     Returns:
         One plain-words reason per statistic out of range, e.g. ``"foreground fraction 0.71 vs
-        0.18±0.05"``, ``"11 instances vs 7.9±2.1"`` or ``"size 4000x3000 vs about 128x128"``
-        (width x height); empty when none is.
+        0.18±0.05"``, ``"11 instances vs 7.9±2.1"``, ``"mean blue 0.62 vs 0.21±0.04"`` or
+        ``"size 4000x3000 vs about 128x128"`` (width x height); empty when none is.
     """
     reference = reference or {}
     reasons = []
@@ -234,9 +281,9 @@ def unlike_training(
         h = math.sqrt(stats["image_area"] / stats["aspect_ratio"])
         w, typical = stats["image_area"] / h, typical_size(area, aspect)
         reasons.append(f"size {round(w)}x{round(h)} vs about {typical}")
-    for name in OUTPUT_STATISTICS:
+    for name in OUTPUT_STATISTICS + APPEARANCE_STATISTICS:
         mean, std = reference.get(f"{name}.mean"), reference.get(f"{name}.std")
-        value = stats[name]
+        value = stats.get(name, math.nan)
         if mean is None or std is None or not math.isfinite(value):
             continue
         if abs(value - mean) > DEVIATIONS * max(std, STD_FLOORS[name]):

@@ -25,14 +25,15 @@ each atomically (a temporary file renamed), so they always describe the last run
 outputs of images not in this run are left as they are.
 
 Inputs unlike the training data are warned about, never refused
-(:mod:`recattend.evaluation.statistics`): each image's size and simple statistics of its output
-(foreground fraction, instance count, mean score) are compared with those the checkpoint
-recorded on its last validation (``output_statistics``). An image is marked when its area is
-more than 64x (8x per side) larger or smaller than the validation images' (the network's
-resolution for a checkpoint without statistics), its aspect ratio more than 2x off, or an output
-statistic more than 3 standard deviations (at least 0.05 foreground fraction, 1 instance, 0.05
-score) from the validation mean. One warning at the end names the marked images and why;
-``counts.csv`` lists the reasons in its ``unlike_training`` column.
+(:mod:`recattend.evaluation.statistics`): each image's size, its appearance at the network's
+resolution (channel means, contrast, colourfulness, edge strength) and simple statistics of the
+model's output on it (foreground fraction, instance count, mean score) are compared with those
+the checkpoint recorded on its last validation (``output_statistics``). An image is marked when
+its area is more than 64x (8x per side) larger or smaller than the validation images' (the
+network's resolution for a checkpoint without statistics), its aspect ratio more than 2x off, or
+an output or appearance statistic more than 3 standard deviations from the validation mean. One
+warning at the end names the marked images and why; ``counts.csv`` lists the reasons in its
+``unlike_training`` column.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
             output / f"{path.name}_overlay.png"
         )
         counts[path.name] = int(labels.max(initial=0))
-        stats = image_statistics(result.labels, scores, image.shape[:2])
+        stats = image_statistics(result.labels, scores, image.shape[:2], x[0])
         unlike[path.name] = unlike_training(stats, reference, module.net.image_size)
         if cfg.coco_json:
             results += coco_results(labels, scores.tolist(), path.name)

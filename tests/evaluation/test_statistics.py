@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 
+from recattend.data.rosette import render_rosette
 from recattend.evaluation.statistics import (
+    APPEARANCE_STATISTICS,
     StatisticsRecorder,
+    appearance,
     image_statistics,
     output_statistics,
     reference_summary,
@@ -140,6 +145,8 @@ def test_output_statistics_of_a_module_on_batches() -> None:
             "image_area.std": math.sqrt((16**2 * 2 + 32**2) / 3),
             "aspect_ratio.mean": 2.0,
             "aspect_ratio.std": math.sqrt(2),
+            # Black images: every appearance statistic 0.
+            **{f"{name}.{what}": 0.0 for name in APPEARANCE_STATISTICS for what in ("mean", "std")},
         }
     )
     # As validation does: the batch's pixel areas given to the post-processing (min_size).
@@ -212,3 +219,51 @@ def test_saved_statistics_are_plain_floats_or_none() -> None:
     }
     assert saved_statistics({"state_dict": {}}) is None  # written before they were recorded
     assert saved_statistics({"output_statistics": {"images": "many"}}) is None
+
+
+def test_appearance_by_hand() -> None:
+    # Left half pure red, right half black: channel means 0.5 / 0 / 0; luminance 0.299 and 0,
+    # so contrast 0.1495 (half at each); colourfulness 0.5 (1 on the red half); one edge
+    # between columns 1 and 2 of a 4x4 image: across 0.299 / 3 per row, nothing down.
+    image = torch.zeros(3, 4, 4)
+    image[0, :, :2] = 1.0
+    stats = appearance(image)
+    assert stats == pytest.approx(
+        {"red": 0.5, "green": 0.0, "blue": 0.0, "contrast": 0.1495, "colourfulness": 0.5,
+         "edges": (0.299 / 3 + 0.0) / 2}
+    )  # fmt: skip
+    labels = torch.zeros(4, 4, dtype=torch.int64)
+    assert image_statistics(labels, torch.zeros(0), (4, 4), image)["red"] == 0.5
+    assert "red" not in image_statistics(labels, torch.zeros(0), (4, 4))
+
+
+def _network_input(picture: np.ndarray) -> Tensor:
+    small = cv2.resize(picture, (64, 64), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(small).permute(2, 0, 1).float() / 255
+
+
+def test_images_of_another_kind_are_unlike_rosettes() -> None:
+    # The reference: 48 synthetic rosettes as validation would record them. Other rosettes pass;
+    # a page of text, a clear sky and a night shot do not, on their looks alone.
+    labels, none = torch.zeros(4, 4, dtype=torch.int64), torch.zeros(0)
+
+    def stats(picture: np.ndarray) -> dict[str, float]:
+        return image_statistics(labels, none, picture.shape[:2], _network_input(picture))
+
+    def rosette(seed: int, i: int) -> np.ndarray:
+        return render_rosette(np.random.default_rng([seed, i]), (200, 212), 12)[0]
+
+    reference = summarise(stats(rosette(0, i)) for i in range(48))
+    others = [unlike_training(stats(rosette(1, i)), reference, (64, 64)) for i in range(10)]
+    assert sum(bool(reasons) for reasons in others) <= 1, others
+    page = np.full((200, 212, 3), 245, np.uint8)
+    for y in range(20, 190, 12):
+        cv2.line(page, (20, y), (190, y), (20, 20, 20), 2)
+    sky = np.zeros((200, 212, 3), np.uint8)
+    sky[:] = (90, 150, 230)
+    night = np.random.default_rng(0).normal(15, 4, (200, 212, 3)).clip(0, 255).astype(np.uint8)
+    for name, picture, expected in (
+        ("page", page, "mean blue"), ("sky", sky, "mean blue"), ("night", night, "contrast"),
+    ):  # fmt: skip
+        reasons = unlike_training(stats(picture), reference, (64, 64))
+        assert any(r.startswith(expected) for r in reasons), (name, reasons)
