@@ -284,7 +284,13 @@ def _background(
             ends = to_drawn(np.stack([mid - 3 * scale * axis, mid + 3 * scale * axis]), sy, sx)
             thickness = max(1, round(0.012 * dscale * rng.uniform(0.5, 1.5)))
             cv2.polylines(
-                walls, [polygon(ends)], False, float(rng.uniform(-1, 1)), thickness, cv2.LINE_8, 4
+                walls,
+                [polygon(ends)],
+                False,
+                float(rng.uniform(-1, 1)),
+                thickness,
+                cv2.LINE_8,
+                SUBPIXEL,
             )
     img *= (1 + 0.25 * walls)[..., None]
     soil = np.zeros((h, w), np.uint8)

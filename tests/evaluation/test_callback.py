@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from recattend.evaluation import Evaluate, InstanceEvaluator
+from recattend.evaluation.statistics import APPEARANCE_STATISTICS
 from tests.evaluation.fakes import FakePostprocess, make_batch, slots
 from tests.metrics.labels import GT_ONE, GT_TWO
 
@@ -166,6 +167,8 @@ def test_validation_gives_the_module_its_output_statistics(tmp_path: Path) -> No
             "image_area.std": 0.0,
             "aspect_ratio.mean": 1.0,
             "aspect_ratio.std": 0.0,
+            # Black images: every appearance statistic 0.
+            **{f"{name}.{what}": 0.0 for name in APPEARANCE_STATISTICS for what in ("mean", "std")},
         }
     )
     # The next validation replaces them: only its own images count.
