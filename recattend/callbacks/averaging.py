@@ -42,6 +42,7 @@ class EMAWeights(WeightAveraging):
         super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         self.start_step = start_step
         self.first_step = start_step or 0
+        self._swapped = False  # the module holds the average (during a validation)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.start_step is None:  # after every callback's setup: the stages' plan is known
@@ -60,10 +61,12 @@ class EMAWeights(WeightAveraging):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.averaging:
             super().on_validation_epoch_start(trainer, pl_module)
+            self._swapped = True
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.averaging:
+        if self._swapped:
             super().on_validation_epoch_end(trainer, pl_module)
+            self._swapped = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.averaging:
@@ -72,8 +75,19 @@ class EMAWeights(WeightAveraging):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        if self.averaging:
+        if not self.averaging:
+            return
+        if not self._swapped:
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
+            return
+        # Saved during a validation (a stop request): the module holds the average, which is
+        # already the checkpoint's state_dict, and the average model holds the live weights.
+        state = self._average_model.state_dict()
+        live = {name[7:]: value for name, value in state.items() if name.startswith("module.")}
+        checkpoint["current_model_state"] = live
+        checkpoint["averaging_state"] = {
+            name: value for name, value in state.items() if not name.startswith("module.")
+        }
 
 
 def last_stage_start(trainer: L.Trainer) -> int:

@@ -1,10 +1,16 @@
 """Stopping a training run on a signal without losing it: Ctrl-C (SIGINT), ``kill`` or a
 scheduler's pre-emption (SIGTERM), SLURM's warning signal (SIGUSR1).
 
-The signal handler only records the request. The checkpoint is written at the next safe point,
+The signal handler only records the request. The checkpoint is written at the next safe point:
 the end of a training step (``on_train_batch_end``: the optimiser has stepped, nothing is half
-done). It is an ordinary Lightning checkpoint (``trainer.save_checkpoint``): weights, optimiser,
-step, and every callback's and the module's saved state (bootstrap stage, scheduled sampling, the
+done), or, when the request comes while a validation runs inside ``fit``, the end of the current
+validation batch (the weights are still those of the last training step; a long validation would
+otherwise outlast a scheduler's grace period). That validation is then cut short and counts as
+nothing, like a sanity check: no metric logged, no checkpoint chosen on it, no point on the curve.
+A resumed run goes on training after that step, without validating it again.
+
+It is an ordinary Lightning checkpoint (``trainer.save_checkpoint``): weights, optimiser, step,
+and every callback's and the module's saved state (bootstrap stage, scheduled sampling, the
 non-finite guard's counts). Then the trainer stops without validating. Stopping ends the epoch,
 and the checkpoint callbacks may save once more, at the epoch's or the training's end, as if the
 epoch were complete (resuming such a file would skip the epoch's remaining batches). So the step's
@@ -43,6 +49,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +161,8 @@ class SaveOnInterrupt(L.Callback):
             return  # e.g. SIGTERM after SIGINT, or a forwarded copy: already stopping
         self.signum = signum
         log.warning(
-            "%s received: saving a checkpoint at the end of this training step, then stopping "
-            "(Ctrl-C again to abort at once, without it)",
+            "%s received: saving a checkpoint at the end of this training step (or validation "
+            "batch), then stopping (Ctrl-C again to abort at once, without it)",
             name,
         )
         if self._launcher is not None and getattr(self._launcher, "procs", None):
@@ -182,6 +189,23 @@ class SaveOnInterrupt(L.Callback):
     ) -> None:
         if self.step is None and self._agreed(trainer):
             self._save_and_stop(trainer)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # Every process runs as many validation batches (the distributed sampler pads), so the
+        # agreement below is reached at the same batch on all of them. The sanity check (two
+        # batches before the first step) is left to end: the first step saves.
+        validating = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if validating and self.step is None and self._agreed(trainer):
+            self._save_and_stop(trainer)
+            _cut_validation(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A request during the last validation, after the last step: save all the same.
@@ -229,6 +253,18 @@ class SaveOnInterrupt(L.Callback):
         trainer.limit_val_batches = 0
         trainer.fit_loop.min_epochs = 0
         trainer.fit_loop.epoch_loop.min_steps = None
+
+
+def _cut_validation(trainer: L.Trainer) -> None:
+    """End the validation that runs inside ``fit`` after the current batch, and let nothing it
+    measured count: Lightning and every callback here treat a sanity check's results so (no
+    metric reaches the loggers or ``callback_metrics``, no checkpoint is chosen, no curve point,
+    no output statistics). The training loop sets the stage back to training when the
+    validation returns."""
+    fetcher = trainer.fit_loop.epoch_loop.val_loop._data_fetcher
+    fetcher.batches.clear()  # the prefetched batch, if any
+    fetcher.done = True  # the next fetch ends the loop
+    trainer.sanity_checking = True
 
 
 def _main_thread() -> bool:

@@ -30,6 +30,28 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class SignalInValidation(L.Callback):
+    """Sends ``signum`` to its own process as the first batch of the validation after global
+    step ``step`` begins (not the sanity check). Writes to ``folder`` how many batches that
+    validation ran (``batches.txt``) and the weights trained by then (``live.pt``)."""
+
+    def __init__(self, step: int, folder: str, signum: int = signal.SIGTERM) -> None:
+        self.step, self.folder, self.signum = step, Path(folder), signum
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:  # before a weight average is swapped in
+            torch.save(pl_module.state_dict(), self.folder / "live.pt")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dl_idx=0) -> None:
+        if trainer.sanity_checking or trainer.global_step != self.step:
+            return
+        self.batches += 1
+        (self.folder / "batches.txt").write_text(str(self.batches))
+        if batch_idx == 0:
+            os.kill(os.getpid(), self.signum)
+
+
 class MarkStarted(L.Callback):
     """Writes ``path`` once the first training step is done (a subprocess test waits for it)."""
 
@@ -103,6 +125,57 @@ def test_sigterm_saves_the_step_and_resuming_finishes_the_same_steps(
     train.run(compose_train(*THREE_EPOCHS, f"ckpt_path={last}", "test=false"))
     assert torch.load(last, weights_only=True)["global_step"] == 6
     assert _logged_steps(tmp_path) == [0, 1, 2, 3, 4, 5]
+
+
+# THREE_EPOCHS with 4 validation batches after every epoch and the weight average from step 0.
+VALIDATING = [
+    *(o for o in THREE_EPOCHS if not o.startswith("dataset.num_val=")),
+    "dataset.num_val=16",
+    "callbacks=[default,ema]",
+    "callbacks.ema.start_step=0",
+]
+
+
+def _validated_steps(run: Path) -> list[int]:
+    rows = csv.DictReader((run / "csv" / "metrics.csv").open())
+    return [int(row["step"]) for row in rows if row.get("val/sbd")]
+
+
+def test_sigterm_during_a_validation_saves_the_step_within_a_batch(
+    compose_train, tmp_path: Path
+) -> None:
+    # SIGTERM in the first of the 4 batches of the validation after step 4 (the end of epoch 1):
+    # it stops after that batch, and last.ckpt holds the state after step 4 with the weights to
+    # continue from, although the module holds the weight average while it validates.
+    cfg = compose_train(
+        *VALIDATING,
+        "+callbacks.signal._target_=tests.callbacks.test_interrupt.SignalInValidation",
+        "+callbacks.signal.step=4",
+        f"+callbacks.signal.folder={tmp_path}",
+    )
+    with pytest.raises(SystemExit) as stopped:
+        train.run(cfg)
+    assert stopped.value.code == 143
+    assert (tmp_path / "batches.txt").read_text() == "1"
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 4
+    live = torch.load(tmp_path / "live.pt", weights_only=True)
+    assert state["current_model_state"].keys() == live.keys()
+    for name, value in live.items():
+        assert torch.equal(state["current_model_state"][name], value), name
+    averaged = [k for k, v in live.items() if v.is_floating_point()]
+    assert any(not torch.equal(state["state_dict"][k], live[k]) for k in averaged)
+    # The cut validation counts as nothing: no metric row, no checkpoint chosen on it.
+    assert _validated_steps(tmp_path) == [1]  # Lightning logs a validation at its step - 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "best-step_000002-0.0000.ckpt",
+        "last.ckpt",
+    ]
+
+    # Resuming trains steps 5 and 6 from the live weights and validates after step 6.
+    train.run(compose_train(*VALIDATING, f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"))
+    assert _logged_steps(tmp_path) == [0, 1, 2, 3, 4, 5]
+    assert _validated_steps(tmp_path) == [1, 5]
 
 
 def test_a_second_ctrl_c_aborts_and_handlers_are_restored(tmp_path: Path) -> None:
