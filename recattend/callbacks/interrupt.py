@@ -88,6 +88,7 @@ class SaveOnInterrupt(L.Callback):
         self._previous: dict[int, Any] = {}  # handlers to restore, by signal
         self._listening = False  # inside listening(), which restores them
         self._launcher: Any = None  # Lightning's launcher, whose ddp_spawn workers get a request
+        self._common_batches = 0  # the validation batches that every process runs
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the callbacks into its workers: the handlers are this process's.
@@ -190,6 +191,15 @@ class SaveOnInterrupt(L.Callback):
         if self.step is None and self._agreed(trainer):
             self._save_and_stop(trainer)
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The evaluation splits are not padded under DDP: the processes may run different
+        # numbers of batches. One all-reduce (every process validates) finds the common ones.
+        batches = int(trainer.num_val_batches[0]) if trainer.num_val_batches else 0
+        if trainer.world_size > 1:
+            flag = torch.tensor([batches], device=trainer.strategy.root_device)
+            batches = int(trainer.strategy.reduce(flag, reduce_op="min").item())
+        self._common_batches = batches
+
     def on_validation_batch_end(
         self,
         trainer: L.Trainer,
@@ -199,11 +209,12 @@ class SaveOnInterrupt(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        # Every process runs as many validation batches (the distributed sampler pads), so the
-        # agreement below is reached at the same batch on all of them. The sanity check (two
+        # Only within the batches every process runs (see on_validation_start), so that all of
+        # them call the agreement's collective at the same batches. The sanity check (two
         # batches before the first step) is left to end: the first step saves.
         validating = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
-        if validating and self.step is None and self._agreed(trainer):
+        common = batch_idx < self._common_batches and dataloader_idx == 0
+        if validating and common and self.step is None and self._agreed(trainer):
             self._save_and_stop(trainer)
             _cut_validation(trainer)
 

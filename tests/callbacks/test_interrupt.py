@@ -14,6 +14,7 @@ import torch
 
 from recattend.callbacks import ProcessGroupTeardown
 from recattend.callbacks.interrupt import SaveOnInterrupt
+from recattend.data import SyntheticDataModule
 from recattend.tasks import train
 from tests.helpers import ROOT, TINY, quiet_trainer, run_cli, tiny_data, tiny_segmenter
 
@@ -214,6 +215,55 @@ def _fit_two_processes(folder: str) -> None:
         Path(folder), 6, callbacks, devices=2, strategy="ddp_spawn", enable_checkpointing=False
     )
     trainer.fit(tiny_segmenter(), datamodule=tiny_data(16))
+
+
+class SignalInLastBatch(L.Callback):
+    """Sends SIGTERM to rank 0 during its last batch of the validation after step 2."""
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dl_idx=0) -> None:
+        last = batch_idx == trainer.num_val_batches[0] - 1
+        if trainer.global_step == 2 and trainer.global_rank == 0 and last:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _fit_uneven_validation(folder: str) -> None:
+    """A 2-process ddp_spawn fit of 6 steps validating every 2 steps on 3 images in batches of
+    1: rank 0 validates images 0 and 2, rank 1 image 1, so rank 0 runs a second batch that rank 1
+    does not. Rank 0 gets SIGTERM in that batch."""
+    torch.manual_seed(0)
+    callbacks = [
+        SignalInLastBatch(),
+        StepOnEnd(folder),
+        SaveOnInterrupt(Path(folder) / "checkpoints"),
+        ProcessGroupTeardown(),
+    ]
+    trainer = quiet_trainer(
+        Path(folder), 6, callbacks, devices=2, strategy="ddp_spawn", enable_checkpointing=False,
+        limit_val_batches=1.0, val_check_interval=2, num_sanity_val_steps=0,
+    )  # fmt: skip
+    data = SyntheticDataModule(
+        resolution=[32, 32], max_instances=3, batch_size=1, num_train=16, num_val=3,
+        min_objects=1, max_objects=3, num_workers=0, augment=None,
+    )  # fmt: skip
+    trainer.fit(tiny_segmenter(), datamodule=data)
+
+
+@pytest.mark.slow
+def test_a_signal_in_a_validation_batch_one_rank_lacks_waits_for_the_next_step(
+    tmp_path: Path, offline_env: dict[str, str]
+) -> None:
+    # The ranks agree on a stop only in validation batches that both run: a collective in
+    # rank 0's extra batch would wait for a rank that has left the validation loop (a hang,
+    # which the timeout fails). The request is taken at the end of the next training step.
+    code = (
+        "from tests.callbacks.test_interrupt import _fit_uneven_validation; "
+        f"_fit_uneven_validation({str(tmp_path)!r})"
+    )
+    result = run_cli(["-c", code], ROOT, {**offline_env, "OMP_NUM_THREADS": "1"}, timeout=150)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["3", "3"]
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 3
 
 
 @pytest.mark.slow
