@@ -16,11 +16,20 @@ group regions of instance classes (e.g. 26 for a group of cars).
 
 Splits map to the official folders by ``dataset.splits`` (default train -> train, val -> val,
 test -> val: the official test labels are not public).
+
+External semantic predictions (``preprocessors.semantic=<folder>``, the authors' LRR input for
+Table 3) are one label PNG of Cityscapes label ids per image,
+``<folder>/<split>/<city>/<city>_<seq>_<frame>_<anything>.png``. Each image of the evaluated splits
+(val, test) gets its file when the split is listed (:func:`find_semantic_prediction`), read by
+:meth:`CityscapesDataModule.semantic_map`; the evaluation then takes the foreground and each
+instance's class from it instead of the pre-processor's maps
+(:meth:`~recattend.lit.SegmenterModule.instances`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +38,8 @@ from PIL import Image
 
 from recattend.data.files import Entry, FileDataModule, Instances, layout_error
 
+# The config key of the external semantic predictions, named in their errors.
+SEMANTIC_KEY = "preprocessors.semantic"
 SOURCE = "https://www.cityscapes-dataset.com (registration; leftImg8bit_trainvaltest and gtFine)"
 EXAMPLES = (
     "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png",
@@ -60,6 +71,42 @@ def decode_instance_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return masks, _LOOKUP[instance_ids // 1000], semantic
 
 
+def find_semantic_prediction(folder: Path, split: str, image: Path) -> Path:
+    """The external semantic prediction of one image: the one PNG of ``folder / split / <city>``
+    whose name is the image's ``<city>_<seq>_<frame>`` followed by ``_<anything>.png`` (or
+    ``.png``).
+
+    Args:
+        folder: the predictions' root (``preprocessors.semantic``).
+        split: the official split folder (train, val, test).
+        image: a ``<city>/<city>_<seq>_<frame>_leftImg8bit.png`` image path.
+
+    Raises:
+        FileNotFoundError: no such file (names the image and the expected path).
+        ValueError: several candidates (names them).
+    """
+    stem = image.name.removesuffix("_leftImg8bit.png")
+    where = folder / split / image.parent.name
+    found = sorted(
+        path
+        for path in (where.glob("*.png") if where.is_dir() else ())
+        if path.stem == stem or path.name.startswith(f"{stem}_")
+    )
+    if not found:
+        raise FileNotFoundError(
+            f"{SEMANTIC_KEY}={folder}: no semantic prediction for {image}; expected one label PNG "
+            f"of Cityscapes label ids at {where / stem}_*.png (<folder>/<split>/<city>/"
+            "<city>_<seq>_<frame>_<anything>.png, one per leftImg8bit image)"
+        )
+    if len(found) > 1:
+        raise ValueError(
+            f"{SEMANTIC_KEY}={folder}: {len(found)} files could be the semantic prediction of "
+            f"{image}: {', '.join(str(p) for p in found)}; keep one PNG per image whose name "
+            f"starts with {stem}_"
+        )
+    return found[0]
+
+
 def label_ids(train_ids: torch.Tensor) -> torch.Tensor:
     """The official Cityscapes label ids of the authors' train ids.
 
@@ -81,14 +128,32 @@ class CityscapesDataModule(FileDataModule):
 
     Args:
         splits: our split -> official folder name (train, val, test).
+        semantic: the folder of external semantic predictions (``preprocessors.semantic``, module
+            docstring), or None: the evaluation uses the pre-processor's maps.
         **kwargs: :class:`~recattend.data.files.FileDataModule` arguments (root, resolution, ...).
+
+    Raises:
+        FileNotFoundError: ``semantic`` is not a folder.
     """
 
     paper_table = "cityscapes"  # the results table eval prints (recattend.report.TABLES)
 
-    def __init__(self, *, splits: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        splits: Mapping[str, str] | None = None,
+        semantic: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.splits = {"train": "train", "val": "val", "test": "val", **(splits or {})}
+        self.semantic = None if semantic is None else Path(semantic).expanduser()
+        if self.semantic is not None and not self.semantic.is_dir():
+            raise FileNotFoundError(
+                f"{SEMANTIC_KEY}={semantic}: no such folder; give the folder of the semantic "
+                "predictions (e.g. LRR's), one label PNG of Cityscapes label ids per image at "
+                "<folder>/<split>/<city>/<city>_<seq>_<frame>_<anything>.png"
+            )
 
     def entries(self, split: str) -> list[Entry]:
         folder = self.splits[split]
@@ -102,7 +167,12 @@ class CityscapesDataModule(FileDataModule):
             label = (
                 self.root / "gtFine" / folder / image.parent.name / f"{stem}_gtFine_instanceIds.png"
             )
-            entries.append(Entry(stem, image, label))
+            extra = {}
+            # Only the evaluated splits need predictions (LRR's cover val and test, not train).
+            if self.semantic is not None and split != "train":
+                found = find_semantic_prediction(self.semantic, folder, image)
+                extra = {"meta": {"semantic": str(found)}}
+            entries.append(Entry(stem, image, label, extra))
         if not entries:
             raise layout_error("Cityscapes", self.root, EXAMPLES, SOURCE, f"no images in {images}")
         return entries
@@ -113,6 +183,31 @@ class CityscapesDataModule(FileDataModule):
         with Image.open(meta["label"]) as label:
             label.load()
             return np.asarray(label).astype(np.int64)
+
+    def semantic_map(self, meta: dict[str, Any]) -> np.ndarray | None:
+        """A sample's external semantic prediction at full resolution, or None without one
+        (no ``semantic`` folder, or the train split).
+
+        Returns:
+            (H, W) int64 train ids (person 1 ... bicycle 8; every other label id 0), the size of
+            the image (``meta["orig_size"]``).
+
+        Raises:
+            ValueError: the PNG is not a one-channel map of the image's size.
+        """
+        if meta.get("semantic") is None:
+            return None
+        with Image.open(meta["semantic"]) as png:
+            png.load()
+            ids = np.asarray(png)
+        size = tuple(int(s) for s in meta["orig_size"])
+        if ids.shape != size:
+            raise ValueError(
+                f"{SEMANTIC_KEY}: {meta['semantic']} is {'x'.join(map(str, ids.shape))} but its "
+                f"image {meta['image']} is {size[0]}x{size[1]}; give one-channel label-id maps at "
+                "the images' full resolution"
+            )
+        return _LOOKUP[np.clip(ids.astype(np.int64), 0, 255)]
 
     def read_instances(self, entry: Entry) -> Instances:
         with Image.open(entry.label) as label:

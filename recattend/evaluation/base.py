@@ -20,12 +20,14 @@ from recattend.postprocess import Instances
 
 Postprocess = Callable[..., list[Instances]]
 """The module's post-processing, ``SegmenterModule.instances(out, image, size=None,
-pixel_area=1.0)``: ``out`` holds ``masks`` (B, T, h, w) float in [0, 1] and ``scores`` (B, T)
-float in [0, 1]; ``image`` (B, C, h, w) the images given to the module; ``size`` the (H, W) of the
-label maps wanted, None for the network's (h, w); ``pixel_area`` () or (B,) float, original-image
-pixels per output pixel (for ``min_size``). Returns one :class:`~recattend.postprocess.Instances`
-per image at ``size``: ``labels`` and ``timesteps`` (H, W) int64, ``scores`` (K,) float,
-``classes`` (K,) int64 train ids or None."""
+pixel_area=1.0[, semantic=...])``: ``out`` holds ``masks`` (B, T, h, w) float in [0, 1] and
+``scores`` (B, T) float in [0, 1]; ``image`` (B, C, h, w) the images given to the module; ``size``
+the (H, W) of the label maps wanted, None for the network's (h, w); ``pixel_area`` () or (B,)
+float, original-image pixels per output pixel (for ``min_size``); ``semantic``, passed only when
+the data has external semantic predictions (``preprocessors.semantic``), B (H_i, W_i) int64
+train-id maps at each image's original size. Returns one
+:class:`~recattend.postprocess.Instances` per image at ``size``: ``labels`` and ``timesteps``
+(H, W) int64, ``scores`` (K,) float, ``classes`` (K,) int64 train ids or None."""
 
 
 class DatasetEvaluator(ABC):

@@ -2,10 +2,11 @@
 
 :class:`CityscapesEvaluator` scores every test image at its original resolution with the label-map
 metrics of :class:`~recattend.evaluation.instances.InstanceEvaluator`. When the post-processing
-gives classes (a semantic pre-processor: each instance takes its majority class), every image's
-instances, with their Cityscapes label ids and scores, are also matched against the raw instanceIds
-map for :class:`~recattend.metrics.CityscapesAP` (``ap``, ``ap50``, ``ap_<class>``); without
-classes there is no AP key. With ``export`` each image with classes also gets its files in the
+gives classes (each instance takes its majority class of a semantic pre-processor's map, or of the
+external predictions of ``preprocessors.semantic``), every image's instances, with their
+Cityscapes label ids and scores, are also matched against the raw instanceIds map for
+:class:`~recattend.metrics.CityscapesAP` (``ap``, ``ap50``, ``ap_<class>``); without classes
+there is no AP key. With ``export`` each image with classes also gets its files in the
 official result format under ``predictions/cityscapes``
 (:func:`~recattend.evaluation.export.write_cityscapes_results`).
 """

@@ -97,12 +97,17 @@ class InstanceEvaluator(DatasetEvaluator):
                 target = self.datamodule.original_target(meta)
                 target = torch.from_numpy(target).to(self._device)
                 one = {k: outputs[k][i : i + 1] for k in ("masks", "scores")}
-                result = postprocess(one, batch["image"][i : i + 1], size=tuple(target.shape))[0]
+                result = postprocess(
+                    one, batch["image"][i : i + 1], size=tuple(target.shape),
+                    **self._semantic([meta]),
+                )[0]  # fmt: skip
                 self._update([meta], result.timesteps[None], result.labels[None], target[None])
                 self.mask_ap.update(result.labels[None], [result.scores], target[None])
                 self.process_instances(meta, result)
             return
-        results = postprocess(outputs, batch["image"], pixel_area=pixel_area(batch))
+        results = postprocess(
+            outputs, batch["image"], pixel_area=pixel_area(batch), **self._semantic(batch["meta"])
+        )
         timesteps = torch.stack([r.timesteps for r in results])
         pred = torch.stack([r.labels for r in results])
         target = gt_label_map(batch["masks"])
@@ -139,6 +144,17 @@ class InstanceEvaluator(DatasetEvaluator):
             if self.output_dir is not None and is_global_zero():
                 write_rows(rows, self.output_dir / FILENAME)
         return values
+
+    def _semantic(self, metas: list[dict[str, Any]]) -> dict[str, list[Tensor]]:
+        """``{"semantic": maps}`` for the post-processing when the datamodule has external
+        semantic predictions of these samples (``semantic_map(meta)``: Cityscapes with
+        ``preprocessors.semantic``), else ``{}``. The maps are (H_i, W_i) int64 train ids at each
+        image's original size, on the data's device."""
+        read = getattr(self.datamodule, "semantic_map", None)
+        maps = [read(meta) for meta in metas] if read is not None else []
+        if not maps or any(m is None for m in maps):
+            return {}
+        return {"semantic": [torch.from_numpy(m).to(self._device) for m in maps]}
 
     def _to(self, device: torch.device) -> None:
         """Keep the metric states on the data's device (DDP gathers them there); subclasses

@@ -185,8 +185,9 @@ class StatisticsRecorder:
             image: Tensor,
             size: tuple[int, int] | None = None,
             pixel_area: Tensor | float = 1.0,
+            **guidance: Any,  # external semantic maps, when the data has them
         ) -> list[Instances]:
-            results = postprocess(out, image, size=size, pixel_area=pixel_area)
+            results = postprocess(out, image, size=size, pixel_area=pixel_area, **guidance)
             whole_batch = size is None and len(metas) == len(results)
             for i, result in enumerate(results):
                 if size is not None:

@@ -433,6 +433,7 @@ class SegmenterModule(L.LightningModule):
         image: Tensor,
         size: tuple[int, int] | None = None,
         pixel_area: Tensor | float = 1.0,
+        semantic: Sequence[Tensor] | None = None,
     ) -> list[Instances]:
         """The post-processed instances of a batch: the one path of validation, test and
         ``predict.py`` (:func:`~recattend.postprocess.postprocess` with this module's settings,
@@ -444,13 +445,35 @@ class SegmenterModule(L.LightningModule):
                 again for its foreground (``postprocess.foreground``) and semantic classes.
             size: the labels' (H, W), the images' original size; None: network resolution.
             pixel_area: () or (B,) original-image pixels per output pixel (``min_size``).
+            semantic: external semantic predictions (``preprocessors.semantic``, the authors'
+                LRR maps for Cityscapes) in place of the pre-processor's: B integer (H_i, W_i)
+                train-id maps (0 = background), any size, resized to ``size`` nearest-neighbour.
+                Their non-background pixels are the foreground of the AND and their majority
+                class each instance's; the pre-processor is then not run here.
 
         Returns:
             One :class:`~recattend.postprocess.Instances` per image at ``size``; ``classes``
-            only with a semantic pre-processor.
+            only with a semantic pre-processor or ``semantic``.
         """
         size = tuple(size) if size is not None else tuple(out["masks"].shape[-2:])
-        foreground, semantic = self.net.guidance(image, size, self.postprocessing.foreground)
+        if semantic is None:
+            foreground, semantic = self.net.guidance(image, size, self.postprocessing.foreground)
+        else:
+            if len(semantic) != out["masks"].shape[0]:
+                raise ValueError(
+                    f"{len(semantic)} semantic maps for {out['masks'].shape[0]} images: give one "
+                    "per image"
+                )
+            # Centred nearest-neighbour ("nearest-exact"), as the datasets resize their masks,
+            # so a map at the original size lines up with the network-resolution batch.
+            semantic = torch.cat([
+                torch.nn.functional.interpolate(
+                    m.to(out["masks"].device, torch.float32)[None, None], size=size,
+                    mode="nearest-exact",
+                )[:, 0].long()
+                for m in semantic
+            ])  # fmt: skip
+            foreground = (semantic > 0).to(out["masks"].dtype)
         slots = postprocess(
             out["masks"], out["scores"], self.postprocessing, size, foreground, pixel_area
         )

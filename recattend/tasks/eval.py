@@ -70,7 +70,9 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
     overrides = evaluation_overrides(cfg.get("evaluate"), saved.get("hyper_parameters") or {})
     if overrides:
         log.info("evaluation settings over the checkpoint's: %s", overrides)
-    datamodule, evaluator = instantiate_data(data_config(cfg.dataset, saved, name))
+    datamodule, evaluator = instantiate_data(
+        data_config(cfg.dataset, saved, name), OmegaConf.select(cfg, "preprocessors.semantic")
+    )
     segmenter = issubclass(module_cls, SegmenterModule)
     # A segmenter is built for the data's resolution: any input size works (resampled attention).
     resolution = datamodule.resolution if segmenter else None

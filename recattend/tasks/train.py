@@ -72,7 +72,9 @@ def run(cfg: DictConfig) -> float | None:
     if seed is not None:
         L.seed_everything(seed, workers=True)
 
-    datamodule, evaluator = instantiate_data(cfg.dataset)
+    datamodule, evaluator = instantiate_data(
+        cfg.dataset, OmegaConf.select(cfg, "preprocessors.semantic")
+    )
     if cfg.get("test", False) and not datamodule.labelled("test"):
         raise ValueError(  # before training, so no work is lost at the end
             "the test split has no labels (e.g. dataset.test_root is the unlabelled official "

@@ -9,7 +9,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -22,17 +22,37 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     ]
 
 
-def instantiate_data(dataset_cfg: DictConfig) -> tuple[Any, Any]:
+def instantiate_data(dataset_cfg: DictConfig, semantic: str | None = None) -> tuple[Any, Any]:
     """The DataModule that ``cfg.dataset`` describes and the evaluator its ``evaluator`` node names
     (the ``dataset/evaluator`` group: instances, kitti, cityscapes, coco), or None without one.
 
     The ``evaluator`` node is the dataset's choice of benchmark and ``main_metric`` the validation
     metric that picks its best checkpoint (read by ``conf/monitor``); neither is a DataModule
     argument, so both are taken out before the DataModule is built.
+
+    Args:
+        dataset_cfg: ``cfg.dataset``.
+        semantic: ``preprocessors.semantic``, a folder of external semantic predictions that the
+            evaluation reads instead of the pre-processor's maps (Cityscapes only).
+
+    Raises:
+        ValueError: ``semantic`` with a dataset other than Cityscapes.
     """
     settings = OmegaConf.to_container(dataset_cfg, resolve=True)
     evaluator = settings.pop("evaluator", None)
     settings.pop("main_metric", None)
+    if semantic is not None:
+        from recattend.data.cityscapes import CityscapesDataModule
+
+        target = get_class(settings["_target_"])
+        if not issubclass(target, CityscapesDataModule):
+            raise ValueError(
+                f"preprocessors.semantic={semantic}: external semantic predictions are read for "
+                f"Cityscapes only (the authors' LRR input, paper Table 3), but the data is "
+                f"{target.__name__}: use dataset=cityscapes (or experiment=cityscapes), or drop "
+                "preprocessors.semantic"
+            )
+        settings["semantic"] = semantic
     datamodule = instantiate(settings, _convert_="all")
     return datamodule, None if evaluator is None else instantiate(evaluator, _convert_="all")
 
