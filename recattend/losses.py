@@ -5,8 +5,9 @@ The total loss is eq. (21): L = L_y + lambda_b L_b + lambda_s L_s, with
 - L_y, the matching IoU loss: a soft-IoU matrix between the T predicted masks and the ground-truth
   slots (eq. 22), a maximum-weight bipartite matching computed without gradient, and minus the mean
   matched IoU (eq. 23-24);
-- L_b, the soft box IoU loss: the same on the re-projected soft boxes b_t (eq. 25) against binary
-  rasters of padded ground-truth boxes, with its own matching (eq. 26);
+- L_b, the box IoU loss: the same on the re-projected soft boxes b_t (eq. 25) against binary
+  rasters of padded ground-truth boxes, with its own matching (eq. 26); or, with
+  ``module.box_iou=coordinates``, on the predicted boxes' coordinates (below);
 - L_s, the monotonic score loss on the scores s_t, whose target s*_t is 1 for the predictions the
   segmentation matching paired with an instance (eq. 27).
 
@@ -32,9 +33,16 @@ Choices, and where this port departs from the authors' code or the text:
   centre (y + 0.5, x + 0.5) lies in the half-open padded box, i.e. each real-valued edge is rounded
   to the nearest integer (halves down), so both sides of an axis grow by the same whole number of
   pixels. The raster covers only image pixels, which is the clipping to the image.
-- **Box IoU.** Always the soft-map IoU of eq. (25-26), also where the code's Cityscapes recipe used
-  the coordinate IoU, whose gradient vanishes when boxes do not overlap (the paper's argument for
-  the soft version).
+- **Box IoU** (``module.box_iou``, :data:`BOX_IOUS`). ``soft`` (the default): the soft-map IoU of
+  eq. (25-26). ``coordinates``: the authors' ``--use_iou_box`` of their Cityscapes run, the IoU of
+  the predicted box's coordinates with those of the padded ground-truth box
+  (:func:`coordinate_iou`), for both the matching and L_b (and teacher forcing's choice of the
+  instance to feed); it is 0 with no gradient when the boxes do not overlap, the paper's argument
+  for the soft version. The predicted box (centre g, size delta, eq. 7-10) has the pixel edges
+  g - delta/2 and g + delta/2 + 1, so that, as the ground-truth box, it is one pixel larger per
+  axis than in the authors' inclusive coordinates. The coordinates are not clipped to the image
+  (the raster of ``soft`` is), and an empty slot's box is (0, 0)-(2 min_pad, 2 min_pad) as in the
+  authors' code (:func:`padded_box_edges`).
 """
 
 from __future__ import annotations
@@ -43,6 +51,10 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+
+BOX_IOUS = ("soft", "coordinates")
+"""The kinds of box IoU (``module.box_iou``): the soft-map IoU of eq. (25-26) or the coordinate IoU
+(module docstring)."""
 
 
 def soft_iou(pred: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
@@ -64,6 +76,30 @@ def soft_iou(pred: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
     # sum(p + t - p t) = sum(p) + sum(t) - sum(p t), by linearity.
     union = p.sum(-1).unsqueeze(2) + t.sum(-1).unsqueeze(1) - intersection
     return intersection / (union + eps)  # eq. (22)
+
+
+def coordinate_iou(pred: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
+    """Pairwise IoU of axis-aligned boxes from their coordinates (the authors' ``--use_iou_box``).
+
+    IoU = intersection area / union area. Unlike :func:`soft_iou` on the soft boxes (eq. 25-26),
+    it is 0 for boxes that do not overlap, and then has no gradient: a predicted box far from
+    every ground-truth box is not pulled towards any (the paper's argument for the soft version).
+
+    Args:
+        pred: float (B, T, 4) boxes (y0, x0, y1, x1) as pixel edges, y0 <= y1 and x0 <= x1.
+        target: (B, N, 4) boxes alike (cast to ``pred``'s dtype).
+        eps: added to the union so two empty boxes have IoU 0, not 0/0.
+
+    Returns:
+        (B, T, N) matrix in [0, 1), differentiable in both arguments where the boxes overlap.
+    """
+    p, t = pred[:, :, None], target.to(pred.dtype)[:, None]  # (B, T, 1, 4), (B, 1, N, 4)
+    lo = torch.maximum(p[..., :2], t[..., :2])
+    hi = torch.minimum(p[..., 2:], t[..., 2:])
+    intersection = (hi - lo).clamp(min=0).prod(-1)  # 0 along an axis where they are disjoint
+    area_p = (p[..., 2:] - p[..., :2]).prod(-1)
+    area_t = (t[..., 2:] - t[..., :2]).prod(-1)
+    return intersection / (area_p + area_t - intersection + eps)
 
 
 def _matched_counts(num_valid: Tensor, iou: Tensor) -> Tensor:
@@ -158,31 +194,109 @@ def padded_box_masks(
     xs = torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5
     in_y = (ys >= y0.unsqueeze(-1)) & (ys < y1.unsqueeze(-1))  # (B, N, H)
     in_x = (xs >= x0.unsqueeze(-1)) & (xs < x1.unsqueeze(-1))  # (B, N, W)
-    slots = torch.arange(boxes.shape[1], device=boxes.device)
-    valid = slots < num_valid.to(boxes.device).unsqueeze(-1)  # (B, N)
+    valid = _valid_slots(boxes, num_valid)
     inside = in_y.unsqueeze(-1) & in_x.unsqueeze(-2) & valid[..., None, None]
     return inside.to(boxes.dtype)
 
 
-def box_loss(
-    soft_boxes: Tensor, boxes: Tensor, num_valid: Tensor, min_pad: float
-) -> tuple[Tensor, Tensor]:
-    """Soft box IoU loss L_b (eq. 26): matched soft IoU of b_t against the padded GT boxes.
+def padded_box_edges(
+    boxes: Tensor, num_valid: Tensor, min_pad: float, ratio: float = 0.2
+) -> Tensor:
+    """Padded ground-truth boxes as coordinates, Pad(b*) for :func:`coordinate_iou`.
 
-    The matching is the boxes' own (as in the authors' code), not the segmentation's.
+    A real box grows as in :func:`pad_boxes`, unclipped; an empty slot becomes the box
+    (0, 0)-(2 min_pad, 2 min_pad) in the image's top-left corner, as the authors' code gives it.
 
     Args:
-        soft_boxes: float (B, T, H, W) in [0, 1], the re-projected soft boxes b_t (eq. 25).
+        boxes: float (B, N, 4) tight boxes (y0, x0, y1, x1) as pixel edges; padded slots zero.
+        num_valid: int64 (B,) number n_b of real boxes; slots j >= n_b are empty.
+        min_pad: smallest growth of a side, in pixels.
+        ratio: growth as a fraction of the box's height (top, bottom) or width (left, right).
+
+    Returns:
+        (B, N, 4) edges (y0, x0, y1, x1), ``boxes``' dtype and device.
+    """
+    empty = boxes.new_tensor([0.0, 0.0, 2 * min_pad, 2 * min_pad])
+    valid = _valid_slots(boxes, num_valid)[..., None]
+    return torch.where(valid, pad_boxes(boxes, min_pad, ratio), empty)
+
+
+def _valid_slots(boxes: Tensor, num_valid: Tensor) -> Tensor:
+    """(B, N) bool on ``boxes``' device: slot j < n_b, a real instance."""
+    slots = torch.arange(boxes.shape[1], device=boxes.device)
+    return slots < num_valid.to(boxes.device).unsqueeze(-1)
+
+
+def padded_gt_boxes(
+    kind: str, boxes: Tensor, num_valid: Tensor, min_pad: float, size: tuple[int, int]
+) -> Tensor:
+    """Pad(b*) of eq. (26) in the form the box IoU ``kind`` (:data:`BOX_IOUS`) reads.
+
+    Args:
+        kind: ``"soft"`` or ``"coordinates"``.
         boxes: float (B, N, 4) tight GT boxes (y0, x0, y1, x1), pixel edges, y1/x1 exclusive.
         num_valid: int64 (B,) number n_b of real instances.
         min_pad: smallest padding of a GT box side, in pixels.
+        size: image (H, W), the rasters' size.
+
+    Returns:
+        ``"soft"``: (B, N, H, W) rasters in {0, 1} (:func:`padded_box_masks`); ``"coordinates"``:
+        (B, N, 4) edges (:func:`padded_box_edges`); ``boxes``' dtype and device.
+    """
+    if kind == "coordinates":
+        return padded_box_edges(boxes, num_valid, min_pad)
+    return padded_box_masks(boxes, size, num_valid, min_pad)
+
+
+def box_iou(
+    kind: str, soft_boxes: Tensor | None, box_edges: Tensor | None, padded: Tensor
+) -> Tensor:
+    """The box IoU of ``kind`` between the T predicted boxes and the padded GT boxes.
+
+    Args:
+        kind: ``"soft"`` (eq. 26: :func:`soft_iou` of the soft boxes) or ``"coordinates"``
+            (:func:`coordinate_iou` of the boxes' edges); the input it does not read may be None.
+        soft_boxes: float (B, T, H, W) in [0, 1], the re-projected soft boxes b_t (eq. 25).
+        box_edges: float (B, T, 4) the predicted boxes as pixel edges (y0, x0, y1, x1).
+        padded: Pad(b*) from :func:`padded_gt_boxes` with the same ``kind``.
+
+    Returns:
+        (B, T, N) IoU matrix in [0, 1).
+    """
+    if kind == "coordinates":
+        return coordinate_iou(box_edges, padded)
+    return soft_iou(soft_boxes, padded)
+
+
+def box_loss(
+    soft_boxes: Tensor,
+    boxes: Tensor,
+    num_valid: Tensor,
+    min_pad: float,
+    *,
+    box_edges: Tensor | None = None,
+    kind: str = "soft",
+) -> tuple[Tensor, Tensor]:
+    """Box IoU loss L_b (eq. 26): the matched box IoU of ``kind`` against the padded GT boxes.
+
+    The matching is the boxes' own (as in the authors' code), not the segmentation's; it matches
+    on the same IoU the loss maximises.
+
+    Args:
+        soft_boxes: float (B, T, H, W) in [0, 1], the re-projected soft boxes b_t (eq. 25); their
+            (H, W) is the rasters' size.
+        boxes: float (B, N, 4) tight GT boxes (y0, x0, y1, x1), pixel edges, y1/x1 exclusive.
+        num_valid: int64 (B,) number n_b of real instances.
+        min_pad: smallest padding of a GT box side, in pixels.
+        box_edges: float (B, T, 4) the predicted boxes as pixel edges, read by ``"coordinates"``.
+        kind: the box IoU, ``"soft"`` or ``"coordinates"`` (:func:`box_iou`).
 
     Returns:
         L_b, a scalar in [-1, 0], and the detached (B, T, N) box matching in {0, 1}.
     """
     size = (soft_boxes.shape[-2], soft_boxes.shape[-1])
-    padded = padded_box_masks(boxes, size, num_valid, min_pad)  # Pad(b*) of eq. (26)
-    iou = soft_iou(soft_boxes, padded)
+    padded = padded_gt_boxes(kind, boxes, num_valid, min_pad, size)  # Pad(b*) of eq. (26)
+    iou = box_iou(kind, soft_boxes, box_edges, padded)
     match = hungarian_match(iou, num_valid)
     return matched_iou_loss(iou, match, num_valid), match  # eq. (26)
 
@@ -252,6 +366,8 @@ def segmenter_losses(
     lambda_score: float = 1.0,
     *,
     min_pad: float,
+    box_edges: Tensor | None = None,
+    box_iou: str = "soft",
 ) -> dict[str, Tensor]:
     """The joint loss of eq. (21) on one batch of the contract.
 
@@ -270,6 +386,10 @@ def segmenter_losses(
         lambda_box: lambda_b of eq. (21).
         lambda_score: lambda_s of eq. (21).
         min_pad: smallest padding of a GT box side, in pixels.
+        box_edges: float (B, T, 4) the predicted boxes as pixel edges (y0, x0, y1, x1), read by
+            ``box_iou="coordinates"``.
+        box_iou: the box IoU of L_b and its matching, ``"soft"`` or ``"coordinates"``
+            (:func:`box_iou`).
 
     Returns:
         ``loss_segm`` (L_y, in [-1, 0]), ``loss_box`` (L_b, in [-1, 0]), ``loss_score`` (L_s,
@@ -285,7 +405,9 @@ def segmenter_losses(
     if soft_boxes is None:
         loss_box = masks.new_zeros(())
     else:
-        loss_box = box_loss(soft_boxes, gt_boxes, num_valid, min_pad)[0]  # eq. (25-26)
+        loss_box = box_loss(
+            soft_boxes, gt_boxes, num_valid, min_pad, box_edges=box_edges, kind=box_iou
+        )[0]  # eq. (25-26)
     loss_score = monotonic_score_loss(scores, score_target(match))  # eq. (27)
     return {
         "loss_segm": loss_segm,
@@ -305,10 +427,12 @@ def box_stage_losses(
     lambda_score: float = 1.0,
     *,
     min_pad: float,
+    box_edges: Tensor | None = None,
+    box_iou: str = "soft",
 ) -> dict[str, Tensor]:
     """The loss of the bootstrap ``box`` stage (the authors' first stage): no segmentation network.
 
-    L = lambda_b L_b + lambda_s L_s: the soft box IoU loss (eq. 25-26) and the monotonic score loss
+    L = lambda_b L_b + lambda_s L_s: the box IoU loss (eq. 25-26) and the monotonic score loss
     (eq. 27) whose targets come from the box matching, as in the authors' box pre-training.
 
     Args:
@@ -318,13 +442,18 @@ def box_stage_losses(
         num_instances: int64 (B,) true instance counts (may exceed T - 1).
         lambda_box, lambda_score: weights of the two terms.
         min_pad: smallest padding of a GT box side, in pixels.
+        box_edges: float (B, T, 4) the predicted boxes as pixel edges, read by
+            ``box_iou="coordinates"``.
+        box_iou: the box IoU, ``"soft"`` or ``"coordinates"`` (:func:`box_iou`).
 
     Returns:
         ``loss_box`` in [-1, 0], ``loss_score`` >= 0, ``loss`` and the detached (B, T, T) box
         ``match``.
     """
     num_valid = supervised_counts(num_instances, gt_boxes)
-    loss_box, match = box_loss(soft_boxes, gt_boxes, num_valid, min_pad)
+    loss_box, match = box_loss(
+        soft_boxes, gt_boxes, num_valid, min_pad, box_edges=box_edges, kind=box_iou
+    )
     loss_score = monotonic_score_loss(scores, score_target(match))
     return {
         "loss_box": loss_box,

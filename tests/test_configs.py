@@ -264,23 +264,28 @@ def test_each_default_is_defined_once(path) -> None:
 
 
 def test_the_nested_settings_agree_with_their_classes() -> None:
-    # model.segmenter holds RecurrentSegmenter's arguments and module.postprocess PostProcess's
-    # switches: the YAML lists every one of them, with the code's default.
+    # model.segmenter holds RecurrentSegmenter's arguments, module.net (module=preprocessor)
+    # Preprocessor's and module.postprocess PostProcess's switches: the YAML lists every one of
+    # them (but the skip sources, which the default rule replaces), with the code's default.
     import dataclasses
     import inspect
 
     from omegaconf import OmegaConf
 
-    from recattend.models import RecurrentSegmenter
+    from recattend.models import Preprocessor, RecurrentSegmenter
     from recattend.postprocess import PostProcess
 
+    def defaults(cls, *left_out):
+        return {
+            name: list(p.default) if isinstance(p.default, tuple) else p.default
+            for name, p in inspect.signature(cls).parameters.items()
+            if name not in left_out
+        }
+
     segmenter = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "full.yaml").segmenter)
-    defaults = {
-        name: list(p.default) if isinstance(p.default, tuple) else p.default
-        for name, p in inspect.signature(RecurrentSegmenter).parameters.items()
-        if name not in ("image_size", "steps")
-    }
-    assert segmenter == defaults
+    assert segmenter == defaults(RecurrentSegmenter, "image_size", "steps")
+    fcn = OmegaConf.to_container(OmegaConf.load(CONF / "module" / "preprocessor.yaml").net)
+    assert fcn == defaults(Preprocessor, "decoder_skip_sources")
     switches = OmegaConf.to_container(
         OmegaConf.load(CONF / "module" / "segmenter.yaml").postprocess
     )
@@ -292,7 +297,12 @@ def test_the_nested_settings_agree_with_their_classes() -> None:
 def test_fast_variants_run_the_paper_schedule_in_a_tenth_of_the_steps(compose_train, paper) -> None:
     slow, fast = compose_train(f"experiment={paper}"), compose_train(f"experiment={paper}_fast")
     assert fast.trainer.max_steps * 10 == slow.trainer.max_steps
-    assert fast.model == slow.model and fast.dataset == slow.dataset  # same network and data
+    assert fast.model == slow.model  # the same network
+    # The same data, but for the settings the fast recipes keep from the project's defaults.
+    kept = ("stop_slot", "augment")
+    assert {k: v for k, v in fast.dataset.items() if k not in kept} == {
+        k: v for k, v in slow.dataset.items() if k not in kept
+    }
     for s, f in zip(slow.callbacks.bootstrap.stages, fast.callbacks.bootstrap.stages, strict=True):
         assert (f.name, f.lr_decay, f.box_min_pad) == (s.name, s.lr_decay, s.box_min_pad)
         assert f.lr_decay_steps * 10 == s.lr_decay_steps
@@ -303,6 +313,54 @@ def test_fast_variants_run_the_paper_schedule_in_a_tenth_of_the_steps(compose_tr
     # Adam: the benchmark's 2e-3 at batch 8, scaled by sqrt(batch / 8): 1e-3 at 2, 1.6e-3 at 5.
     expected = {2: 1e-3, 5: 1.6e-3}[fast.dataset.batch_size]
     assert fast.module.lr == pytest.approx(expected)
+
+
+# The authors' values that the paper recipes set (docs/reproducing.md, the differences' table).
+AUTHORS = {
+    "cvppp": {"test_ckpt": "last", "module.fed_box_jitter": "tight"},
+    "kitti": {
+        "test_ckpt": "last",
+        "final_validation": True,
+        "dataset.stop_slot": False,
+        "module.fed_box_jitter": "tight",
+        "callbacks.bootstrap.stages.0.batch_size": 5,
+        "callbacks.bootstrap.stages.0.box_pools": [1, 2, 1, 2, 1, 2, 2, 2],
+        "callbacks.bootstrap.stages.1.batch_size": "missing",  # the dataset's 2
+    },
+    "cityscapes": {
+        "test_ckpt": "last",
+        "dataset.stop_slot": False,
+        "module.box_iou": "coordinates",
+        "module.fed_box_jitter": "tight",
+        "callbacks.bootstrap.stages.0.batch_size": 4,
+    },
+    "coco_zebra": {
+        "test_ckpt": "last",
+        "module.fed_box_jitter": "tight",
+        "dataset.augment.shift": 16,
+        "dataset.augment.flips": [],
+    },
+    "kitti_preprocessor": {"module.net.init": "authors"},
+    "cityscapes_preprocessor": {"module.net.init": "authors"},
+}
+# ... and the values the time-budgeted recipes keep from the project's defaults.
+OURS = {"test_ckpt": "best", "final_validation": False, "module.fed_box_jitter": "padded",
+        "module.box_iou": "soft"}  # fmt: skip
+
+
+@pytest.mark.parametrize("experiment", sorted(AUTHORS))
+def test_the_paper_recipes_set_the_authors_values(compose_train, experiment) -> None:
+    cfg = compose_train(f"experiment={experiment}")
+    found = {key: OmegaConf.select(cfg, key, default="missing") for key in AUTHORS[experiment]}
+    assert found == AUTHORS[experiment]
+
+
+@pytest.mark.parametrize("experiment", ["cvppp_fast", "kitti_fast", "cityscapes_fast",
+                                        "coco_zebra_fast", "few_images"])  # fmt: skip
+def test_the_fast_recipes_keep_the_project_defaults(compose_train, experiment) -> None:
+    cfg = compose_train(f"experiment={experiment}")
+    assert {key: OmegaConf.select(cfg, key) for key in OURS} == OURS
+    assert all(stage.get("batch_size") is None for stage in cfg.callbacks.bootstrap.stages)
 
 
 def test_learning_speed_recipes(compose_train) -> None:

@@ -11,10 +11,13 @@ import torch
 from recattend.losses import (
     box_loss,
     box_stage_losses,
+    coordinate_iou,
     hungarian_match,
     matched_iou_loss,
     monotonic_score_loss,
+    padded_box_edges,
     padded_box_masks,
+    padded_gt_boxes,
     score_target,
     segmenter_losses,
     soft_iou,
@@ -211,6 +214,86 @@ def test_box_stage_losses_use_the_box_matching_for_the_scores() -> None:
         soft_boxes, scores, torch.zeros(1, 3, 4), torch.tensor([0]), min_pad=2.0
     )
     assert empty["loss_box"].item() == 0.0 and empty["match"].sum() == 0
+
+
+def test_coordinate_iou_hand_computed_and_no_gradient_when_disjoint() -> None:
+    # p0 (0, 0)-(4, 4), area 16: with t0 (2, 2)-(6, 6) the intersection is (2, 2)-(4, 4) = 4 and
+    # the union 16 + 16 - 4 = 28, IoU 1/7; with t1, itself, 1; with t2, the box below it sharing
+    # its edge y = 4, 0. p1 overlaps none: all 0, and no gradient.
+    pred = torch.tensor([[[0.0, 0.0, 4.0, 4.0], [10.0, 10.0, 12.0, 13.0]]], requires_grad=True)
+    target = torch.tensor([[[2.0, 2.0, 6.0, 6.0], [0.0, 0.0, 4.0, 4.0], [4.0, 0.0, 8.0, 4.0]]])
+    iou = coordinate_iou(pred, target)
+    expected = torch.tensor([[[4 / (28 + EPS), 16 / (16 + EPS), 0.0], [0.0, 0.0, 0.0]]])
+    torch.testing.assert_close(iou, expected)
+    iou.sum().backward()
+    assert pred.grad[0, 0].abs().sum() > 0
+    assert (pred.grad[0, 1] == 0).all()
+
+
+def test_padded_box_edges_hand_computed() -> None:
+    # As test_padded_box_masks_hand_drawn, min_pad 1.2, but the coordinates, unclipped: rows
+    # 30..43 grow by 2.6, columns 20..25 by 1.2; the border box by 1.2 on every side. Slots past
+    # n_b (a real-looking box too) get the authors' empty box (0, 0)-(2.4, 2.4).
+    boxes = torch.tensor(
+        [
+            [[30.0, 20.0, 43.0, 25.0], [1.0, 46.0, 4.0, 50.0], [10.0, 10.0, 20.0, 20.0]],
+            [[10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
+        ]
+    )
+    counts = torch.tensor([2, 0])
+    got = padded_box_edges(boxes, counts, min_pad=1.2)
+    empty = [0.0, 0.0, 2.4, 2.4]
+    expected = torch.tensor(
+        [[[27.4, 18.8, 45.6, 26.2], [-0.2, 44.8, 5.2, 51.2], empty], [empty] * 3]
+    )
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(padded_gt_boxes("coordinates", boxes, counts, 1.2, (50, 50)), got)
+    torch.testing.assert_close(
+        padded_gt_boxes("soft", boxes, counts, 1.2, (50, 50)),
+        padded_box_masks(boxes, (50, 50), counts, min_pad=1.2),
+    )
+
+
+def test_the_coordinate_box_iou_changes_the_box_matching_and_loss() -> None:
+    # The padded GT boxes (min_pad 2) as coordinates: box 0 (2, 2)-(11, 11), area 81; box 1
+    # (18, 8)-(32, 22). The soft boxes are the rasters in GT order: the soft IoU matches them in
+    # that order, L_b = -1. The predicted boxes' edges are in the other order: p0 is box 1's
+    # padded box (IoU 1), p1 = (3, 3)-(8, 10), area 35, lies inside box 0's (IoU 35 / 81) and is
+    # disjoint from box 1's, so the coordinate IoU matches p0-1 and p1-0: L_b = -(1 + 35/81) / 2.
+    # d IoU(p1, box 0) / d p1 = (-7, -5, 7, 5) / 81 for (y0, x0, y1, x1) (the overlap's width 7
+    # and height 5; the union stays box 0's area), halved and negated in L_b.
+    boxes, raster0, raster1 = _box_rasters()
+    soft_boxes = torch.stack([raster0, raster1, torch.zeros(32, 32)]).unsqueeze(0)
+    soft_boxes.requires_grad_(True)
+    edges = torch.tensor(
+        [[[18.0, 8.0, 32.0, 22.0], [3.0, 3.0, 8.0, 10.0], [0.0, 0.0, 4.0, 4.0]]],
+        requires_grad=True,
+    )
+    counts = torch.tensor([2])
+    soft, soft_match = box_loss(soft_boxes, boxes, counts, min_pad=2.0, box_edges=edges)
+    assert soft.item() == pytest.approx(-1.0, abs=1e-5)
+    assert soft_match[0].tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
+    loss, match = box_loss(
+        soft_boxes, boxes, counts, min_pad=2.0, box_edges=edges, kind="coordinates"
+    )
+    assert loss.item() == pytest.approx(-(1 + 35 / 81) / 2, abs=1e-5)
+    assert match[0].tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 0]]
+    loss.backward()
+    assert soft_boxes.grad is None  # the soft boxes are not read
+    torch.testing.assert_close(edges.grad[0, 1], torch.tensor([7.0, 5.0, -7.0, -5.0]) / 162)
+    assert (edges.grad[0, 2] == 0).all()  # prediction t >= n_b: no box loss
+    # The joint loss and the box stage's pass the switch on.
+    masks, scores = torch.zeros(1, 3, 32, 32), torch.tensor([[0.9, 0.8, 0.3]])
+    joint = segmenter_losses(
+        masks, scores, soft_boxes, masks, boxes, counts,
+        min_pad=2.0, box_edges=edges, box_iou="coordinates",
+    )  # fmt: skip
+    stage = box_stage_losses(
+        soft_boxes, scores, boxes, counts, min_pad=2.0, box_edges=edges, box_iou="coordinates"
+    )
+    for terms in (joint, stage):
+        assert terms["loss_box"].item() == pytest.approx(-(1 + 35 / 81) / 2, abs=1e-5)
+    assert stage["match"][0].tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 0]]
 
 
 def test_monotonic_score_loss_hand_worked() -> None:

@@ -37,6 +37,18 @@ def test_a_single_job_shows_all_its_overrides(tmp_path: Path) -> None:
     assert sweep_table(tmp_path, "val").splitlines()[2] == "| model=full seed=1 | 80.0 |"
 
 
+def test_the_ablation_table_reports_the_validation_split(tmp_path: Path) -> None:
+    # Table 4 is on KITTI's validation split: --table kitti_ablation reads val/*, not test/*.
+    metrics = {"val/mwcov": 0.5, "val/mucov": 0.25, "test/mwcov": 0.9, "val/fp": 0.125}
+    _job(tmp_path, 0, ["model=full"], metrics)
+    _job(tmp_path, 1, ["model=no_angle"], {**metrics, "val/mwcov": 0.4})
+    assert sweep_table(tmp_path, table="kitti_ablation").splitlines()[2:] == [
+        "| model=full | 50.0 | 25.0 | 0.125 |",
+        "| model=no_angle | 40.0 | 25.0 | 0.125 |",
+    ]
+    assert "90.0" in sweep_table(tmp_path, table="kitti")  # Table 2: the test split
+
+
 def test_a_folder_without_jobs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no <job>/metrics.json under"):
         main([str(tmp_path)])

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 OPTIM_KEYS = ("lr", "lr_decay", "lr_decay_steps", "lr_warmup_steps", "weight_decay")
 # Module settings a stage may override while it runs (read through ``pl_module.stage_overrides``).
 OVERRIDE_KEYS = (*OPTIM_KEYS, "box_min_pad")
-STAGE_KEYS = {"name", "steps", "reinit_score_head", *OVERRIDE_KEYS}
+STAGE_KEYS = {"name", "steps", "reinit_score_head", "batch_size", "box_pools", *OVERRIDE_KEYS}
 
 
 class BootstrapStages(L.Callback):
@@ -38,7 +38,14 @@ class BootstrapStages(L.Callback):
             afterwards, the authors' 224x224 values), and ``reinit_score_head: true`` to
             re-initialise the score head when the stage begins (the authors' full model started
             with a new score head, since their box-stage head read the box network's LSTM state
-            alone).
+            alone). ``batch_size``: the stage's training images per device and step instead
+            of ``dataset.batch_size`` (the authors' KITTI and Cityscapes box stages ran larger
+            batches than their full stages); the training loader is rebuilt when a stage of
+            another batch size begins: the epoch ends there (the module's
+            ``on_train_batch_start`` returns -1 on ``end_epoch``), and the trainer reloads the
+            training data at every epoch start. ``box_pools``: the box CNN's pooling pattern
+            during the stage (same length and total stride as ``model.segmenter.box_pools``;
+            the authors' KITTI box stage pooled otherwise than their full model).
 
     Stages the module cannot run (the box stage of a model without a box network) are skipped
     with a warning, so one configuration serves every ablation. Under DDP, parameters idle in a
@@ -60,6 +67,12 @@ class BootstrapStages(L.Callback):
                     f"{sorted(STAGE_KEYS)}; unknown: {sorted(unknown)}"
                 )
             steps = spec.get("steps")
+            batch = spec.get("batch_size")
+            if batch is not None and (not isinstance(batch, int) or batch < 1):
+                raise ValueError(
+                    f"bootstrap stage {i} ('{spec['name']}'): batch_size={batch!r} must be a "
+                    "positive integer, or null for dataset.batch_size"
+                )
             last = i == len(stages) - 1
             if not last and (not isinstance(steps, int) or steps < 1):
                 raise ValueError(
@@ -100,6 +113,16 @@ class BootstrapStages(L.Callback):
         if isinstance(trainer.strategy, DDPStrategy):
             # Parameters idle in a stage would make DDP's gradient reduction wait forever.
             trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
+        if any(spec.get("batch_size") for spec in self.plan):
+            if not isinstance(getattr(trainer, "datamodule", None), InstanceDataModule):
+                raise ValueError(
+                    "a bootstrap stage's batch_size needs one of recattend's DataModules; "
+                    "remove batch_size from callbacks.bootstrap.stages"
+                )
+            trainer.reload_dataloaders_every_n_epochs = 1  # a stage's loader from its start
+        for spec in self.plan:  # every stage's pooling checked now, not when it begins
+            if spec.get("box_pools") is not None and hasattr(pl_module, "use_box_pools"):
+                pl_module.use_box_pools(spec["box_pools"])
         self._apply(
             trainer, pl_module
         )  # before the optimizer is built (or restored, then re-applied)
@@ -155,6 +178,13 @@ class BootstrapStages(L.Callback):
                 pl_module.reset_score_head()  # at the switch only, not when resuming
             trainer.strategy.setup_optimizers(trainer)  # a fresh optimizer and schedule
             log.info("bootstrap: stage '%s' from step %d", self.current, step)
+        datamodule = getattr(trainer, "datamodule", None)
+        if isinstance(datamodule, InstanceDataModule) and datamodule.loader_stale:
+            # This batch has the previous stage's size (or, on resuming, the loader was built
+            # before the stage was restored): end the epoch untrained, and the next one loads
+            # the stage's batches.
+            pl_module.end_epoch = True
+            return
         pl_module.log("train/stage", float(self.index), batch_size=len(batch["image"]))
 
     def on_train_batch_end(
@@ -183,9 +213,12 @@ class BootstrapStages(L.Callback):
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         spec = self.plan[self.index]
         pl_module.stage = spec["name"]
+        if hasattr(pl_module, "use_box_pools"):
+            pl_module.use_box_pools(spec.get("box_pools"))
         datamodule = getattr(trainer, "datamodule", None)
-        if isinstance(datamodule, InstanceDataModule):  # stage-dependent augmentation
+        if isinstance(datamodule, InstanceDataModule):  # stage-dependent augmentation, batch
             datamodule.stage = spec["name"]
+            datamodule.stage_batch_size = spec.get("batch_size")
         pl_module.stage_overrides = {k: spec[k] for k in OVERRIDE_KEYS if spec.get(k) is not None}
 
     def state_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 
 
 class LearningCurve(L.Callback):
@@ -37,7 +38,9 @@ class LearningCurve(L.Callback):
         self.earlier = float(state_dict["minutes"])
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking:
+        # Points of the training only: not the sanity check, nor a trainer.validate afterwards.
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if not trainer.is_global_zero or trainer.sanity_checking or not fitting:
             return
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         row = {

@@ -10,10 +10,16 @@ outside: :class:`~recattend.callbacks.sampling.ScheduledSampling` sets
 never boxes.
 
 What is fed is the maximally overlapping instance: the slot whose padded ground-truth box has the
-highest soft IoU with the predicted soft box b_t (eq. 25), chosen with replacement, so the model
-learns to continue from wherever its own box went. The noise keeps it from trusting the fed ground
-truth blindly: masks are y* (1 - U(0, 0.3)); boxes are padded by U(0.1, 0.3) of their size (at
-least the stage's minimum padding) and their centre shifted by U(-0.05, 0.05) of their size.
+highest box IoU with the predicted box, chosen with replacement among all T slots, so the model
+learns to continue from wherever its own box went. The box IoU is the loss's
+(``module.box_iou``, :func:`recattend.losses.box_iou`): by default the soft IoU with the predicted
+soft box b_t (eq. 25); with ``coordinates`` (the authors' Cityscapes run) the coordinate IoU of
+the predicted box with the padded ground-truth box. The noise keeps the model from trusting the fed
+ground truth blindly: masks are y* (1 - U(0, 0.3)); boxes are padded by U(0.1, 0.3) of the tight
+box's size per image (at least the stage's minimum padding) and their centre shifted per axis by
+U(-0.05, 0.05) of a size that ``module.fed_box_jitter`` chooses: ``padded`` (the default) the
+padded box's, ``tight`` (the authors') the tight box's, less for a small instance, whose padding is
+the minimum (3x less for one as small as the minimum padding).
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recattend.losses import pad_boxes, soft_iou
+from recattend.losses import box_iou, pad_boxes
 from recattend.models.filterbank import box_edges_to_center_size
 from recattend.models.segmenter import BoxState, RecurrentSegmenter
 
 MASK_NOISE = 0.3  # fed masks are y* (1 - U(0, MASK_NOISE))
-BOX_PAD_RATIO = (0.1, 0.3)  # fed boxes are padded by U(low, high) of their size
-BOX_SHIFT = 0.05  # ... and their centre shifted by U(-BOX_SHIFT, BOX_SHIFT) of their size
+BOX_PAD_RATIO = (0.1, 0.3)  # fed boxes are padded by U(low, high) of their tight size
+BOX_SHIFT = 0.05  # ... and their centre shifted by U(-BOX_SHIFT, BOX_SHIFT) of a size (jitter)
+JITTERS = ("padded", "tight")  # module.fed_box_jitter: the size that scales the centre shift
 
 
 @dataclasses.dataclass
@@ -68,6 +75,12 @@ class Knob:
 class TeacherForcing:
     """The switches and the fed ground truth of one rollout's steps (module docstring).
 
+    Args:
+        box_iou: how the maximally overlapping instance is chosen, the loss's box IoU
+            (``module.box_iou``): ``"soft"`` or ``"coordinates"``.
+        jitter: the size that scales the fed box's centre shift (``module.fed_box_jitter``):
+            ``"padded"`` or ``"tight"``.
+
     Attributes:
         probabilities: per kind (``"box"``, ``"mask"``) the (T,) probability at each timestep of
             feeding ground truth in the ``full`` stage, on the model's device; None (the
@@ -75,7 +88,8 @@ class TeacherForcing:
             outside the full stage) feeds none.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, box_iou: str = "soft", jitter: str = "padded") -> None:
+        self.box_iou, self.jitter = box_iou, jitter
         self.probabilities: dict[str, Tensor] | None = None
 
     def draw(self, kind: str, t: int, b: int, stage: str, device: torch.device) -> Tensor:
@@ -96,20 +110,23 @@ class TeacherForcing:
         t: int,
         box: BoxState,
         batch: dict[str, Any],
-        box_masks: Tensor,
+        padded: Tensor,
         stage: str,
         min_pad: float,
     ) -> Knob | None:
         """Draw step t's switches and pick the ground truth to feed (module docstring).
 
         Args:
-            model: the segmenter (its :meth:`~RecurrentSegmenter.soft_box` gives b_t).
+            model: the segmenter (its :meth:`~RecurrentSegmenter.soft_box` gives b_t, read by the
+                soft box IoU).
             box: step t's predicted box; without a box network (``box.z`` None) the attention
                 covers the whole image and no instance overlaps best, so the slot fed is the
                 step's own (t), largest instances first, and no box is ever fed.
             batch: the batch contract's ``image`` (B, C, H, W), ``masks`` (B, T, H, W) and
                 ``boxes`` (B, T, 4) pixel edges.
-            box_masks: (B, T, H, W) the padded ground-truth boxes as masks, for the soft IoU.
+            padded: the padded ground-truth boxes in the form the box IoU reads
+                (:func:`~recattend.losses.padded_gt_boxes`): (B, T, H, W) rasters (``soft``) or
+                (B, T, 4) pixel edges (``coordinates``).
             stage: the bootstrap stage, ``"box"`` or ``"full"``.
             min_pad: the stage's minimum ground-truth box padding (px).
 
@@ -128,13 +145,17 @@ class TeacherForcing:
         if box.z is None:
             m = torch.full((b,), t, device=device)
         else:
-            with torch.no_grad():
-                soft_box = model.soft_box(box)
-            m = soft_iou(soft_box[:, None], box_masks)[:, 0].argmax(1)  # (B,)
+            with torch.no_grad():  # b_t only where the box IoU reads it
+                soft_box = model.soft_box(box)[:, None] if self.box_iou == "soft" else None
+                iou = box_iou(self.box_iou, soft_box, box.edges()[:, None], padded)
+            m = iou[:, 0].argmax(1)  # (B,)
         low, high = BOX_PAD_RATIO
-        boxes = batch["boxes"]
-        ratio = low + (high - low) * torch.rand(b, 1, device=device, dtype=boxes.dtype)
-        center, size = box_edges_to_center_size(pad_boxes(boxes[rows, m], min_pad, ratio))
-        center = center + BOX_SHIFT * (2 * torch.rand_like(center) - 1) * size
+        tight = batch["boxes"][rows, m]  # (B, 4)
+        ratio = low + (high - low) * torch.rand(b, 1, device=device, dtype=tight.dtype)
+        center, size = box_edges_to_center_size(pad_boxes(tight, min_pad, ratio))
+        # The shift's scale: the padded box's size delta, or the tight box's y1 - y0, x1 - x0
+        # (the size its padding ratio multiplies, as the authors shift it before padding).
+        scale = size if self.jitter == "padded" else tight[:, 2:] - tight[:, :2]
+        center = center + BOX_SHIFT * (2 * torch.rand_like(center) - 1) * scale
         noise = 1 - MASK_NOISE * torch.rand_like(batch["masks"][:, 0])
         return Knob(use_box, center, size, use_mask, batch["masks"][rows, m] * noise)

@@ -189,6 +189,10 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         self.keep_aspect_ratio = keep_aspect_ratio
         self.stop_slot = bool(stop_slot)
         self.stage: str | None = None
+        # A bootstrap stage's own training batch size (BootstrapStages), and the batch size of
+        # the training loader last built: the loader is stale while they differ.
+        self.stage_batch_size: int | None = None
+        self.loader_batch_size: int | None = None
         self._transform(True)  # fail at start-up, not in a worker
         self.datasets: dict[str, InstanceDataset] = {}
 
@@ -235,7 +239,21 @@ class InstanceDataModule(L.LightningDataModule, ABC):
             return self.augment(batch, self.stage)
         return batch
 
+    @property
+    def train_batch_size(self) -> int:
+        """The training batch size per device now: the bootstrap stage's, else
+        ``dataset.batch_size`` (the evaluation splits always use the latter)."""
+        return self.stage_batch_size or self.batch_size
+
+    @property
+    def loader_stale(self) -> bool:
+        """Whether the training loader was built for another batch size than the stage's."""
+        return self.loader_batch_size not in (None, self.train_batch_size)
+
     def _loader(self, split: str) -> DataLoader:
+        batch_size = self.train_batch_size if split == "train" else self.batch_size
+        if split == "train":
+            self.loader_batch_size = batch_size
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         dataset = self.datasets[split]
@@ -245,7 +263,7 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         return DataLoader(
             dataset,
             sampler=EvaluationSampler(dataset) if distributed else None,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             shuffle=split == "train",
             drop_last=False,
             num_workers=self.num_workers,

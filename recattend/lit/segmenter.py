@@ -30,6 +30,7 @@ worth: about 460 lines, half of them docstrings.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,13 @@ import torch
 from torch import Tensor
 
 from recattend import ops
-from recattend.callbacks.teacher_forcing import TeacherForcing
+from recattend.callbacks.teacher_forcing import JITTERS, TeacherForcing
 from recattend.lit.nonfinite import NonFiniteGuard
 from recattend.lit.optim import adam, check_settings, lr_factor, mixed_precision
 from recattend.losses import (
+    BOX_IOUS,
     box_stage_losses,
-    padded_box_masks,
+    padded_gt_boxes,
     segmenter_losses,
     supervised_counts,
 )
@@ -96,8 +98,15 @@ class SegmenterModule(L.LightningModule):
         weight_decay: L2 on weight matrices and kernels (not biases, BatchNorm or gains).
         grad_clip: element-wise gradient clipping to [-grad_clip, grad_clip] (0: none).
         lambda_box, lambda_score: the loss weights of eq. (21) (paper: 1, 1).
-        box_min_pad: minimum padding (px) of ground-truth boxes for the soft box loss and the
+        box_min_pad: minimum padding (px) of ground-truth boxes for the box loss and the
             boxes fed by teacher forcing; a bootstrap stage may set its own (:attr:`box_min_pad`).
+        box_iou: the box IoU of the box loss, its matching and teacher forcing's choice of the
+            instance to feed (:mod:`recattend.losses`): ``"soft"`` (eq. 25-26, the paper's) or
+            ``"coordinates"`` (the coordinate IoU of the predicted and padded ground-truth boxes,
+            the authors' Cityscapes run).
+        fed_box_jitter: the size that scales the centre shift of a box fed by teacher forcing
+            (:mod:`recattend.callbacks.teacher_forcing`): ``"padded"`` (the padded box's) or
+            ``"tight"`` (the ground-truth instance's own box, the authors').
         threshold: a pixel is foreground when its largest processed, score-weighted value is
             > this (CVPPP and KITTI 0.3, Cityscapes 0.6).
         postprocess: the switches of the post-processing (:mod:`recattend.postprocess`), run
@@ -152,6 +161,8 @@ class SegmenterModule(L.LightningModule):
         lambda_box: float = 1.0,
         lambda_score: float = 1.0,
         box_min_pad: float = 11.0,
+        box_iou: str = "soft",
+        fed_box_jitter: str = "padded",
         threshold: float = 0.3,
         postprocess: Mapping[str, Any] | None = None,
         stop_score: float = 0.5,
@@ -172,6 +183,12 @@ class SegmenterModule(L.LightningModule):
                 "full_resolution (recompute the box CNN's full-resolution layers) or false "
                 "(recompute nothing)"
             )
+        for key, value, choices in (
+            ("box_iou", box_iou, BOX_IOUS),
+            ("fed_box_jitter", fed_box_jitter, JITTERS),
+        ):
+            if value not in choices:
+                raise ValueError(f"module.{key}={value!r}: use one of {list(choices)}")
         if not isinstance(net, SegmenterNetwork):  # a checkpoint's hyper-parameters
             net = SegmenterNetwork(**net)
         self.save_hyperparameters(ignore=["net"])
@@ -199,7 +216,11 @@ class SegmenterModule(L.LightningModule):
         ]
         self.stage = "full"  # training stage, set by BootstrapStages (module docstring)
         self.stage_overrides: dict[str, float] = {}  # the stage's own settings, idem
-        self.teacher_forcing = TeacherForcing()  # its probabilities set by ScheduledSampling
+        self.end_epoch = False  # end the epoch before this batch (a stage's batch size, idem)
+        box_net = self.net.segmenter.box_net  # the model's pooling, for use_box_pools
+        self._box_pools = list(box_net.cnn.pools) if box_net is not None else []
+        # Its probabilities set by ScheduledSampling.
+        self.teacher_forcing = TeacherForcing(box_iou, fed_box_jitter)
         self.nonfinite = NonFiniteGuard(on_nonfinite, max_skipped)
         # The last validation's output statistics, set by the Evaluate callback
         # (recattend.evaluation.statistics); saved in checkpoints for predict.py's warnings.
@@ -256,11 +277,12 @@ class SegmenterModule(L.LightningModule):
         shared = model.prepare(self.net.inputs(batch["image"]))
         workers = ops.backward_workers(model, model.steps, self.hparams.compile)
         x = shared if workers == 1 else shared.detach().requires_grad_(shared.requires_grad)
-        box_masks = padded_box_masks(
+        padded = padded_gt_boxes(
+            self.hparams.box_iou,
             batch["boxes"],
-            model.image_size,
             supervised_counts(batch["num_instances"], batch["boxes"]),
             self.box_min_pad,
+            model.image_size,
         )
         canvas = x.new_zeros(x.shape[0], 1, *model.image_size)
         outs = []
@@ -269,7 +291,7 @@ class SegmenterModule(L.LightningModule):
             knob = None
             if self.training:
                 knob = self.teacher_forcing.knob(
-                    model, t, box, batch, box_masks, self.stage, self.box_min_pad
+                    model, t, box, batch, padded, self.stage, self.box_min_pad
                 )
             if self.stage == "box":
                 out = model.box_only(box)
@@ -285,9 +307,36 @@ class SegmenterModule(L.LightningModule):
         if workers == 1:
             return outs
         parameters = [p for p in model.parameters() if p.requires_grad]
-        return ops.join_step_outputs(
-            outs, ("mask", "soft_box", "score"), parameters, x, shared, workers
-        )
+        read = ("mask", "soft_box", "score")  # by the losses, and the box edges by coordinates
+        read += ("box_edges",) if self.hparams.box_iou == "coordinates" else ()
+        return ops.join_step_outputs(outs, read, parameters, x, shared, workers)
+
+    def use_box_pools(self, pools: Sequence[int] | None) -> None:
+        """Pool the box CNN with ``pools`` (a bootstrap stage's ``box_pools``; None: the model's
+        ``model.segmenter.box_pools``). The authors' KITTI box stage pooled 1,2,1,2,1,2,2,2 and
+        their full model 2,2,1,2,1,2,1,2: one total stride, so the same weights serve both.
+
+        Raises:
+            ValueError: a pattern of another length or total stride than the model's.
+        """
+        box_net = self.net.segmenter.box_net
+        if box_net is None:
+            return
+        pools = list(pools) if pools is not None else list(self._box_pools)
+        if len(pools) != len(self._box_pools) or math.prod(pools) != math.prod(self._box_pools):
+            raise ValueError(
+                f"bootstrap stage box_pools={pools} must have {len(self._box_pools)} entries "
+                f"and the total stride {math.prod(self._box_pools)} of model.segmenter.box_pools="
+                f"{self._box_pools}, so that the box network's weights serve every stage"
+            )
+        box_net.cnn.pools = pools
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> int | None:
+        # -1 is Lightning's way to end the epoch here, without training on this batch.
+        if self.end_epoch:
+            self.end_epoch = False
+            return -1
+        return None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """The joint loss (eq. 21; the box stage's losses in stage ``box``) of the T steps.
@@ -302,7 +351,10 @@ class SegmenterModule(L.LightningModule):
             kind: _stack(outs, key)
             for kind, key in (("masks", "mask"), ("scores", "score"), ("soft_boxes", "soft_box"))
         }
-        terms = self.nonfinite.losses(self, batch, stacked, lambda: self._losses(batch, **stacked))
+        edges = _stack(outs, "box_edges")
+        terms = self.nonfinite.losses(
+            self, batch, stacked, lambda: self._losses(batch, edges, **stacked)
+        )
         n = batch["image"].shape[0]
         if self.hparams.on_nonfinite == "skip":
             self.log("train/skipped_batches", float(self.nonfinite.skipped), batch_size=n)
@@ -318,18 +370,24 @@ class SegmenterModule(L.LightningModule):
     def _losses(
         self,
         batch: dict[str, Any],
+        box_edges: Tensor,
         masks: Tensor | None,
         scores: Tensor,
         soft_boxes: Tensor | None,
     ) -> dict[str, Tensor]:
         """The current stage's loss terms from the stacked (B, T, ...) outputs."""
         hp = self.hparams
-        weights = {"lambda_box": hp.lambda_box, "lambda_score": hp.lambda_score}
+        settings = {
+            "lambda_box": hp.lambda_box,
+            "lambda_score": hp.lambda_score,
+            "min_pad": self.box_min_pad,
+            "box_edges": box_edges,
+            "box_iou": hp.box_iou,
+        }
         if self.stage == "box":
             return box_stage_losses(
-                soft_boxes, scores, batch["boxes"], batch["num_instances"],
-                min_pad=self.box_min_pad, **weights,
-            )  # fmt: skip
+                soft_boxes, scores, batch["boxes"], batch["num_instances"], **settings
+            )
         return segmenter_losses(
             masks,
             scores,
@@ -337,8 +395,7 @@ class SegmenterModule(L.LightningModule):
             batch["masks"],
             batch["boxes"],
             batch["num_instances"],
-            min_pad=self.box_min_pad,
-            **weights,
+            **settings,
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

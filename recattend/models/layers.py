@@ -23,6 +23,25 @@ def truncated_normal_init_(module: nn.Module, std: float = 0.01) -> None:
                 nn.init.trunc_normal_(parameter, std=std, a=-2 * std, b=2 * std)
 
 
+INITS = ("kaiming", "authors")
+"""The initialisations of :func:`initialise_` (``model.segmenter.init``, ``module.net.init``)."""
+
+
+def initialise_(module: nn.Module, init: str, key: str) -> None:
+    """Start ``module``'s weights as ``init`` says: ``"kaiming"`` (:func:`kaiming_init_`) or
+    ``"authors"`` (:func:`truncated_normal_init_`); BatchNorm keeps gamma 1, beta 0 either way.
+
+    Raises:
+        ValueError: an unknown ``init``, naming the config ``key`` that set it.
+    """
+    if init not in INITS:
+        raise ValueError(f"{key}={init!r}: use one of {list(INITS)}")
+    if init == "authors":
+        truncated_normal_init_(module)
+    else:
+        kaiming_init_(module)
+
+
 class ConvBlock(nn.Sequential):
     """3x3 conv (stride 1, same padding) -> BatchNorm -> ReLU -> optional max-pool.
 

@@ -21,10 +21,12 @@ activation of the same resolution. Which one is chosen in one of two ways:
 Here ``h_i`` is the output of encoder layer ``i`` (0-based), after its max-pooling if it has one.
 Skips carry no parameters, so both ways give the same state_dict keys and shapes.
 
-Deliberate difference: weights start He-normal, not truncated N(0, 0.01) as the authors'. They
-trained this FCN with momentum SGD; with Adam, weights of scale 0.01 change by ~10% per step,
-BatchNorm running statistics lag behind the weights, and evaluation-mode outputs degrade
-(measured: foreground BCE 0.007 in training mode vs 0.21 in evaluation mode after 1000 steps).
+Initialisation (``module.net.init``, as the segmenter's ``model.segmenter.init``): by default
+He-normal convolutions, not the authors' truncated N(0, 0.01) for every weight and bias
+(``init: authors``). They trained this FCN with momentum SGD; with Adam, weights of scale 0.01
+change by ~10% per step, BatchNorm running statistics lag behind the weights, and evaluation-mode
+outputs degrade (measured: foreground BCE 0.007 in training mode vs 0.21 in evaluation mode after
+1000 steps).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from recattend.models.layers import ConvBlock, DeconvBlock, kaiming_init_
+from recattend.models.layers import ConvBlock, DeconvBlock, initialise_
 from recattend.structures import NUM_ANGLE_CLASSES
 
 IMAGE = -1
@@ -60,6 +62,10 @@ class Preprocessor(nn.Module):
             argument: the rule of ``decoder_skips``.
         num_classes: 0 for a 1-channel foreground logit; K > 0 for background + K semantic classes.
         angles: predict the 8-way angle map (off for an FCN trained without angles).
+        init: ``"kaiming"`` (He-normal convolutions and deconvolutions, zero biases) or
+            ``"authors"`` (every conv and deconv weight and bias truncated N(0, 0.01) at
+            +-2 std); BatchNorm starts at gamma 1, beta 0 either way
+            (:func:`~recattend.models.layers.initialise_`, shared with the segmenter).
 
     Attributes:
         stride: the encoder's total down-sampling (product of ``encoder_pools``).
@@ -72,8 +78,9 @@ class Preprocessor(nn.Module):
         ``semantic`` (B, K + 1, H, W) logits; ``angles`` (B, 8, H, W) logits when ``angles``.
 
     Raises:
-        ValueError: inconsistent lengths or strides, an unknown skip source, or a source whose
-            resolution differs from that of the decoder layer receiving it.
+        ValueError: inconsistent lengths or strides, an unknown skip source, a source whose
+            resolution differs from that of the decoder layer receiving it, or an unknown
+            ``init``.
     """
 
     def __init__(
@@ -88,6 +95,7 @@ class Preprocessor(nn.Module):
         decoder_skip_sources: Sequence[int | str | None] | None = None,
         num_classes: int = 0,
         angles: bool = True,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         num_decoder = len(decoder_channels) + 1
@@ -160,7 +168,7 @@ class Preprocessor(nn.Module):
             width, stride = out, stride // unpool
         # Encoder outputs that forward() keeps for the decoder.
         self._kept = frozenset(s for s in sources if s is not None and s != IMAGE)
-        kaiming_init_(self)
+        initialise_(self, init, "module.net.init")
 
     @staticmethod
     def _default_sources(

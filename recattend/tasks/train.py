@@ -2,7 +2,8 @@
 
 Order: start-up checks -> seed -> data and the dataset's evaluator -> module and the
 process-wide settings it needs (:func:`recattend.ops.configure`) -> weights from ``init_from`` if
-set -> callbacks and loggers -> trainer -> fit -> test (best checkpoint if one was written) ->
+set -> callbacks and loggers -> trainer -> fit -> (``final_validation``: validate) -> test, both
+with the checkpoint ``test_ckpt`` names (the best on validation, or the last weights) ->
 ``metrics.json`` in the run folder (and a W&B table). W&B runs are finished in every case, so each
 job of a multirun gets its own run.
 
@@ -11,9 +12,9 @@ Resuming (``ckpt_path=last`` or a checkpoint path): Hydra's run folder is the re
 callbacks' stage and schedule, and the W&B logger continues the run's W&B id.
 
 Interrupting (Ctrl-C, SIGTERM, SIGUSR1; :mod:`recattend.callbacks.interrupt`): training stops
-after the current step with ``checkpoints/last.ckpt`` saved, the test split is skipped,
-``metrics.json`` is marked ``"interrupted": true``, the command that resumes is logged, and the
-process exits with status 128 + the signal number.
+after the current step (or validation batch) with ``checkpoints/last.ckpt`` saved, the test split
+is skipped, ``metrics.json`` is marked ``"interrupted": true``, the command that resumes is
+logged, and the process exits with status 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from recattend.utils.cli import hydra_main, resume_command
 from recattend.utils.config import (
     check_checkpointing,
     check_multirun_strategy,
+    checked_choice,
     checked_seed,
     instantiate_data,
     instantiate_group,
@@ -69,6 +71,7 @@ def run(cfg: DictConfig) -> float | None:
     for line in run_summary(cfg, output_dir, ckpt_path):
         log.info(line)
     seed = checked_seed(cfg.get("seed"))
+    test_ckpt = checked_choice("test_ckpt", cfg.get("test_ckpt", "best"), ("best", "last"))
     if seed is not None:
         L.seed_everything(seed, workers=True)
 
@@ -128,14 +131,19 @@ def run(cfg: DictConfig) -> float | None:
         saved = checkpoint_summary(trainer) if trainer.is_global_zero else []
         tested = cfg.get("test", False) and not interrupt.interrupted  # a stop skips the test
         if tested:
-            # The best checkpoint only means something when a metric is monitored; otherwise the
-            # weights at the end of training are the ones to test.
+            # The best checkpoint only means something when a metric is monitored; otherwise, and
+            # with test_ckpt=last, the weights at the end of training are the ones to test.
             callback = trainer.checkpoint_callback
-            best = callback.best_model_path if callback and callback.monitor else ""
+            monitored = callback is not None and callback.monitor
+            best = callback.best_model_path if test_ckpt == "best" and monitored else ""
             # The test table's row names what was scored.
             scored = Path(best).name if best else f"end of training (step {trainer.global_step})"
-            if not best:
-                log.info("testing the weights at the end of training")
+            log.info("scoring %s", scored if best else f"the weights at the {scored}")
+            if cfg.get("final_validation", False):
+                # The validation split scored with the same weights (val/* in metrics.json).
+                trainer.validate(module, datamodule=datamodule, ckpt_path=best or None,
+                                 verbose=False)  # fmt: skip
+                metrics.update(scalars(trainer.callback_metrics))
             # Lightning's own table would print raw floats: the paper table below replaces it.
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics.update(scalars(trainer.callback_metrics))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,18 @@ def checked_seed(value: Any) -> int | None:
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return value
     raise ValueError(f"seed={value!r} must be an integer (e.g. seed=0) or null for an unseeded run")
+
+
+def checked_choice(key: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` of the root config key ``key`` when it is one of ``choices``.
+
+    Raises:
+        ValueError: any other value, naming the key and the choices.
+    """
+    if value in choices:
+        return value
+    options = " | ".join(choices)
+    raise ValueError(f"{key}={value!r} must be one of {options}, e.g. {key}={choices[0]}")
 
 
 def instantiate_trainer(trainer_cfg: DictConfig, **kwargs: Any) -> Any:

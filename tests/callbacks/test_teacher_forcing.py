@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from recattend.callbacks.teacher_forcing import (
@@ -11,6 +12,7 @@ from recattend.callbacks.teacher_forcing import (
     Knob,
     TeacherForcing,
 )
+from recattend.losses import padded_box_edges
 from recattend.models.segmenter import BoxState
 
 
@@ -74,6 +76,56 @@ def test_the_maximally_overlapping_instance_is_fed_with_its_noise() -> None:
     low, high = BOX_PAD_RATIO
     assert ((knob.size >= 7 + 2 * 8 * low - 1e-5) & (knob.size <= 7 + 2 * 8 * high + 1e-5)).all()
     assert ((knob.center - 11.5).abs() <= BOX_SHIFT * knob.size + 1e-5).all()
+
+
+def test_the_coordinate_box_iou_picks_the_instance_by_the_box_coordinates() -> None:
+    # The soft box b_t covers the top-left corner in both images: the soft IoU feeds slot 0. The
+    # predicted boxes' coordinates: image 0's (8, 8)-(16, 16) lies inside slot 1's padded box
+    # (6.4, 6.4)-(17.6, 17.6) and is disjoint from slot 0's (-1, -1)-(5, 5); image 1's
+    # (0, 0)-(2, 2) is the empty slot 2's box (IoU 1; slot 0's: 4 / 36). Any of the T slots may
+    # be chosen, so image 1 is fed the empty slot's all-zero mask.
+    batch = _batch()
+    soft_box = torch.zeros(2, 16, 16)
+    soft_box[:, :4, :4] = 1.0
+    model = SoftBoxModel(soft_box)
+    center, size = torch.tensor([[11.5, 11.5], [0.5, 0.5]]), torch.tensor([[7.0, 7.0], [1.0, 1.0]])
+    box = BoxState(center, size, torch.ones(2, 2), torch.ones(2, 3), torch.zeros(2, 8), None)
+    probabilities = {"box": torch.ones(3), "mask": torch.ones(3)}
+    soft = TeacherForcing()
+    soft.probabilities = probabilities
+    fed = soft.knob(model, 0, box, batch, batch["masks"], "full", 1.0).mask
+    assert (fed[:, :4, :4] > 0).all() and fed[:, 4:].eq(0).all()  # slot 0 in both images
+    coordinates = TeacherForcing(box_iou="coordinates")
+    coordinates.probabilities = probabilities
+    padded = padded_box_edges(batch["boxes"], torch.tensor([2, 2]), 1.0)
+    fed = coordinates.knob(model, 0, box, batch, padded, "full", 1.0).mask
+    assert (fed[0, 8:, 8:] > 0).all() and fed[0, :8].eq(0).all()  # slot 1
+    assert fed[1].eq(0).all()  # the empty slot 2
+
+
+@pytest.mark.parametrize(
+    ("jitter", "centres"), [("padded", [11.875, 1.775]), ("tight", [11.7, 1.6])]
+)
+def test_the_fed_box_centre_shift_follows_the_jitter_scale(
+    monkeypatch, jitter: str, centres: list[float]
+) -> None:
+    # Every uniform draw is 0.75: pad ratio 0.1 + 0.2 * 0.75 = 0.25, centre shift
+    # 0.05 * (2 * 0.75 - 1) = 0.025 of the scale. With min_pad 4, image 0 is fed slot 1
+    # (8, 8)-(16, 16), tight size 8, padded by max(2, 4) = 4 to (4, 4)-(20, 20): centre 11.5,
+    # delta 15; image 1 slot 0 (0, 0)-(4, 4), tight size 4, padded by 4 to (-4, -4)-(8, 8):
+    # centre 1.5, delta 11. "padded" shifts by 0.025 x 15 and 11 (0.375, 0.275); "tight", the
+    # authors', by 0.025 x 8 and 4 (0.2, 0.1): 2.75x less for the small instance.
+    batch = _batch()
+    soft_box = torch.zeros(2, 16, 16)
+    soft_box[0, 8:, 8:] = 1.0
+    soft_box[1, :4, :4] = 1.0
+    monkeypatch.setattr(torch, "rand", lambda *size, **where: torch.full(size, 0.75, **where))
+    monkeypatch.setattr(torch, "rand_like", lambda x: torch.full_like(x, 0.75))
+    forcing = TeacherForcing(jitter=jitter)
+    forcing.probabilities = {"box": torch.ones(3), "mask": torch.ones(3)}
+    knob = forcing.knob(SoftBoxModel(soft_box), 0, _box(2), batch, batch["masks"], "full", 4.0)
+    torch.testing.assert_close(knob.size, torch.tensor([[15.0, 15.0], [11.0, 11.0]]))
+    torch.testing.assert_close(knob.center, torch.tensor(centres)[:, None].expand(2, 2))
 
 
 def test_without_a_box_network_the_step_feeds_its_own_slot_and_never_a_box() -> None:

@@ -245,10 +245,73 @@ def test_a_run_that_ends_before_its_last_stage_is_warned_about(
     assert (message in caplog.text) is warned
 
 
+class BatchSizes(L.Callback):
+    """The (global step, images) of every training step."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen.append((trainer.global_step, len(batch["image"])))
+
+
+def test_a_stage_trains_with_its_own_batch_size_from_its_first_step(tmp_path: Path) -> None:
+    # 16 images in batches of 3 for the 2 box steps (the authors' larger box-stage batches),
+    # then batches of 2 (dataset.batch_size 4 is overridden by both stages). The switch ends
+    # the epoch mid-way: the first full-stage step already has 2 images; the full stage's epochs
+    # have 8 batches of 2 (16 images) and the box stage's 6 of 3 (the last of 1).
+    torch.manual_seed(0)
+    sizes = BatchSizes()
+    stages = [
+        {"name": "box", "steps": 2, "batch_size": 3},
+        {"name": "full", "steps": None, "batch_size": 2},
+    ]
+    trainer = _trainer(tmp_path, [BootstrapStages(stages), sizes], max_steps=12)
+    trainer.fit(tiny_segmenter(), datamodule=tiny_data(16))
+    assert sizes.seen == [(1, 3), (2, 3), *((step, 2) for step in range(3, 13))]
+
+
+def test_resuming_in_a_stage_with_its_own_batch_size_uses_it(tmp_path: Path) -> None:
+    stages = [
+        {"name": "box", "steps": 2, "batch_size": 3},
+        {"name": "full", "steps": None, "batch_size": 2},
+    ]
+    first = _trainer(tmp_path, [BootstrapStages(stages)], max_steps=3)
+    first.fit(tiny_segmenter(), datamodule=tiny_data(16))
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    sizes = BatchSizes()
+    second = _trainer(tmp_path / "resumed", [BootstrapStages(stages), sizes], max_steps=5)
+    second.fit(tiny_segmenter(), datamodule=tiny_data(16), ckpt_path=ckpt)
+    assert sizes.seen == [(4, 2), (5, 2)]
+
+
+def test_a_stage_pools_the_box_cnn_its_own_way(tmp_path: Path) -> None:
+    # The tiny box CNN pools 2,2,2; the box stage 1,2,4 (the same total stride 8), the full
+    # stage the model's again. A pattern of another stride is refused before training.
+    seen = []
+
+    class Pools(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            seen.append(list(pl_module.net.segmenter.box_net.cnn.pools))
+
+    stages = [{"name": "box", "steps": 2, "box_pools": [1, 2, 4]}, {"name": "full", "steps": None}]
+    module = tiny_segmenter()
+    trainer = _trainer(tmp_path, [BootstrapStages(stages), Pools()], max_steps=3)
+    trainer.fit(module, datamodule=tiny_data(16))
+    assert seen == [[1, 2, 4], [1, 2, 4], [2, 2, 2]]
+    with pytest.raises(ValueError, match=r"box_pools=\[2, 2\] must have 3 entries"):
+        module.use_box_pools([2, 2])
+    stages[1]["box_pools"] = [1, 2, 2]
+    trainer = _trainer(tmp_path / "other", [BootstrapStages(stages)], max_steps=3)
+    with pytest.raises(ValueError, match="total stride 8"):
+        trainer.fit(tiny_segmenter(), datamodule=tiny_data(16))
+
+
 @pytest.mark.parametrize(
     ("stages", "message"),
     [
         ([], "empty"),
+        ([{"name": "box", "steps": 2, "batch_size": 0}], "batch_size=0 must be a positive"),
         ([{"name": "box"}, {"name": "full"}], "needs steps >= 1"),
         ([{"name": "box", "steps": 2, "learning_rate": 1}], "unknown: \\['learning_rate'\\]"),
     ],

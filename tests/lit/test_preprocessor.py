@@ -71,6 +71,33 @@ def test_kitti_configuration_matches_the_authors() -> None:
     assert net(torch.rand(1, 3, 128, 448))["angles"].shape == (1, 8, 128, 448)
 
 
+def test_the_authors_initialisation_is_the_segmenters() -> None:
+    # module.net.init: "authors" starts every conv and deconv weight and bias from N(0, 0.01^2)
+    # truncated at +-2 std, as model.segmenter.init; BatchNorm at gamma 1, beta 0 either way.
+    # The default "kaiming" gives He-normal kernels (std sqrt(2 / fan_out): 0.12 for the first
+    # 16-channel 3x3 layer) and zero biases.
+    torch.manual_seed(0)
+    authors = PreprocessorModule(image_size=[32, 32], net={"init": "authors"}).net
+    kaiming = Preprocessor()
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    layers = [m for m in authors.modules() if isinstance(m, convs)]
+    assert len(layers) == 12
+    for layer in layers:
+        assert layer.weight.abs().max() <= 0.02 and layer.bias.abs().max() <= 0.02
+        assert layer.bias.abs().max() > 0  # biases drawn too
+    kernels = torch.cat([m.weight.flatten() for m in layers])
+    # N(0, 0.01^2) truncated at +-2 std has std 0.01 * 0.8796.
+    assert kernels.std().item() == pytest.approx(0.0088, rel=0.05)
+    first = kaiming.encoder[0].conv
+    assert first.weight.std().item() == pytest.approx(math.sqrt(2 / (16 * 9)), rel=0.15)
+    assert all(m.bias.eq(0).all() for m in kaiming.modules() if isinstance(m, convs))
+    for net in (authors, kaiming):
+        for norm in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            assert norm.weight.eq(1).all() and norm.bias.eq(0).all()
+    with pytest.raises(ValueError, match=r"module.net.init='xavier'"):
+        Preprocessor(init="xavier")
+
+
 def test_inconsistent_architecture_is_refused() -> None:
     with pytest.raises(ValueError, match="decoder_unpools must multiply"):
         Preprocessor(decoder_unpools=[2, 1, 2, 1, 1, 1])

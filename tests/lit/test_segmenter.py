@@ -104,16 +104,21 @@ def test_full_resolution_layers_and_bad_checkpoint_steps() -> None:
         tiny_segmenter(checkpoint_steps="some")
 
 
-@pytest.mark.parametrize("variant", ["box-stage", "no-box-net", "finetuned-preprocessor"])
+@pytest.mark.parametrize(
+    "variant", ["box-stage", "no-box-net", "finetuned-preprocessor", "coordinate-box-iou"]
+)
 def test_parallel_backward_matches_one_backward(monkeypatch, two_threads, variant: str) -> None:
     # The other ways a rollout runs: the bootstrap box stage (no masks), the no-box-network
-    # ablation (no soft boxes), and a fine-tuned pre-processor upstream of all steps (its
-    # gradient is the sum over steps, backpropagated once).
+    # ablation (no soft boxes), a fine-tuned pre-processor upstream of all steps (its gradient is
+    # the sum over steps, backpropagated once), and the coordinate box IoU (the box loss reads the
+    # steps' box edges too).
     net, extra = {}, {}
     if variant == "no-box-net":
         net["box_network"] = False
     if variant == "finetuned-preprocessor":
         extra["preprocessor"] = {"net": SMALL_FCN, "finetune": True}
+    if variant == "coordinate-box-iou":
+        extra["box_iou"] = "coordinates"
     batch, results = tiny_batch(), []
     for parallel in (False, True):
         torch.manual_seed(0)
@@ -187,6 +192,27 @@ def test_non_finite_loss_stops_with_the_step_and_term(monkeypatch, tmp_path) -> 
     ):
         module.training_step(tiny_batch(), 0)
     assert saved == [tmp_path / "checkpoints" / "nonfinite-step7.ckpt"]
+
+
+def test_the_box_iou_and_the_jitter_reach_the_losses_and_teacher_forcing(monkeypatch) -> None:
+    module = tiny_segmenter(box_iou="coordinates", fed_box_jitter="tight")
+    forcing = module.teacher_forcing
+    assert (forcing.box_iou, forcing.jitter) == ("coordinates", "tight")
+    module.log = module.log_dict = lambda *a, **k: None
+    seen, losses = {}, segmenter_module.segmenter_losses
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return losses(*args, **kwargs)
+
+    monkeypatch.setattr(segmenter_module, "segmenter_losses", spy)
+    module.train().training_step(tiny_batch(), 0)
+    # The steps' predicted boxes as (B, T, 4) pixel edges, for the coordinate IoU.
+    assert seen["box_iou"] == "coordinates" and seen["box_edges"].shape == (3, 4, 4)
+    with pytest.raises(ValueError, match=r"module.box_iou='iou': use one of \['soft'"):
+        tiny_segmenter(box_iou="iou")
+    with pytest.raises(ValueError, match=r"module.fed_box_jitter='loose': use one of"):
+        tiny_segmenter(fed_box_jitter="loose")
 
 
 def test_loggers_record_the_networks_settings_too() -> None:

@@ -25,8 +25,10 @@ import torch
 
 from recattend.losses import (
     box_stage_losses,
+    coordinate_iou,
     matched_iou_loss,
     monotonic_score_loss,
+    padded_box_edges,
     padded_box_masks,
     score_target,
     segmenter_losses,
@@ -134,6 +136,8 @@ def test_the_losses_run_on_meta_but_the_matching() -> None:
     match = torch.zeros(b, t, t, device=META)
     padded = padded_box_masks(boxes, (32, 32), counts, min_pad=2.0)
     assert_on([counts, iou, padded, matched_iou_loss(iou, match, counts)], META, torch.float32)
+    edges = padded_box_edges(boxes, counts, min_pad=2.0)
+    assert_on([edges, coordinate_iou(boxes, edges)], META, torch.float32)
     scores = torch.rand(b, t, device=META)
     assert_on(monotonic_score_loss(scores, score_target(match)), META, torch.float32)
 
@@ -149,12 +153,14 @@ def test_predict_creates_no_tensor_on_the_default_device() -> None:
         assert out["masks"].shape == (2, net.steps, 32, 32)
 
 
-@pytest.mark.parametrize("stage", ["full", "box"])
-def test_a_training_step_creates_no_tensor_on_the_default_device(stage: str) -> None:
+@pytest.mark.parametrize(
+    ("stage", "box_iou"), [("full", "soft"), ("box", "soft"), ("full", "coordinates")]
+)
+def test_a_training_step_creates_no_tensor_on_the_default_device(stage: str, box_iou: str) -> None:
     # The module's rollout with teacher forcing of boxes and masks at every step, the joint loss
     # (or the box stage's) with its matching, and the backward pass.
     torch.manual_seed(0)
-    module = tiny_segmenter(preprocessor={"net": SMALL_FCN})
+    module = tiny_segmenter(preprocessor={"net": SMALL_FCN}, box_iou=box_iou)
     module.log = module.log_dict = lambda *a, **k: None
     module.stage = stage
     steps = module.net.steps
@@ -185,7 +191,11 @@ def test_the_losses_create_no_tensor_on_the_default_device() -> None:
             masks, scores, None, batch["masks"], batch["boxes"], batch["num_instances"],
             min_pad=2.0,
         )  # fmt: skip
-    assert_on([joint, box, no_box], torch.device("cpu"), torch.float32)
+        coordinates = segmenter_losses(
+            masks, scores, soft_boxes, batch["masks"], batch["boxes"], batch["num_instances"],
+            min_pad=2.0, box_edges=batch["boxes"], box_iou="coordinates",
+        )  # fmt: skip
+    assert_on([joint, box, no_box, coordinates], torch.device("cpu"), torch.float32)
 
 
 def _outputs(b: int = 2, t: int = 4, size: int = 16, dtype=torch.float32) -> dict:

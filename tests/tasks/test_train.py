@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -288,3 +289,49 @@ def test_debug_tiny_runs_both_stages_and_the_test_split(compose_train, tmp_path:
     assert stages["stage"] == "full"
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"test/sbd", "train/loss_segm"} <= set(metrics)
+
+
+class ScoredWeights(L.Callback):
+    """Saves the weights that trainer.validate and trainer.test run with (validated.pt,
+    tested.pt in ``folder``)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            torch.save(pl_module.state_dict(), self.folder / "validated.pt")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        torch.save(pl_module.state_dict(), self.folder / "tested.pt")
+
+
+def test_test_ckpt_last_scores_the_last_weights_on_both_splits(
+    compose_train, tmp_path: Path, capsys
+) -> None:
+    # Two epochs of 2 steps, validated after each: test_ckpt=last scores the weights at the end
+    # of training (last.ckpt), not the best checkpoint, and final_validation scores the
+    # validation split with them too.
+    cfg = compose_train(
+        *(o for o in TINY if not o.startswith("trainer.max_epochs=")),
+        "trainer.max_epochs=2",
+        "logger=none",
+        "test_ckpt=last",
+        "final_validation=true",
+        "+callbacks.scored._target_=tests.tasks.test_train.ScoredWeights",
+        f"+callbacks.scored.folder={tmp_path}",
+    )
+    train.run(cfg)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for name in ("validated.pt", "tested.pt"):
+        scored = torch.load(tmp_path / name, weights_only=True)
+        assert all(torch.equal(scored[k], v) for k, v in last.items()), name
+    assert "| end of training (step 4) |" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"val/sbd", "test/sbd"} <= set(metrics)
+
+
+def test_an_unknown_test_ckpt_is_refused_before_training(compose_train, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="test_ckpt='latest' must be one of best | last"):
+        train.run(compose_train(*TINY, "test_ckpt=latest"))
+    assert not (tmp_path / "checkpoints").exists()
