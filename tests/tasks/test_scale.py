@@ -174,7 +174,7 @@ def test_sigkill_then_resume_continues_the_run_folder_and_step(
         "test=false",
         f"paths.log_dir={tmp_path}",
         # CSV only: after a SIGKILL, W&B (0.31, offline) may still count the run id as in use
-        # for a while (README, Troubleshooting); the W&B id is continued on ordinary resumes.
+        # for a while (docs/troubleshooting.md); the W&B id is continued on ordinary resumes.
         "logger=csv",
     ]
     killed = subprocess.Popen(
