@@ -15,6 +15,16 @@ from tests.helpers import CONF, ROOT
 
 
 @pytest.fixture(autouse=True)
+def restored_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU fast path's process-wide switches (recattend.ops.configure), which in-process
+    train and eval runs set, are undone after every test."""
+    from recattend.ops import kernels, step_backward
+
+    monkeypatch.setattr(kernels, "ENABLED", kernels.ENABLED)
+    monkeypatch.setattr(step_backward, "ENABLED", step_backward.ENABLED)
+
+
+@pytest.fixture(autouse=True)
 def offline_env(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:

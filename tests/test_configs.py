@@ -341,6 +341,8 @@ AUTHORS = {
         "dataset.augment.flips": [],
     },
     "kitti_preprocessor": {"module.net.init": "authors"},
+    "cvppp_preprocessor": {"module.net.init": "authors"},
+    "coco_zebra_preprocessor": {"module.net.init": "authors"},
     "cityscapes_preprocessor": {"module.net.init": "authors"},
 }
 # ... and the values the time-budgeted recipes keep from the project's defaults.

@@ -17,13 +17,6 @@ from recattend.ops import backward_workers, join_step_outputs, kernels, step_bac
 CL = torch.channels_last
 
 
-@pytest.fixture(autouse=True)
-def restored_switch(monkeypatch):
-    """Whatever a test configures is undone afterwards."""
-    monkeypatch.setattr(kernels, "ENABLED", kernels.ENABLED)
-    monkeypatch.setattr(step_backward, "ENABLED", step_backward.ENABLED)
-
-
 def _layer() -> tuple[nn.Conv2d, nn.BatchNorm2d, Tensor]:
     """A 3x3 conv to 8 channels and its BatchNorm, and a float32 channels-last CPU input: what
     both kernels take."""

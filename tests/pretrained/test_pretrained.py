@@ -148,6 +148,7 @@ def test_tasks_take_exactly_one_of_ckpt_path_and_weights() -> None:
         pretrained.checkpoint_file("leafs", "weights")
 
 
+@pytest.mark.timeout(900)  # 256 images at 224x224, T = 21: minutes on a slow CPU
 def test_shipped_leaves_weights_reach_their_card(compose_train) -> None:
     card = pretrained.REGISTRY["leaves"]
     assert pretrained.sha256(card.path) == card.sha256
