@@ -9,8 +9,7 @@ below, so that no label covers a pixel of a tile. Text is drawn with cv2's Hersh
 tiles). Tiles smaller than :data:`MIN_TILE` pixels (tiny test networks) are enlarged by a whole
 factor, each pixel repeated, so that their labels fit beside them.
 
-One module past 400 lines: the two figures share the palette, the strip layout and the text
-metrics, and splitting them would only move those shared helpers into a third file.
+The two figures share the palette, the strip layout and the text metrics.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Explicit process-group teardown at the end of every fit/validate/test.
 
-With gloo on CPU, gloo threads still alive at interpreter exit made 2-process runs abort with
-SIGABRT in 30-50% of runs (measured on this project's tests); spawned workers leave through
-``os._exit``, so Lightning's own atexit hook cannot help there. A barrier then
+With gloo on CPU, gloo threads still alive at interpreter exit can abort a multi-process run
+with SIGABRT; spawned workers leave through ``os._exit``, so Lightning's own atexit hook cannot
+help there. A barrier then
 ``destroy_process_group`` in ``teardown`` ends them cleanly; Lightning re-creates the group for a
 following ``trainer.test``.
 """

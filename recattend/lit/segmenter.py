@@ -22,9 +22,7 @@ Training procedure (paper 2.6), driven by two callbacks that set attributes of t
 Evaluation is not done here: ``validation_step`` and ``test_step`` return the network's outputs,
 which the :class:`~recattend.evaluation.Evaluate` callback hands to the dataset's evaluator
 together with :meth:`SegmenterModule.instances`, the one post-processing path. The non-finite
-guard's logic lives in :mod:`recattend.lit.nonfinite`; this module keeps its hooks. What remains
-(the rollout, the losses and their hooks, the optimiser, inference) is one LightningModule's
-worth: about 460 lines, half of them docstrings.
+guard's logic lives in :mod:`recattend.lit.nonfinite`; this module keeps its hooks.
 """
 
 from __future__ import annotations
@@ -61,7 +59,7 @@ from recattend.postprocess import (
     majority_class,
     postprocess,
 )
-from recattend.utils.checkpoint import load_module, upgrade_checkpoint
+from recattend.utils.checkpoint import load_module
 from recattend.visualise import figure1
 
 log = logging.getLogger(__name__)
@@ -436,9 +434,7 @@ class SegmenterModule(L.LightningModule):
             checkpoint["output_statistics"] = dict(self.output_statistics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resuming restores the skip counts and the last validation's output statistics; a
-        checkpoint from before the network was one node has its weights renamed."""
-        upgrade_checkpoint(checkpoint)
+        """Resuming restores the skip counts and the last validation's output statistics."""
         if "nonfinite" in checkpoint:
             self.nonfinite.load_state_dict(checkpoint["nonfinite"])
         if "output_statistics" in checkpoint:

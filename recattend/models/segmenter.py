@@ -14,8 +14,7 @@ Per step t (names from the paper):
 * scoring network: s_t from [z, v_t] (eq. 20).
 
 The box, segmentation and scoring networks, their per-step state (:class:`BoxState`,
-:class:`StepOutput`) and the step loop stay in this one module (a little over 400 lines): they
-are one step of eq. (1-20), read together.
+:class:`StepOutput`) and the step loop are one step of eq. (1-20), read together.
 
 Choices (the differences from the paper are listed in docs/reproducing.md):
 

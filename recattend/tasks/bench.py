@@ -1,7 +1,7 @@
 """Speed and memory benchmark of the segmenter (``make bench``, ``make bench-gpu``; not a test).
 
-One module for one concern, the benchmark (about 450 lines): its process plan, the model, DDP and
-loading measurements, and the CPU and CUDA variants share the timing and reporting code.
+The process plan, the model, DDP and loading measurements, and the CPU and CUDA variants share
+the timing and reporting code.
 
 For each configuration -- the paper's CVPPP setting (224x224, T = 21, 48x48 patches, batch 5) and
 the synthetic default (128x128, T = 11, batch 8) -- fresh processes measure the figures below: the
@@ -179,8 +179,7 @@ def measure(
             torch.nn.utils.clip_grad_value_(module.parameters(), module.hparams.grad_clip)
         optimizer.step()
 
-    # Warm-up: the first two steps allocate the process's working memory (at CVPPP ~460 k and
-    # ~160 k page faults, 2.0-2.3 and 2.8-3.0 images/s, then 10-50 k and 3.0-3.8 images/s).
+    # Warm-up: the first steps allocate the process's working memory and run slower.
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     try:

@@ -1,7 +1,6 @@
 """Lightning checkpoints read safely (``weights_only=True``), with clear errors: the file itself
 (:func:`read_checkpoint`, which every reader goes through), whole modules (:func:`load_module`),
-weights only (:func:`load_weights`), and the upgrade of segmenter checkpoints written before the
-network became one node (:func:`upgrade_checkpoint`)."""
+and weights only (:func:`load_weights`)."""
 
 from __future__ import annotations
 
@@ -28,8 +27,7 @@ MODULE_CONFIGS = {"SegmenterModule": "segmenter", "PreprocessorModule": "preproc
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path", mmap: bool = False) -> dict:
-    """The checkpoint dict in ``path`` (``weights_only=True``, on the CPU), upgraded to today's
-    layout (:func:`upgrade_checkpoint`).
+    """The checkpoint dict in ``path`` (``weights_only=True``, on the CPU).
 
     Args:
         path: checkpoint file, or the name of shipped weights (:mod:`recattend.pretrained`,
@@ -63,7 +61,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", mmap: bool = False
         why = f"a dict without a 'state_dict' mapping; its keys: {shown or 'none'}"
     else:
         _warn_if_newer(checkpoint, path, key)
-        return upgrade_checkpoint(checkpoint)
+        return checkpoint
     raise ValueError(f"{key}={path} is not a recattend/Lightning checkpoint ({why})")
 
 
@@ -195,50 +193,6 @@ def listed(names: Sequence[str], most: int = 8) -> str:
 
 # State-dict prefixes of segmenter checkpoints from before the network became one node
 # (SegmenterNetwork): the segmenter and the pre-processor were the module's own children.
-_OLD_PREFIXES = {"model.": "net.segmenter.", "preprocessor.": "net.preprocessor."}
-
-
-def upgrade_checkpoint(checkpoint: Any) -> Any:
-    """A segmenter checkpoint in today's layout; any other object unchanged.
-
-    Checkpoints written before the ``model`` group became one network node kept
-    ``image_size``, ``max_instances``, ``net`` (the segmenter's sizes), ``preprocessor`` and
-    ``parallel_backward`` among the module's hyper-parameters, and the weights under
-    ``model.*`` and ``preprocessor.*``. They become ``net = {image_size, max_instances,
-    segmenter, preprocessor}`` and ``net.segmenter.*`` / ``net.preprocessor.*``; the parallel
-    backward is now the process-wide ``cpu_fast_path`` switch. Checkpoints written before the
-    learning-rate warm-up kept a ``StepLR`` state: it gains the ``lr_lambdas`` entry that
-    ``LambdaLR`` restores from (its step count carries the schedule on). The dict is changed in
-    place.
-    """
-    if not isinstance(checkpoint, dict):
-        return checkpoint
-    hparams = checkpoint.get("hyper_parameters")
-    if isinstance(hparams, dict) and "lambda_box" in hparams and "image_size" in hparams:
-        hparams.pop("parallel_backward", None)
-        hparams["net"] = {
-            "image_size": hparams.pop("image_size"),
-            "max_instances": hparams.pop("max_instances"),
-            "segmenter": hparams.pop("net", None) or {},
-            "preprocessor": hparams.pop("preprocessor", None) or {},
-        }
-    if isinstance(hparams, dict) and "lambda_box" in hparams:
-        for scheduler in checkpoint.get("lr_schedulers") or []:
-            if isinstance(scheduler, dict) and "step_size" in scheduler:  # a StepLR's
-                scheduler.setdefault("lr_lambdas", [None] * len(scheduler.get("base_lrs", [])))
-    state = checkpoint.get("state_dict")
-    if isinstance(state, dict) and any(k.startswith("model.") for k in state):
-        checkpoint["state_dict"] = {_renamed(k): v for k, v in state.items()}
-    return checkpoint
-
-
-def _renamed(name: str) -> str:
-    for old, new in _OLD_PREFIXES.items():
-        if name.startswith(old):
-            return new + name[len(old) :]
-    return name
-
-
 def load_module(
     module_cls: type[L.LightningModule],
     path: str | Path,

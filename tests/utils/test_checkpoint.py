@@ -1,4 +1,5 @@
-"""Checkpoints written before the network became one node still load, resume and initialise."""
+"""Reading checkpoints: files that are not checkpoints are named, whole modules and weights load
+with clear errors, and checkpoints of another model or version say what differs."""
 
 from __future__ import annotations
 
@@ -10,86 +11,12 @@ import pytest
 import torch
 
 from recattend.lit import SegmenterModule
-from recattend.lit.optim import decay_groups
 from recattend.utils.checkpoint import (
     load_module,
     load_weights,
     read_checkpoint,
-    upgrade_checkpoint,
 )
-from tests.helpers import quiet_trainer, tiny_data, tiny_segmenter
-
-
-def _legacy_copy(path: Path, out: Path) -> dict:
-    """The checkpoint at ``path`` in the old layout: the network's settings among the module's
-    hyper-parameters and the weights under ``model.*`` / ``preprocessor.*``."""
-    checkpoint = torch.load(path, weights_only=True)
-    hparams = checkpoint["hyper_parameters"]
-    net = hparams.pop("net")
-    hparams.update(
-        image_size=net["image_size"],
-        max_instances=net["max_instances"],
-        net=net["segmenter"],
-        preprocessor=net["preprocessor"],
-        parallel_backward=True,
-    )
-    renamed = {}
-    for name, value in checkpoint["state_dict"].items():
-        for new, old in (("net.segmenter.", "model."), ("net.preprocessor.", "preprocessor.")):
-            if name.startswith(new):
-                name = old + name[len(new) :]
-        renamed[name] = value
-    checkpoint["state_dict"] = renamed
-    torch.save(checkpoint, out)
-    return checkpoint
-
-
-def test_an_old_checkpoint_loads_resumes_and_initialises(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    trainer = quiet_trainer(tmp_path / "run", 1)
-    trainer.fit(tiny_segmenter(), tiny_data())
-    path = next((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
-    new = torch.load(path, weights_only=True)
-    legacy = _legacy_copy(path, tmp_path / "old.ckpt")
-    assert any(k.startswith("model.box_net.") for k in legacy["state_dict"])
-
-    # In memory: exactly today's layout again.
-    upgraded = upgrade_checkpoint(torch.load(tmp_path / "old.ckpt", weights_only=True))
-    assert upgraded["hyper_parameters"] == new["hyper_parameters"]
-    assert upgraded["state_dict"].keys() == new["state_dict"].keys()
-
-    # eval.py / predict.py, and Lightning's own entry: the module rebuilt with the same weights.
-    module = load_module(SegmenterModule, tmp_path / "old.ckpt")
-    lightning_way = SegmenterModule.load_from_checkpoint(tmp_path / "old.ckpt", threshold=0.5)
-    assert lightning_way.hparams.threshold == 0.5
-    for name, value in module.state_dict().items():
-        assert torch.equal(value, new["state_dict"][name]), name
-        assert torch.equal(lightning_way.state_dict()[name], value), name
-
-    # init_from: every entry fits.
-    fresh = tiny_segmenter()
-    assert load_weights(fresh, tmp_path / "old.ckpt") == []
-    assert torch.equal(
-        fresh.state_dict()["net.segmenter.score_head.weight"],
-        module.state_dict()["net.segmenter.score_head.weight"],
-    )
-
-    # ckpt_path=: Lightning restores the renamed weights (max_steps reached: nothing trains).
-    resumed = tiny_segmenter()
-    quiet_trainer(tmp_path / "resumed", 1).fit(
-        resumed, tiny_data(), ckpt_path=tmp_path / "old.ckpt"
-    )
-    for name, value in resumed.state_dict().items():
-        assert torch.equal(value, new["state_dict"][name]), name
-
-
-def test_other_objects_pass_unchanged() -> None:
-    preprocessor = {"hyper_parameters": {"image_size": [32, 32], "net": {}}, "state_dict": {}}
-    assert upgrade_checkpoint(preprocessor) == {
-        "hyper_parameters": {"image_size": [32, 32], "net": {}},
-        "state_dict": {},
-    }
-    assert upgrade_checkpoint([1, 2]) == [1, 2]
+from tests.helpers import tiny_segmenter
 
 
 # ---------------------------------------------------------------- files that are not checkpoints
@@ -192,28 +119,6 @@ def test_load_module_names_the_module_a_checkpoint_holds(tmp_path: Path) -> None
     torch.save(odd, tmp_path / "odd.ckpt")
     with pytest.raises(ValueError, match=r"odd\.ckpt: its settings do not build a SegmenterModule"):
         load_module(SegmenterModule, tmp_path / "odd.ckpt")
-
-
-def test_a_step_schedule_from_before_the_warm_up_resumes_where_it_was() -> None:
-    # An old checkpoint's StepLR state after 7 steps: x0.5 every 5 steps, base lr 1e-3.
-    old = tiny_segmenter(lr=1e-3, lr_decay=0.5, lr_decay_steps=5)
-    optimizer = torch.optim.Adam(decay_groups(old, 5e-5), lr=1e-3)  # two groups, as the module
-    step_lr = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)
-    for _ in range(7):
-        optimizer.step()
-        step_lr.step()
-    checkpoint = {"hyper_parameters": dict(old.hparams), "lr_schedulers": [step_lr.state_dict()]}
-    upgrade_checkpoint(checkpoint)
-    config = tiny_segmenter(lr=1e-3, lr_decay=0.5, lr_decay_steps=5).configure_optimizers()
-    scheduler = config["lr_scheduler"]["scheduler"]
-    scheduler.load_state_dict(checkpoint["lr_schedulers"][0])  # as Lightning resumes
-    assert scheduler.last_epoch == 7
-    lrs = []
-    for _ in range(3):  # steps 8, 9, 10
-        config["optimizer"].step()
-        scheduler.step()
-        lrs.append(scheduler.get_last_lr()[0])
-    assert lrs == pytest.approx([5e-4, 5e-4, 2.5e-4])
 
 
 # Checkpoints from another version: the entries that differ are named.
