@@ -11,6 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import recattend.utils.hydra  # noqa: F401  (registers the configs' resolvers)
 from tests.helpers import CONF, ROOT
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_module
 
+import recattend.utils.hydra  # noqa: F401  (registers the configs' resolvers)
 from recattend.data.files import FileDataModule
 from recattend.utils.config import instantiate_data
 

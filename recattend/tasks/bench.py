@@ -244,6 +244,7 @@ def measure_loading(name: str, images: int, folder: Path) -> float:
     """Training images/s that ``dataset=<name>`` delivers from a fixture at real image sizes."""
     from hydra import compose, initialize_config_module
 
+    import recattend.utils.hydra  # noqa: F401  (registers the configs' resolvers)
     from recattend.data import fixtures
     from recattend.utils.config import instantiate_data
 

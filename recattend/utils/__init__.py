@@ -1,6 +1,6 @@
 """Small utilities shared by the tasks: config instantiation, run-directory checks, checkpoints.
 
-Importing the package registers the config resolvers of :mod:`recattend.utils.hydra`.
+The config resolvers of :mod:`recattend.utils.hydra` are registered by whatever composes the
+configs (the entry points through :mod:`recattend.utils.cli`, ``make check-data``, the benchmark),
+so that importing the model needs neither Hydra nor OmegaConf.
 """
-
-import recattend.utils.hydra  # noqa: F401  (registers ${sweep_group:...} and ${sweep_job_name:})
