@@ -20,14 +20,8 @@ from omegaconf import OmegaConf
 
 from recattend.tasks.train import resume_checkpoint
 from recattend.utils import hydra as rh
-from recattend.utils.hydra import (
-    _process_start,
-    _stamp,
-    launch_name,
-    override_settings,
-    resume_choice,
-    run_dir,
-)
+from recattend.utils.hydra import _process_start, _stamp, launch_name, run_dir
+from recattend.utils.resume import override_settings, resume_choice
 from tests.helpers import CONF, ROOT
 
 STAMP = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{6}-\d+"  # a new folder's name
