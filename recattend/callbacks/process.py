@@ -1,5 +1,5 @@
 """The process-wide settings (:func:`recattend.ops.configure`, and the filters of known library
-noise, :func:`recattend.utils.noise.silence_known_noise`) in every process of a run.
+noise, :func:`recattend.utils.log_filters.silence_known_noise`) in every process of a run.
 
 The entry points make them at start-up; processes that Lightning starts afresh for DDP
 (``ddp_spawn``) import recattend anew and would run with the defaults, so this callback makes the
@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 
 from recattend import ops
-from recattend.utils.noise import silence_known_noise
+from recattend.utils.log_filters import silence_known_noise
 
 
 class ProcessSettings(L.Callback):

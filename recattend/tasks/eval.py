@@ -45,8 +45,8 @@ from recattend.utils.config import (
     require_writable_dir,
     resolved_devices,
 )
+from recattend.utils.log_filters import silence_known_noise
 from recattend.utils.loggers import finish_wandb, log_metrics_table
-from recattend.utils.noise import silence_known_noise
 
 log = logging.getLogger(__name__)
 

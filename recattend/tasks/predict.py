@@ -65,7 +65,7 @@ from recattend.utils.atomic import write_atomically
 from recattend.utils.checkpoint import load_module, read_checkpoint
 from recattend.utils.cli import hydra_main
 from recattend.utils.config import process_settings, require_writable_dir
-from recattend.utils.noise import silence_known_noise
+from recattend.utils.log_filters import silence_known_noise
 
 log = logging.getLogger(__name__)
 

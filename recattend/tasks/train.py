@@ -53,8 +53,8 @@ from recattend.utils.config import (
     require_writable_dir,
     resolved_devices,
 )
+from recattend.utils.log_filters import silence_known_noise
 from recattend.utils.loggers import finish_wandb, log_metrics_table, previous_wandb_id
-from recattend.utils.noise import silence_known_noise
 from recattend.utils.resume import resume_choice
 from recattend.utils.summary import checkpoint_summary, run_summary
 

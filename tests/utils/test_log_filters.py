@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities._pytree import _tree_flatten
 
 from recattend.callbacks import LoggedModelSummary
+from recattend.utils.log_filters import LIGHTNING_INFO_LOGGER, silence_known_noise
 from recattend.utils.loggers import WandbLogger
-from recattend.utils.noise import LIGHTNING_INFO_LOGGER, silence_known_noise
 from tests.callbacks.scripted import Scripted
 from tests.helpers import quiet_trainer
 
