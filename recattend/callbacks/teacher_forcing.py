@@ -41,7 +41,7 @@ JITTERS = ("padded", "tight")  # module.fed_box_jitter: the size that scales the
 
 
 @dataclasses.dataclass
-class Knob:
+class StepForcing:
     """Teacher forcing at one step: which images use a ground-truth box / canvas mask, and what.
 
     Shapes: ``use_box``, ``use_mask`` (B,) bool; ``center``, ``size`` (B, 2) float pixels (y, x)
@@ -113,7 +113,7 @@ class TeacherForcing:
         padded: Tensor,
         stage: str,
         min_pad: float,
-    ) -> Knob | None:
+    ) -> StepForcing | None:
         """Draw step t's switches and pick the ground truth to feed (module docstring).
 
         Args:
@@ -131,7 +131,7 @@ class TeacherForcing:
             min_pad: the stage's minimum ground-truth box padding (px).
 
         Returns:
-            The :class:`Knob`, or None when no image is teacher-forced at this step.
+            The :class:`StepForcing`, or None when no image is teacher-forced at this step.
         """
         x = batch["image"]
         b, device = x.shape[0], x.device
@@ -158,4 +158,4 @@ class TeacherForcing:
         scale = size if self.jitter == "padded" else tight[:, 2:] - tight[:, :2]
         center = center + BOX_SHIFT * (2 * torch.rand_like(center) - 1) * scale
         noise = 1 - MASK_NOISE * torch.rand_like(batch["masks"][:, 0])
-        return Knob(use_box, center, size, use_mask, batch["masks"][rows, m] * noise)
+        return StepForcing(use_box, center, size, use_mask, batch["masks"][rows, m] * noise)

@@ -26,11 +26,11 @@ result format, ``coco_results.json`` (:mod:`recattend.evaluation.export` has the
 """
 
 from recattend.evaluation.base import DatasetEvaluator, Postprocess
-from recattend.evaluation.batch import gt_label_map, pixel_area
 from recattend.evaluation.callback import Evaluate
 from recattend.evaluation.cityscapes import CityscapesEvaluator
 from recattend.evaluation.coco import CocoEvaluator
 from recattend.evaluation.instances import InstanceEvaluator
+from recattend.evaluation.targets import gt_label_map, pixel_area
 
 __all__ = [
     "CityscapesEvaluator",

@@ -12,7 +12,7 @@ Two resolutions:
 
 * network resolution (``original_resolution=False``): the batch's own instance slots are the
   ground truth, and the post-processing's ``min_size`` counts original pixels through each
-  sample's ``orig_size`` (:func:`~recattend.evaluation.batch.pixel_area`). Validation of every
+  sample's ``orig_size`` (:func:`~recattend.evaluation.targets.pixel_area`). Validation of every
   dataset, and the test split of generated data.
 * original resolution (``original_resolution=True``): each image is post-processed at its ground
   truth's original size, read again from its file (``datamodule.original_target(meta)``), as the
@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 
 from recattend.evaluation.base import DatasetEvaluator, Postprocess
-from recattend.evaluation.batch import gt_label_map, pixel_area
 from recattend.evaluation.distributed import all_gather_objects, is_global_zero
 from recattend.evaluation.export import write_label_png
 from recattend.evaluation.per_image import FILENAME, image_row, write_rows
+from recattend.evaluation.targets import gt_label_map, pixel_area
 from recattend.metrics import count_instances, instance_metrics
 from recattend.metrics.mask_ap import MaskAP
 from recattend.postprocess import Instances

@@ -56,8 +56,8 @@ import torch
 from torch import Tensor
 
 from recattend.evaluation.base import Postprocess
-from recattend.evaluation.batch import pixel_area
 from recattend.evaluation.distributed import all_gather_objects
+from recattend.evaluation.targets import pixel_area
 from recattend.postprocess import Instances
 
 CHECKPOINT_KEY = "output_statistics"

@@ -8,7 +8,7 @@ What :class:`SegmenterModule.training_step <recattend.lit.SegmenterModule>` does
    (a non-finite forward pass writes NaN into them).
 2. :func:`nonfinite_flags` checks the batch and the stacked outputs of the T steps *before* the
    Hungarian matching (SciPy refuses non-finite costs), then the loss terms.
-3. :meth:`NonFiniteGuard.failed` sums the flags over the processes (one all-reduce of a few
+3. :meth:`NonFiniteGuard.handle` sums the flags over the processes (one all-reduce of a few
    integers), so that under DDP every process takes the same branch before any other collective:
    all of them stop, or all skip. On failure it restores the BatchNorm statistics; with the policy
    ``stop`` it saves the checkpoint (a collective call: every process calls it, global rank 0
@@ -48,7 +48,7 @@ _WHAT = {
     "loss": "loss",
     "gradients": "gradients",
 }
-_CONCATENATED = 1 << 16  # tensors of fewer elements are checked together (_finite)
+_SMALL_NUMEL = 1 << 16  # tensors of fewer elements are checked together (_finite)
 _INPUTS = {"image": ("image",), "targets": ("masks", "boxes", "foreground")}
 
 
@@ -82,8 +82,8 @@ def _finite(tensors: Iterable[Tensor | None], device: torch.device) -> Tensor:
     flat = [t.detach().reshape(-1) for t in tensors if t is not None and t.numel()]
     if not flat:
         return torch.ones((), dtype=torch.bool, device=device)
-    small = [t for t in flat if t.numel() < _CONCATENATED]
-    parts = [t for t in flat if t.numel() >= _CONCATENATED] + ([torch.cat(small)] if small else [])
+    small = [t for t in flat if t.numel() < _SMALL_NUMEL]
+    parts = [t for t in flat if t.numel() >= _SMALL_NUMEL] + ([torch.cat(small)] if small else [])
     extremes = torch.stack([torch.stack(torch.aminmax(part)) for part in parts])
     return extremes.isfinite().all().to(device)
 
@@ -181,7 +181,7 @@ class NonFiniteGuard:
 
     @property
     def skipping(self) -> bool:
-        """Whether the current batch is skipped (from :meth:`failed` to the next :meth:`begin`)."""
+        """Whether the current batch is skipped (from :meth:`handle` to the next :meth:`begin`)."""
         return self._drop_gradients
 
     def begin(self, module: nn.Module) -> None:
@@ -200,13 +200,13 @@ class NonFiniteGuard:
 
         ``compute`` runs only when this process's batch (:func:`batch_flags`) and ``outputs``
         (``masks``, ``scores``, ``soft_boxes``: the stacked rollout) are finite; then its terms
-        (all but ``match``) are checked, and :meth:`failed` decides with every process.
+        (all but ``match``) are checked, and :meth:`handle` decides with every process.
 
         Returns:
             The terms, or None when the batch is skipped (on every process).
 
         Raises:
-            FloatingPointError: as :meth:`failed`.
+            FloatingPointError: as :meth:`handle`.
         """
         flags = batch_flags(batch, module.device) | nonfinite_flags(outputs, module.device)
         terms = None if flags.any() else compute()
@@ -216,10 +216,11 @@ class NonFiniteGuard:
             flags = nonfinite_flags({"loss": checked.values()}, module.device)
             if flags.any():  # name the terms (a rare path: one synchronisation per term)
                 self._terms = [k for k, v in checked.items() if not torch.isfinite(v).all()]
-        return None if self.failed(module, flags) else terms
+        return None if self.handle(module, flags) else terms
 
-    def failed(self, module: L.LightningModule, flags: Tensor) -> bool:
-        """Whether any process found something non-finite (``flags``: :func:`nonfinite_flags`).
+    def handle(self, module: L.LightningModule, flags: Tensor) -> bool:
+        """Act on what the processes found non-finite (``flags``: :func:`nonfinite_flags`):
+        nothing, skip the batch (returns True), or save the checkpoint and stop (raises).
 
         Every process must call it at the same point of the step: it sums the flags over the
         processes. On failure the BatchNorm statistics are restored; then ``stop`` (or one skip
@@ -266,12 +267,12 @@ class NonFiniteGuard:
         skips that step and lowers its scale), so they are not checked.
 
         Raises:
-            FloatingPointError: as :meth:`failed`.
+            FloatingPointError: as :meth:`handle`.
         """
         if not self._drop_gradients and not _scaled(module):
             gradients = [p.grad for group in optimizer.param_groups for p in group["params"]]
             device = next((g.device for g in gradients if g is not None), module.device)
-            self.failed(module, nonfinite_flags({"gradients": gradients}, device))
+            self.handle(module, nonfinite_flags({"gradients": gradients}, device))
         if self._drop_gradients:  # the optimiser skips parameters without a gradient
             optimizer.zero_grad(set_to_none=True)
         else:

@@ -510,7 +510,9 @@ class SegmenterModule(L.LightningModule):
         """
         size = tuple(size) if size is not None else tuple(out["masks"].shape[-2:])
         if semantic is None:
-            foreground, semantic = self.net.guidance(image, size, self.postprocessing.foreground)
+            foreground, semantic = self.net.postprocess_maps(
+                image, size, self.postprocessing.foreground
+            )
         else:
             if len(semantic) != out["masks"].shape[0]:
                 raise ValueError(

@@ -215,7 +215,7 @@ class SegmenterNetwork(nn.Module):
         """:meth:`RecurrentSegmenter.predict` on x built from ``image`` (B, C, H, W)."""
         return self.segmenter.predict(self.inputs(image), threshold=threshold)
 
-    def guidance(
+    def postprocess_maps(
         self, image: Tensor, size: tuple[int, int], foreground: bool
     ) -> tuple[Tensor | None, Tensor | None]:
         """The pre-processor's maps that the post-processing uses, upsampled bilinearly to

@@ -9,7 +9,7 @@ from recattend.callbacks.teacher_forcing import (
     BOX_PAD_RATIO,
     BOX_SHIFT,
     MASK_NOISE,
-    Knob,
+    StepForcing,
     TeacherForcing,
 )
 from recattend.losses import padded_box_edges
@@ -144,12 +144,14 @@ def test_without_a_box_network_the_step_feeds_its_own_slot_and_never_a_box() -> 
 
 def test_a_knob_replaces_boxes_and_canvas_writes_only_where_it_is_used() -> None:
     use = torch.tensor([True, False])
-    knob = Knob(use, torch.full((2, 2), 9.0), torch.full((2, 2), 5.0), ~use, torch.ones(2, 4, 4))
+    knob = StepForcing(
+        use, torch.full((2, 2), 9.0), torch.full((2, 2), 5.0), ~use, torch.ones(2, 4, 4)
+    )
     box = _box(2)
     patch = knob.patch_box(box)
     assert patch.center.tolist() == [[9.0, 9.0], [3.0, 3.0]]
     assert patch.size.tolist() == [[5.0, 5.0], [4.0, 4.0]]
     written = knob.write(torch.full((2, 4, 4), 0.25))
     assert written[0].eq(0.25).all() and written[1].eq(1.0).all()
-    none = Knob(~use & use, knob.center, knob.size, use, knob.mask)
+    none = StepForcing(~use & use, knob.center, knob.size, use, knob.mask)
     assert none.patch_box(box) is None

@@ -116,10 +116,10 @@ def test_the_preprocessor_runs_on_meta(num_classes: int) -> None:
     assert_on(out, META, torch.float32)
     assert_on(fcn.features(image), META, torch.float32)
     assert_on(foreground_probability(out), META, torch.float32)
-    # And as the segmenter's input and the post-processing's guidance.
+    # And as the segmenter's input and the post-processing's maps.
     net = tiny_network(preprocessor={"net": {**SMALL_FCN, "num_classes": num_classes}}).to(META)
     assert net.inputs(image).shape == (2, 3 + fcn.feature_channels(), 32, 32)
-    probability, semantic = net.guidance(image, (40, 48), foreground=True)
+    probability, semantic = net.postprocess_maps(image, (40, 48), foreground=True)
     assert_on([probability, semantic], META)
     assert probability.shape == (2, 40, 48) and probability.dtype == torch.float32
     assert (semantic is None) == (num_classes == 0)
@@ -301,7 +301,7 @@ def test_inference_in_the_model_dtype(dtype: torch.dtype) -> None:
     image = torch.rand(2, 3, 32, 32, dtype=dtype)
     for threshold in (0.0, 0.5):
         assert_on(net.predict(image, threshold=threshold), torch.device("cpu"), dtype)
-    probability, _ = net.guidance(image, (40, 48), foreground=True)
+    probability, _ = net.postprocess_maps(image, (40, 48), foreground=True)
     assert probability.dtype == dtype
 
 
