@@ -423,9 +423,15 @@ class SegmenterModule(L.LightningModule):
             eps=1e-7,
             betas=tuple(hp["adam_betas"]),
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lr_factor(hp["lr_warmup_steps"], hp["lr_decay"], hp["lr_decay_steps"])
-        )
+        lr_factor(hp["lr_warmup_steps"], hp["lr_decay"], hp["lr_decay_steps"])  # checked now
+
+        def factor(k: int) -> float:
+            # The stage's schedule read at each step: a resumed run builds its optimiser before
+            # its bootstrap stage is restored, and must still follow that stage's decay.
+            now = {**self.hparams, **self.stage_overrides}
+            return lr_factor(now["lr_warmup_steps"], now["lr_decay"], now["lr_decay_steps"])(k)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -201,6 +201,24 @@ def test_resume_continues_in_the_same_stage_and_schedule_point(tmp_path: Path) -
     assert probe.seen[0]["lr"] == pytest.approx(0.002)
 
 
+def test_a_run_resumed_in_a_later_stage_follows_that_stages_lr_schedule(tmp_path: Path) -> None:
+    # The full stage halves the lr every step, the box stage never decays it. Resumed in the
+    # full stage (its optimiser is built before the stage is restored), steps 4 and 5 are 2 and 3
+    # steps into it: 0.002 x 0.5^2 and x 0.5^3 (the lr a step ran with, before its decay).
+    stages = [
+        {"name": "box", "steps": 2, "lr": 0.01},
+        {"name": "full", "steps": None, "lr": 0.002, "lr_decay": 0.5, "lr_decay_steps": 1},
+    ]
+    _trainer(tmp_path, [BootstrapStages(stages)], max_steps=3).fit(
+        tiny_segmenter(), datamodule=tiny_data(16)
+    )
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    probe = Probe()
+    resumed = _trainer(tmp_path / "resumed", [BootstrapStages(stages), probe], max_steps=5)
+    resumed.fit(tiny_segmenter(), datamodule=tiny_data(16), ckpt_path=ckpt)
+    assert [s["lr"] for s in probe.seen] == pytest.approx([0.002 * 0.25, 0.002 * 0.125])
+
+
 def test_resume_with_other_stages_is_refused(tmp_path: Path) -> None:
     torch.manual_seed(0)
     first = _trainer(tmp_path, [BootstrapStages(_stages())], max_steps=3)
