@@ -17,7 +17,7 @@ as "INFO: ..." and also passes it on to the root logger, whose handlers (Hydra's
 each message appears once, formatted like the rest, and is still written to the log file.
 
 Two more are stopped where they start rather than filtered: W&B's "The anonymous setting has no
-effect" (:class:`recattend.utils.loggers.WandbLogger` no longer passes Lightning's
+effect" (:class:`recattend.utils.loggers.WandbLogger` does not pass Lightning's
 ``anonymous=None``) and the model summary's "Total FLOPs: 0"
 (:class:`recattend.callbacks.LoggedModelSummary`).
 """
