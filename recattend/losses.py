@@ -341,8 +341,8 @@ def supervised_counts(num_instances: Tensor, gt_boxes: Tensor) -> Tensor:
 
     The batch contract keeps the largest instances in the first slots and leaves the rest empty
     (an all-zero box). By default the last slot is always empty, so n_b <= T - 1 and every image
-    has a stop target; with ``dataset.stop_slot=false`` (the authors' Cityscapes setting) all T
-    slots can be filled and a crowded image has none.
+    has a stop target; with ``dataset.empty_last_slot=false`` (the authors' Cityscapes setting)
+    all T slots can be filled and a crowded image has none.
 
     Args:
         num_instances: int64 (B,) true instance counts (may exceed the slots).

@@ -1,10 +1,9 @@
-"""Post-processing of the recurrent outputs into one instance label map per image (about 410
-lines: one path with its switches, which must stay together for validation, test and prediction
-to agree).
+"""Post-processing: the recurrent outputs of a batch into one instance label map per image.
 
-One path (:func:`postprocess`) serves validation, the test split at network resolution and at the
-original resolution, and ``predict.py``. Its steps, in order, each one a switch of
-:class:`PostProcess`:
+:class:`PostProcess` is the one post-processing of the project: built from the ``postprocess``
+config node (``module.postprocess``, a ``_target_`` node), held by the segmenter module as
+``module.postprocess``, and called by validation, test, ``eval.py`` and ``predict.py`` alike. Its
+steps, in order, each one a setting:
 
 1. stop rule (``stop_rule``): ``"weighted"`` keeps every timestep, ``"first_below"`` empties an
    image's outputs from its first score s_t < ``stop_score`` on;
@@ -19,8 +18,9 @@ original resolution, and ``predict.py``. Its steps, in order, each one a switch 
 7. ``foreground``: AND with a foreground probability > ``foreground_threshold``;
 8. ``min_size``: instances of at most that many (original-image) pixels become background.
 
-The outputs are slot maps: pixel value t + 1 for output slot t, 0 for background. Instances are
-numbered 1..K in timestep order afterwards (:func:`label_map`, :func:`image_instances`).
+Steps 1-8 give slot maps (:meth:`PostProcess.slots`): pixel value t + 1 for output slot t, 0 for
+background. Calling the object numbers each image's instances 1..K in timestep order and gives
+their scores and, with semantic maps, their classes (:class:`Instances`).
 
 The defaults reproduce the tables of the paper: they follow the authors' released evaluation,
 which weights every mask by its score and runs all T steps (``stop_rule="weighted"``) although
@@ -31,24 +31,38 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 STOP_RULES = ("weighted", "first_below")
 UPSAMPLE_MODES = ("bilinear", "bicubic", "nearest")
-# The keys of module.postprocess (the other PostProcess fields are module arguments of their own).
-SWITCHES = ("blur", "dilate", "foreground", "foreground_threshold", "min_size", "upsample")
 # The authors' filter: cv2.bilateralFilter(d=5, sigmaColor=10, sigmaSpace=10) on [0, 1] maps.
 BLUR_DIAMETER = 5
 BLUR_SIGMA_COLOUR = 10.0
 BLUR_SIGMA_SPACE = 10.0
 
 
+class Instances(NamedTuple):
+    """The post-processed instances of one image.
+
+    labels: (H, W) int64, 0 = background, instances 1..K in timestep order; timesteps: (H, W)
+    int64, the slot map (output slot t + 1 of each pixel, what rec-attend's own SBD variant
+    scores); scores: (K,) float, instance k's score s_t; classes: (K,) int64 each instance's
+    semantic class (train id), or None without semantic maps.
+    """
+
+    labels: Tensor
+    timesteps: Tensor
+    scores: Tensor
+    classes: Tensor | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class PostProcess:
-    """Settings of :func:`postprocess`; the defaults are the authors' (CVPPP).
+    """The post-processing (module docstring); the defaults are the authors' (CVPPP).
 
     Attributes:
         threshold: a pixel is foreground when its winning value is > this (CVPPP and KITTI 0.3,
@@ -60,11 +74,15 @@ class PostProcess:
             ``"bilinear"`` (the authors'), ``"bicubic"`` or ``"nearest"``.
         blur: bilateral filter of each weighted, upsampled map (:func:`bilateral_blur`).
         dilate: odd window of the per-map grey dilation, 0 or 1 for none (KITTI 5).
-        foreground: AND with a foreground probability map (KITTI, Cityscapes); the caller gives
-            the map, none given skips the AND.
+        foreground: AND with a foreground probability map (KITTI, Cityscapes): the
+            pre-processor's (the outputs' ``foreground``) or external semantic maps'; without
+            either the AND is skipped.
         foreground_threshold: the foreground is where that probability is > this.
         min_size: instances of at most this many pixels of the original image are dropped
             (Cityscapes 1200); 0 keeps all.
+
+    Raises:
+        ValueError: an invalid value, named as ``postprocess.<key>``.
     """
 
     threshold: float = 0.3
@@ -84,42 +102,165 @@ class PostProcess:
         if not 0.0 <= self.stop_score <= 1.0:
             problems.append(f"stop_score={self.stop_score} is not in [0, 1]")
         if self.upsample not in UPSAMPLE_MODES:
-            problems.append(
-                f"postprocess.upsample={self.upsample!r} is not one of {', '.join(UPSAMPLE_MODES)}"
-            )
+            problems.append(f"upsample={self.upsample!r} is not one of {', '.join(UPSAMPLE_MODES)}")
         if self.dilate < 0 or (self.dilate > 1 and self.dilate % 2 == 0):
-            problems.append(f"postprocess.dilate={self.dilate} must be odd (or 0 for none)")
+            problems.append(f"dilate={self.dilate} must be odd (or 0 for none)")
         if self.min_size < 0:
-            problems.append(f"postprocess.min_size={self.min_size} must be >= 0")
+            problems.append(f"min_size={self.min_size} must be >= 0")
         if problems:
-            raise ValueError("module: " + "; ".join(problems))
+            raise ValueError("postprocess: " + "; ".join(problems))
 
     @classmethod
-    def from_module(
-        cls,
-        threshold: float,
-        stop_rule: str,
-        stop_score: float,
-        switches: dict[str, object] | None,
-    ) -> PostProcess:
-        """The settings of a segmenter's arguments: ``threshold``, ``stop_rule``,
-        ``stop_score`` and the ``postprocess`` mapping of switches (missing ones: defaults).
+    def keys(cls) -> tuple[str, ...]:
+        """The settings' names, in order."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def replace(self, overrides: Mapping[str, Any] | None) -> PostProcess:
+        """These settings with every non-null value of ``overrides`` in place of its own (what
+        ``eval.py postprocess.<key>=...`` and ``predict.py`` do to a checkpoint's).
 
         Raises:
-            ValueError: an unknown switch (names the known ones) or an invalid value.
+            ValueError: a key that is not a setting (the message lists them) or an invalid value.
         """
-        switches = dict(switches or {})
-        unknown = sorted(set(switches) - set(SWITCHES))
+        overrides = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+        unknown = sorted(set(overrides) - set(self.keys()))
         if unknown:
             raise ValueError(
-                f"module.postprocess: unknown keys {unknown}; known: {', '.join(SWITCHES)}"
+                f"postprocess.{unknown[0]}: not a post-processing setting; the settings are "
+                f"{', '.join(self.keys())}"
             )
-        return cls(
-            threshold=float(threshold),
-            stop_rule=str(stop_rule),
-            stop_score=float(stop_score),
-            **{k: v for k, v in switches.items() if v is not None},
-        )
+        return dataclasses.replace(self, **overrides)
+
+    @property
+    def network_stop(self) -> float:
+        """The score below which the network stops an image early
+        (:meth:`~recattend.models.SegmenterNetwork.predict`'s ``threshold``): ``stop_score``
+        under ``first_below``, 0 (never) under ``weighted``."""
+        return self.stop_score if self.stop_rule == "first_below" else 0.0
+
+    def slots(
+        self,
+        masks: Tensor,
+        scores: Tensor,
+        size: tuple[int, int] | None = None,
+        foreground: Tensor | None = None,
+        pixel_area: Tensor | float = 1.0,
+    ) -> Tensor:
+        """Slot maps of soft masks and scores: steps 1-8 of the module docstring, in order.
+
+        Args:
+            masks: (B, T, h, w) float soft masks y_t in [0, 1] at network resolution.
+            scores: (B, T) float scores s_t in [0, 1].
+            size: the output (H, W); None keeps (h, w).
+            foreground: (B, H, W) float foreground probability for the ``foreground`` AND, or
+                None to skip it.
+            pixel_area: see :func:`drop_small` (() or (B,)).
+
+        Returns:
+            (B, H, W) int64 slot maps on the masks' device: t + 1 where output slot t wins, 0
+            for background.
+        """
+        if masks.dim() != 4 or scores.shape != masks.shape[:2]:
+            raise ValueError(
+                f"expected masks (B, T, H, W) and scores (B, T), got {tuple(masks.shape)} and "
+                f"{tuple(scores.shape)}"
+            )
+        # bf16 outputs (mixed precision) are compared to the threshold in float32 at least.
+        dtype = torch.promote_types(masks.dtype, torch.float32)
+        masks, scores = masks.to(dtype), scores.to(dtype)
+        if self.stop_rule == "first_below":
+            masks, scores = stop_outputs(masks, scores, self.stop_score)
+        maps = masks * scores[:, :, None, None]
+        if size is not None and tuple(size) != tuple(maps.shape[-2:]):
+            maps = upsample_maps(maps, tuple(size), self.upsample)
+        if self.blur:
+            maps = bilateral_blur(maps)
+        maps = dilate_maps(maps, self.dilate)
+        slots = winning_timesteps(maps, self.threshold)
+        if self.foreground and foreground is not None:
+            slots = torch.where(foreground > self.foreground_threshold, slots, 0)
+        if self.min_size > 0:
+            slots = drop_small(slots, self.min_size, pixel_area)
+        return slots
+
+    def __call__(
+        self,
+        out: Mapping[str, Tensor],
+        size: tuple[int, int] | None = None,
+        pixel_area: Tensor | float = 1.0,
+        semantic: Sequence[Tensor] | None = None,
+    ) -> list[Instances]:
+        """The instances of a batch of network outputs, at ``size``.
+
+        Args:
+            out: the network's outputs for B images
+                (:meth:`~recattend.models.SegmenterNetwork.predict`): ``masks`` (B, T, h, w)
+                and ``scores`` (B, T); with a pre-processor also ``foreground`` (B, h, w), its
+                foreground probability, and with a semantic one ``semantic`` (B, K + 1, h, w),
+                its class probabilities. Both are resized bilinearly to ``size``: the foreground
+                of the AND, and each instance's majority class.
+            size: the labels' (H, W), the images' original size; None: network resolution.
+            pixel_area: () or (B,) original-image pixels per output pixel (``min_size``).
+            semantic: external semantic predictions (the authors' LRR maps for Cityscapes) in
+                place of the pre-processor's: B integer (H_i, W_i) train-id maps
+                (0 = background), any size, resized to ``size`` nearest-neighbour. Their
+                non-background pixels are the foreground of the AND and their majority class
+                each instance's.
+
+        Returns:
+            One :class:`Instances` per image at ``size``; ``classes`` only with semantic maps.
+        """
+        masks = out["masks"]
+        size = tuple(size) if size is not None else tuple(masks.shape[-2:])
+        foreground, classes = None, None
+        if semantic is not None:
+            if len(semantic) != masks.shape[0]:
+                raise ValueError(
+                    f"{len(semantic)} semantic maps for {masks.shape[0]} images: give one per image"
+                )
+            # Centred nearest-neighbour ("nearest-exact"), as the datasets resize their masks,
+            # so a map at the original size lines up with the network-resolution batch.
+            classes = torch.cat([
+                torch.nn.functional.interpolate(
+                    m.to(masks.device, torch.float32)[None, None], size=size, mode="nearest-exact"
+                )[:, 0].long()
+                for m in semantic
+            ])  # fmt: skip
+            foreground = (classes > 0).to(masks.dtype)
+        else:
+            if self.foreground and "foreground" in out:
+                foreground = _resize(out["foreground"][:, None], size)[:, 0]
+            if "semantic" in out:
+                classes = _resize(out["semantic"], size).argmax(1)
+        slots = self.slots(masks, out["scores"], size, foreground, pixel_area)
+        results = []
+        for i, image_slots in enumerate(slots):
+            result = image_instances(image_slots, out["scores"][i])
+            if classes is not None:
+                result = result._replace(classes=majority_class(result.labels, classes[i]))
+            results.append(result)
+        return results
+
+
+def image_outputs(outputs: Mapping[str, Tensor], i: int) -> dict[str, Tensor]:
+    """The network outputs of image ``i`` of a batch, as a batch of one (every entry is
+    batch-first), e.g. to post-process each image at its own size."""
+    return {key: value[i : i + 1] for key, value in outputs.items()}
+
+
+def image_instances(slots: Tensor, scores: Tensor) -> Instances:
+    """One image's instances from its slot map, numbered 1..K in timestep order.
+
+    Args:
+        slots: (H, W) int64 slot map of :meth:`PostProcess.slots`; scores: (T,) float s_t.
+    """
+    kept = torch.unique(slots[slots > 0], sorted=True) - 1
+    return Instances(relabel_consecutive(slots), slots, scores[kept])
+
+
+def _resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, C, h, w) probability maps resized bilinearly to ``size`` (H, W)."""
+    return torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 def stop_outputs(masks: Tensor, scores: Tensor, stop_score: float) -> tuple[Tensor, Tensor]:
@@ -265,65 +406,6 @@ def drop_small(slots: Tensor, min_size: float, pixel_area: Tensor | float = 1.0)
     return torch.where(large, slots, 0)
 
 
-def postprocess(
-    masks: Tensor,
-    scores: Tensor,
-    settings: PostProcess,
-    size: tuple[int, int] | None = None,
-    foreground: Tensor | None = None,
-    pixel_area: Tensor | float = 1.0,
-) -> Tensor:
-    """Slot maps of soft masks and scores: every step of the module docstring, in that order.
-
-    Args:
-        masks: (B, T, h, w) float soft masks y_t in [0, 1] at network resolution.
-        scores: (B, T) float scores s_t in [0, 1].
-        settings: which steps run, and their parameters.
-        size: the output (H, W); None keeps (h, w).
-        foreground: (B, H, W) float foreground probability for ``settings.foreground``, or None
-            to skip the AND.
-        pixel_area: see :func:`drop_small` (() or (B,)).
-
-    Returns:
-        (B, H, W) int64 slot maps on the masks' device: t + 1 where output slot t wins, 0 for
-        background.
-    """
-    if masks.dim() != 4 or scores.shape != masks.shape[:2]:
-        raise ValueError(
-            f"expected masks (B, T, H, W) and scores (B, T), got {tuple(masks.shape)} and "
-            f"{tuple(scores.shape)}"
-        )
-    # bf16 outputs (mixed precision) are compared to the threshold in float32 at least.
-    dtype = torch.promote_types(masks.dtype, torch.float32)
-    masks, scores = masks.to(dtype), scores.to(dtype)
-    if settings.stop_rule == "first_below":
-        masks, scores = stop_outputs(masks, scores, settings.stop_score)
-    maps = masks * scores[:, :, None, None]
-    if size is not None and tuple(size) != tuple(maps.shape[-2:]):
-        maps = upsample_maps(maps, tuple(size), settings.upsample)
-    if settings.blur:
-        maps = bilateral_blur(maps)
-    maps = dilate_maps(maps, settings.dilate)
-    slots = winning_timesteps(maps, settings.threshold)
-    if settings.foreground and foreground is not None:
-        slots = torch.where(foreground > settings.foreground_threshold, slots, 0)
-    if settings.min_size > 0:
-        slots = drop_small(slots, settings.min_size, pixel_area)
-    return slots
-
-
-def _consecutive_ids(present: Tensor) -> Tensor:
-    """New id of every old id: the rank of the present ones, counted from 1, and 0 elsewhere.
-
-    Args:
-        present: (..., K) bool, whether each of the K old ids (in order) is kept.
-
-    Returns:
-        (..., K) int64 with the present ids numbered 1..(number present) in order, 0 elsewhere.
-    """
-    return present.cumsum(dim=-1) * present
-
-
 def relabel_consecutive(labels: Tensor) -> Tensor:
     """Renumber the instances of one label map to 1..K, keeping 0 as background.
 
@@ -339,60 +421,8 @@ def relabel_consecutive(labels: Tensor) -> Tensor:
         non-zero ids.
     """
     ids, inverse = torch.unique(labels, sorted=True, return_inverse=True)
-    return _consecutive_ids(ids != 0)[inverse]
-
-
-def label_map(
-    masks: Tensor,
-    scores: Tensor,
-    settings: PostProcess | None = None,
-    size: tuple[int, int] | None = None,
-    foreground: Tensor | None = None,
-) -> Tensor:
-    """One instance label per pixel: :func:`postprocess`, then the slots that kept a pixel
-    numbered 1..K in timestep order, per image.
-
-    Args:
-        masks, scores, size, foreground: see :func:`postprocess`.
-        settings: default :class:`PostProcess` ().
-
-    Returns:
-        (B, H, W) int64 label map on the masks' device: 0 = background, instances 1..K per image.
-    """
-    slots = postprocess(masks, scores, settings or PostProcess(), size, foreground)
-    b, t = masks.shape[:2]
-    flat = slots.view(b, -1)
-    # One histogram row per image says which slots kept a pixel, and a cumulative sum numbers them
-    # in timestep order.
-    present = torch.zeros(b, t + 1, dtype=torch.bool, device=slots.device)
-    present.scatter_(1, flat, True)
-    present[:, 0] = False
-    return _consecutive_ids(present).gather(1, flat).view_as(slots)
-
-
-class Instances(NamedTuple):
-    """The post-processed instances of one image.
-
-    labels: (H, W) int64, 0 = background, instances 1..K in timestep order; timesteps: (H, W)
-    int64, the slot map (output slot t + 1 of each pixel, what rec-attend's own SBD variant
-    scores); scores: (K,) float, instance k's score s_t; classes: (K,) int64 each instance's
-    semantic class (train id), or None without a semantic pre-processor.
-    """
-
-    labels: Tensor
-    timesteps: Tensor
-    scores: Tensor
-    classes: Tensor | None = None
-
-
-def image_instances(slots: Tensor, scores: Tensor) -> Instances:
-    """One image's instances from its slot map.
-
-    Args:
-        slots: (H, W) int64 slot map of :func:`postprocess`; scores: (T,) float scores s_t.
-    """
-    kept = torch.unique(slots[slots > 0], sorted=True) - 1
-    return Instances(relabel_consecutive(slots), slots, scores[kept])
+    present = ids != 0
+    return (present.cumsum(0) * present)[inverse]
 
 
 def majority_class(labels: Tensor, semantic: Tensor) -> Tensor:

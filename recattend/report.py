@@ -1,9 +1,10 @@
 """Paper-style tables of final metrics, for one run or a whole sweep.
 
-``python -m recattend.report <multirun dir> [--table kitti_ablation] [--split val]`` reads every
-job's ``metrics.json`` and ``.hydra/overrides.yaml`` and prints a Table 4-style markdown table: one
-row per job, labelled with the overrides that distinguish it from the other jobs, on the paper
-table's split (``--split`` overrides it).
+``python -m recattend.report <folder> [<folder> ...] [--table kitti_ablation] [--split val]``
+reads the ``metrics.json`` and ``.hydra/overrides.yaml`` of every job of each multirun folder (or
+of each run folder itself) and prints a Table 4-style markdown table: one row per job, labelled
+with the overrides that distinguish it from the other jobs, on the paper table's split
+(``--split`` overrides it).
 """
 
 from __future__ import annotations
@@ -111,26 +112,28 @@ def rows_table(
     return "\n".join("| " + " | ".join(row) + " |" for row in lines)
 
 
-def sweep_table(sweep_dir: str | Path, split: str | None = None, table: str | None = None) -> str:
-    """The table of a multirun folder: one row per job that wrote ``metrics.json``, on
-    ``split`` (None: the paper ``table``'s split, else ``test``).
+def sweep_table(*folders: str | Path, split: str | None = None, table: str | None = None) -> str:
+    """The table of multirun folders (and run folders): one row per job that wrote
+    ``metrics.json``, on ``split`` (None: the paper ``table``'s split, else ``test``).
 
     Rows are labelled by the overrides that differ between jobs (all of a job's overrides when
-    it is the only one), in job-number order.
+    there is only one), folder by folder in the order given, each multirun's in job-number order.
 
     Raises:
-        FileNotFoundError: no job folder with a ``metrics.json`` under ``sweep_dir``.
+        FileNotFoundError: a folder that is neither a finished run nor holds one.
     """
-    folder = Path(sweep_dir)
-    jobs = sorted(
-        (p.parent for p in folder.glob("*/metrics.json")),
-        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
-    )
-    if not jobs:
-        raise FileNotFoundError(
-            f"no <job>/metrics.json under '{folder}': pass the folder of a finished multirun, "
-            "e.g. outputs/train/multiruns/<date>_<time>"
-        )
+    jobs = []
+    for folder in map(Path, folders):
+        found = [folder] if (folder / "metrics.json").is_file() else sorted(
+            (p.parent for p in folder.glob("*/metrics.json")),
+            key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
+        )  # fmt: skip
+        if not found:
+            raise FileNotFoundError(
+                f"no metrics.json in '{folder}' or its job folders: pass the folder of a "
+                "finished multirun (e.g. outputs/train/multiruns/<date>_<time>) or run"
+            )
+        jobs += found
     overrides = []
     for job in jobs:
         path = job / ".hydra" / "overrides.yaml"
@@ -147,16 +150,18 @@ def sweep_table(sweep_dir: str | Path, split: str | None = None, table: str | No
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m recattend.report", description="Table 4-style table of a multirun."
+        prog="python -m recattend.report", description="Table 4-style table of runs."
     )
-    parser.add_argument("sweep_dir", type=Path, help="the multirun folder (holds 0/, 1/, ...)")
+    parser.add_argument(
+        "folders", type=Path, nargs="+", help="multirun folders (hold 0/, 1/, ...) or run folders"
+    )
     parser.add_argument(
         "--split", help="metric prefix to report (default: the --table's split, else test)"
     )
     parser.add_argument("--table", choices=sorted(TABLES), help="only this paper table's columns")
     args = parser.parse_args(argv)
     try:
-        print(sweep_table(args.sweep_dir, args.split, args.table))
+        print(sweep_table(*args.folders, split=args.split, table=args.table))
     except FileNotFoundError as err:
         sys.exit(f"error: {err}")
 

@@ -13,7 +13,7 @@ import lightning as L
 
 from recattend.data import SyntheticDataModule
 from recattend.lit import SegmenterModule
-from recattend.models import SegmenterNetwork
+from recattend.models import Preprocessor, SegmenterNetwork
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 CONF = ROOT / "conf"
@@ -59,14 +59,20 @@ def tiny_network(
     max_instances: int = 3,
     image_size: Sequence[int] = (32, 32),
     segmenter: Mapping[str, Any] | None = None,
-    preprocessor: Mapping[str, Any] | None = None,
+    preprocessor: Preprocessor | Mapping[str, Any] | None = None,
+    **network: Any,
 ) -> SegmenterNetwork:
-    """:data:`TINY_SEGMENTER` (updated with ``segmenter``) reading ``preprocessor``'s input."""
+    """:data:`TINY_SEGMENTER` (updated with ``segmenter``) reading ``preprocessor``'s maps (a
+    built one, or the settings of a fresh one, e.g. :data:`SMALL_FCN`); ``network``: the other
+    :class:`SegmenterNetwork` arguments (``angles``, ``finetune``)."""
+    if preprocessor is not None and not isinstance(preprocessor, Preprocessor):
+        preprocessor = Preprocessor(**preprocessor)
     return SegmenterNetwork(
         image_size=list(image_size),
         max_instances=max_instances,
         segmenter={**TINY_SEGMENTER, **(segmenter or {})},
         preprocessor=preprocessor,
+        **network,
     )
 
 
@@ -74,11 +80,13 @@ def tiny_segmenter(
     max_instances: int = 3,
     image_size: Sequence[int] = (32, 32),
     segmenter: Mapping[str, Any] | None = None,
-    preprocessor: Mapping[str, Any] | None = None,
+    preprocessor: Preprocessor | Mapping[str, Any] | None = None,
+    network: Mapping[str, Any] | None = None,
     **module_settings: Any,
 ) -> SegmenterModule:
-    """A :class:`SegmenterModule` of :func:`tiny_network` with ``module_settings``."""
-    net = tiny_network(max_instances, image_size, segmenter, preprocessor)
+    """A :class:`SegmenterModule` of :func:`tiny_network` (its other arguments: ``network``)
+    with ``module_settings``."""
+    net = tiny_network(max_instances, image_size, segmenter, preprocessor, **(network or {}))
     return SegmenterModule(net=net, **module_settings)
 
 

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from recattend.utils.config import instantiate_data, instantiate_group
-from tests.helpers import CONF
+from tests.helpers import CONF, tiny_segmenter
 
 GROUPS = [
     "module",
@@ -64,28 +64,50 @@ def test_default_run_is_synthetic_with_wandb_offline_and_csv(compose_train) -> N
         ("iter1", "model.segmenter.glimpses", 1),
         ("iter3", "model.segmenter.glimpses", 3),
         ("no_box_net", "model.segmenter.box_network", False),
-        ("no_angle", "model.preprocessor.angles", False),
-        ("no_pre_proc", "model.preprocessor.enabled", False),
-        ("no_sched_samp", "callbacks.scheduled_sampling.mode", "ground_truth"),
-        ("no_teacher_forcing", "callbacks.scheduled_sampling.mode", "predictions"),
-        ("full", "callbacks.scheduled_sampling.mode", "fade"),
+        ("no_angle", "model.angles", False),
+        ("no_pre_proc", "model.preprocessor", None),
     ],
 )
-def test_ablations_change_one_setting_of_the_network_or_the_training(
+def test_network_ablations_change_one_setting_of_the_network(
     compose_train, option, key, value
 ) -> None:
     from omegaconf import OmegaConf
+
+    def flat(node, prefix: str = "model") -> dict:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {
+            k: v for name, child in node.items() for k, v in flat(child, f"{prefix}.{name}").items()
+        }
 
     cfg = compose_train(f"model={option}")
     assert OmegaConf.select(cfg, key) == value
     # The module receives the network node itself; everything else stays as in the full model
     # (no_angle also picks the FCN trained without angles, which is null here).
     assert cfg.module.net == cfg.model
-    full = compose_train("model=full")
-    for node in ("model.segmenter", "model.preprocessor", "callbacks.scheduled_sampling"):
-        mine, theirs = OmegaConf.select(cfg, node), OmegaConf.select(full, node)
-        changed = {k for k in theirs if mine[k] != theirs[k]}
-        assert changed <= ({key.rsplit(".", 1)[1]} if key.startswith(node) else set()), node
+    mine = flat(OmegaConf.to_container(cfg.model, resolve=True))
+    full = flat(OmegaConf.to_container(compose_train("model=full").model, resolve=True))
+    changed = {k for k in mine.keys() | full.keys() if mine.get(k, "-") != full.get(k, "-")}
+    assert all(k.startswith(key) for k in changed), changed
+    assert bool(changed) == (option != "full")
+    assert cfg.callbacks == compose_train("model=full").callbacks  # the training is the same
+
+
+def test_the_training_ablations_are_a_module_setting(compose_train) -> None:
+    # "No scheduled sampling" (Table 4) keeps the network and changes how teacher forcing uses
+    # the schedule: the ground-truth canvas at every step of the full stage, boxes as scheduled.
+    import torch
+
+    cfg = compose_train("module.teacher_forcing=ground_truth", "dataset.resolution=[64,64]")
+    forcing = instantiate(cfg.module, _convert_="all").teacher_forcing
+    forcing.schedule({"box": torch.tensor([0.5, 0.25]), "mask": torch.tensor([0.0, 0.0])})
+    assert forcing.probabilities["mask"].tolist() == [1.0, 1.0]
+    assert forcing.probabilities["box"].tolist() == [0.5, 0.25]
+    forcing.mode = "predictions"
+    forcing.schedule({"box": torch.tensor([0.5]), "mask": torch.tensor([0.5])})
+    assert [p.tolist() for p in forcing.probabilities.values()] == [[0.0], [0.0]]
+    with pytest.raises(ValueError, match=r"module.teacher_forcing='off': use one of \['sched"):
+        tiny_segmenter(teacher_forcing="off")
 
 
 def test_the_network_node_builds_the_network_the_module_receives(compose_train) -> None:
@@ -119,7 +141,6 @@ def test_output_folders_follow_task_and_timestamp() -> None:
     [
         ("full", "/runs/fcn/last.ckpt"),
         ("iter1", "/runs/fcn/last.ckpt"),
-        ("no_sched_samp", "/runs/fcn/last.ckpt"),
         ("no_angle", "/runs/fcn_fg/last.ckpt"),
     ],
 )
@@ -129,8 +150,8 @@ def test_ablation_presets_pick_the_registered_preprocessor(compose_train, option
     cfg = compose_train(
         "experiment=synthetic_ablation",
         f"model={option}",
-        "preprocessors.angles=/runs/fcn/last.ckpt",
-        "preprocessors.foreground=/runs/fcn_fg/last.ckpt",
+        "preprocessors.angles_ckpt=/runs/fcn/last.ckpt",
+        "preprocessors.foreground_ckpt=/runs/fcn_fg/last.ckpt",
     )
     assert cfg.module.net.preprocessor.ckpt_path == expected
     assert cfg.dataset.augment.shift == 16 and cfg.dataset.augment.flip_stages == ["box"]
@@ -175,13 +196,13 @@ def test_the_best_checkpoint_monitors_the_main_metric(compose_train, overrides, 
     assert (last.save_last, last.save_top_k, last.monitor) == (True, 0, None)
     if monitor != "val/fg_iou":  # the segmenter's: a key its validation evaluator returns
         from recattend.evaluation import InstanceEvaluator
-        from tests.evaluation.fakes import FakePostprocess, make_batch
+        from tests.evaluation.fakes import FakePostProcess, make_batch
         from tests.metrics.labels import GT_TWO
 
         evaluator = InstanceEvaluator(original_resolution=False, per_image=False)
         evaluator.reset()
         batch = make_batch([GT_TWO], [GT_TWO], [[0.9, 0.8, 0.1]], [{"id": "a"}])
-        evaluator.process(*batch, FakePostprocess())
+        evaluator.process(*batch, FakePostProcess())
         assert monitor.removeprefix("val/") in evaluator.evaluate()
 
 
@@ -265,7 +286,7 @@ def test_each_default_is_defined_once(path) -> None:
 
 def test_the_nested_settings_agree_with_their_classes() -> None:
     # model.segmenter holds RecurrentSegmenter's arguments, module.net (module=preprocessor)
-    # Preprocessor's and module.postprocess PostProcess's switches: the YAML lists every one of
+    # Preprocessor's and module.postprocess PostProcess's settings: the YAML lists every one of
     # them (but the skip sources, which the default rule replaces), with the code's default.
     import dataclasses
     import inspect
@@ -285,12 +306,13 @@ def test_the_nested_settings_agree_with_their_classes() -> None:
     segmenter = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "full.yaml").segmenter)
     assert segmenter == defaults(RecurrentSegmenter, "image_size", "steps")
     fcn = OmegaConf.to_container(OmegaConf.load(CONF / "module" / "preprocessor.yaml").net)
+    assert fcn.pop("_target_") == "recattend.models.Preprocessor"
     assert fcn == defaults(Preprocessor, "decoder_skip_sources")
-    switches = OmegaConf.to_container(
+    settings = OmegaConf.to_container(
         OmegaConf.load(CONF / "module" / "segmenter.yaml").postprocess
     )
-    fields = {f.name: f.default for f in dataclasses.fields(PostProcess)}
-    assert switches == {k: fields[k] for k in switches}
+    assert settings.pop("_target_") == "recattend.postprocess.PostProcess"
+    assert settings == {f.name: f.default for f in dataclasses.fields(PostProcess)}
 
 
 @pytest.mark.parametrize("paper", ["kitti", "cityscapes", "coco_zebra"])
@@ -299,7 +321,7 @@ def test_fast_variants_run_the_paper_schedule_in_a_tenth_of_the_steps(compose_tr
     assert fast.trainer.max_steps * 10 == slow.trainer.max_steps
     assert fast.model == slow.model  # the same network
     # The same data, but for the settings the fast recipes keep from the project's defaults.
-    kept = ("stop_slot", "augment")
+    kept = ("empty_last_slot", "augment")
     assert {k: v for k, v in fast.dataset.items() if k not in kept} == {
         k: v for k, v in slow.dataset.items() if k not in kept
     }
@@ -321,7 +343,7 @@ AUTHORS = {
     "kitti": {
         "test_ckpt": "last",
         "final_validation": True,
-        "dataset.stop_slot": False,
+        "dataset.empty_last_slot": False,
         "module.fed_box_jitter": "tight",
         "callbacks.bootstrap.stages.0.batch_size": 5,
         "callbacks.bootstrap.stages.0.box_pools": [1, 2, 1, 2, 1, 2, 2, 2],
@@ -329,7 +351,7 @@ AUTHORS = {
     },
     "cityscapes": {
         "test_ckpt": "last",
-        "dataset.stop_slot": False,
+        "dataset.empty_last_slot": False,
         "module.box_iou": "coordinates",
         "module.fed_box_jitter": "tight",
         "callbacks.bootstrap.stages.0.batch_size": 4,

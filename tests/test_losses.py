@@ -382,8 +382,8 @@ def test_segmenter_losses_more_objects_than_slots() -> None:
 
 
 def test_every_slot_supervised_without_a_stop_slot() -> None:
-    # dataset.stop_slot=false (the authors' Cityscapes): T = 3 slots all hold instances of the 5,
-    # so n_b = 3, every prediction is matched and every score target is 1: no stop step.
+    # dataset.empty_last_slot=false (the authors' Cityscapes): T = 3 slots all hold instances of
+    # the 5, so n_b = 3, every prediction is matched and every score target is 1: no stop step.
     gt = torch.zeros(1, 3, 8, 8)
     gt[0, 0, :4] = 1.0  # rows 0-3
     gt[0, 1, 5:, :3] = 1.0  # rows 5-7, cols 0-2

@@ -12,14 +12,23 @@ from recattend.postprocess import (
     PostProcess,
     bilateral_blur,
     image_instances,
-    label_map,
-    postprocess,
     relabel_consecutive,
     stop_outputs,
 )
 
 # Score weighting, argmax and threshold only: the hand computations of the first tests.
 RAW = PostProcess(blur=False)
+
+
+def label_map(
+    masks: torch.Tensor,
+    scores: torch.Tensor,
+    settings: PostProcess = PostProcess(),  # noqa: B008 (frozen)
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """(B, H, W) the instance labels the post-processing gives each image, stacked."""
+    results = settings({"masks": masks, "scores": scores}, size)
+    return torch.stack([result.labels for result in results])
 
 
 def test_score_weighting_decides_the_winner() -> None:
@@ -72,7 +81,7 @@ def test_empty_timesteps_get_no_label_and_labels_are_consecutive_in_timestep_ord
     masks[0, 3, 0, 1] = 0.7
     assert label_map(masks, torch.ones(1, 4), RAW).tolist() == [[[2, 2, 1]]]
     # The slot map keeps the output slots (t + 1), and the instances their slots' scores.
-    slots = postprocess(masks, torch.tensor([[0.9, 0.8, 0.7, 1.0]]), RAW)
+    slots = RAW.slots(masks, torch.tensor([[0.9, 0.8, 0.7, 1.0]]))
     # Weighted: pixel 0, 1: t=3 (0.7) vs t=2 (0.35) -> slot 4; pixel 2: t=1 (0.72) -> slot 2.
     assert slots.tolist() == [[[4, 4, 2]]]
     result = image_instances(slots[0], torch.tensor([0.9, 0.8, 0.7, 1.0]))
@@ -104,7 +113,7 @@ def test_batch_images_are_independent() -> None:
     assert out[1].tolist() == [[1, 1], [2, 2]]
 
 
-def test_label_map_rejects_mismatched_shapes() -> None:
+def test_mismatched_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="scores"):
         label_map(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4))
 
@@ -223,9 +232,7 @@ def test_stop_rules_agree_while_every_score_is_high() -> None:
     for blur, dilate in ((False, 0), (True, 5)):
         weighted = PostProcess(blur=blur, dilate=dilate, stop_rule="weighted")
         first_below = PostProcess(blur=blur, dilate=dilate, stop_rule="first_below")
-        assert torch.equal(
-            postprocess(masks, scores, weighted), postprocess(masks, scores, first_below)
-        )
+        assert torch.equal(weighted.slots(masks, scores), first_below.slots(masks, scores))
 
 
 def test_stop_rules_differ_after_a_low_score_by_hand() -> None:
@@ -239,17 +246,17 @@ def test_stop_rules_differ_after_a_low_score_by_hand() -> None:
     # weighted: 0.9, 0.4, 0.8 pass the threshold 0.3 (t=1 although s_1 < 0.5, and t=2 after
     # it); 0.3 * 0.9 = 0.27 does not: [1, 2, 3, 0].
     weighted = PostProcess(blur=False, stop_rule="weighted")
-    assert postprocess(masks, scores, weighted).tolist() == [[[1, 2, 3, 0]]]
+    assert weighted.slots(masks, scores).tolist() == [[[1, 2, 3, 0]]]
     # first_below: s_1 = 0.4 < 0.5 stops the image at t=1, so t=1 and t=2 are dropped: [1, 0, 0, 0].
     first_below = PostProcess(blur=False, stop_rule="first_below")
-    assert postprocess(masks, scores, first_below).tolist() == [[[1, 0, 0, 0]]]
+    assert first_below.slots(masks, scores).tolist() == [[[1, 0, 0, 0]]]
     # The outputs themselves: zero from t=1 on.
     kept_masks, kept_scores = stop_outputs(masks, scores, 0.5)
     assert kept_scores.tolist() == [[pytest.approx(0.9), 0.0, 0.0, 0.0]]
     assert kept_masks[0, 1:].abs().sum().item() == 0 and torch.equal(kept_masks[0, 0], masks[0, 0])
     # stop_score 0 never stops: first_below is then the weighted rule.
     never = PostProcess(blur=False, stop_rule="first_below", stop_score=0.0)
-    assert postprocess(masks, scores, never).tolist() == [[[1, 2, 3, 0]]]
+    assert never.slots(masks, scores).tolist() == [[[1, 2, 3, 0]]]
 
 
 def test_stop_outputs_match_the_models_early_stop() -> None:
@@ -277,26 +284,26 @@ def test_foreground_and_min_size_by_hand() -> None:
     masks[0, 0, :, :2] = 0.9
     masks[0, 1, 1, 3] = 0.9
     scores = torch.ones(1, 2)
-    assert postprocess(masks, scores, RAW).tolist() == [[[1, 1, 0, 0], [1, 1, 0, 2]]]
+    assert RAW.slots(masks, scores).tolist() == [[[1, 1, 0, 0], [1, 1, 0, 2]]]
     # Foreground 0.9 on columns 0..2, 0.2 on column 3: the AND drops t=1's pixel.
     foreground = torch.full((1, 2, 4), 0.9)
     foreground[..., 3] = 0.2
     anded = PostProcess(blur=False, foreground=True)
-    assert postprocess(masks, scores, anded, foreground=foreground).tolist() == [
+    assert anded.slots(masks, scores, foreground=foreground).tolist() == [
         [[1, 1, 0, 0], [1, 1, 0, 0]]
     ]
     # The switch off ignores the map.
-    assert postprocess(masks, scores, RAW, foreground=foreground)[0, 1, 3].item() == 2
+    assert RAW.slots(masks, scores, foreground=foreground)[0, 1, 3].item() == 2
     # min_size is "at most": 1 drops t=1 (1 px) only, 4 drops t=0 (4 px) too.
-    assert postprocess(masks, scores, PostProcess(blur=False, min_size=1)).tolist() == [
+    assert PostProcess(blur=False, min_size=1).slots(masks, scores).tolist() == [
         [[1, 1, 0, 0], [1, 1, 0, 0]]
     ]
-    assert postprocess(masks, scores, PostProcess(blur=False, min_size=4)).sum().item() == 0
+    assert PostProcess(blur=False, min_size=4).slots(masks, scores).sum().item() == 0
     # At network resolution each pixel stands for pixel_area original pixels: with 2, t=0 covers
     # 8 > 4 original pixels and stays; per image, the first image (area 1) loses it.
     two = torch.cat([masks, masks])
-    kept = postprocess(
-        two, torch.ones(2, 2), PostProcess(blur=False, min_size=4), pixel_area=torch.tensor([1, 2])
+    kept = PostProcess(blur=False, min_size=4).slots(
+        two, torch.ones(2, 2), pixel_area=torch.tensor([1, 2])
     )
     assert kept[0].sum().item() == 0 and kept[1].tolist() == [[1, 1, 0, 0], [1, 1, 0, 0]]
 
@@ -305,18 +312,25 @@ def test_upsampling_comes_before_the_threshold() -> None:
     # A 1 x 2 map [1, 0] upsampled bilinearly to 1 x 4 (half-pixel centres) is
     # [1, 0.75, 0.25, 0]: with threshold 0.3 the first two pixels are the instance.
     masks = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
-    assert postprocess(masks, torch.ones(1, 1), RAW, size=(1, 4)).tolist() == [[[1, 1, 0, 0]]]
+    assert RAW.slots(masks, torch.ones(1, 1), size=(1, 4)).tolist() == [[[1, 1, 0, 0]]]
 
 
 def test_settings_are_checked() -> None:
-    with pytest.raises(ValueError, match=r"unknown keys \['blurr'\]; known: blur, dilate"):
-        PostProcess.from_module(0.3, "weighted", 0.5, {"blurr": True})
+    known = "threshold, stop_rule, stop_score, upsample, blur"
+    with pytest.raises(
+        ValueError, match=rf"postprocess\.blurr: not a post-processing setting; .*{known}"
+    ):
+        PostProcess().replace({"blurr": True})
     with pytest.raises(ValueError, match="stop_rule='first' is not one of weighted, first_below"):
         PostProcess(stop_rule="first")
     with pytest.raises(ValueError, match="dilate=4 must be odd"):
         PostProcess(dilate=4)
-    settings = PostProcess.from_module(0.6, "first_below", 0.4, {"dilate": 5, "blur": None})
+    # Null values keep the settings' own (eval.py's and predict.py's postprocess node).
+    settings = PostProcess(threshold=0.6).replace(
+        {"stop_rule": "first_below", "stop_score": 0.4, "dilate": 5, "blur": None}
+    )
     assert settings == PostProcess(threshold=0.6, stop_rule="first_below", stop_score=0.4, dilate=5)
+    assert PostProcess.keys()[:3] == ("threshold", "stop_rule", "stop_score")
 
 
 def test_majority_class_per_instance() -> None:
@@ -339,7 +353,7 @@ def test_nearest_upsampling_repeats_every_pixel() -> None:
     up = upsample_maps(maps, (4, 4), "nearest")
     np.testing.assert_array_equal(up[0, 0].numpy(), np.repeat(np.repeat(soft, 2, 0), 2, 1))
     # Through the whole path, threshold 0.3: the pixels 0.9, 0.6 and 0.4 are the instance.
-    slots = postprocess(maps, torch.ones(1, 1), PostProcess(blur=False, upsample="nearest"), (4, 4))
+    slots = PostProcess(blur=False, upsample="nearest").slots(maps, torch.ones(1, 1), (4, 4))
     assert slots[0].tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]]
     # A 3 -> 4 factor: output pixel x has its centre at (x + 0.5) * 3 / 4 in the input, so it
     # takes input pixels 0, 1, 1, 2 (plain floor(x * 3 / 4) would take 0, 0, 1, 2).
@@ -378,19 +392,42 @@ def test_bicubic_overshoot_is_clamped_to_the_unit_range() -> None:
 
 
 def test_upsample_is_a_checked_switch(compose_train) -> None:
-    from recattend.tasks import eval as eval_task
+    from recattend.utils.config import postprocess_overrides
 
     with pytest.raises(ValueError, match=r"upsample='lanczos' is not one of bilinear, bicubic, n"):
         PostProcess(upsample="lanczos")
-    with pytest.raises(ValueError, match=r"postprocess\.upsample='area'"):
-        PostProcess.from_module(0.3, "weighted", 0.5, {"upsample": "area"})
-    settings = PostProcess.from_module(0.3, "weighted", 0.5, {"upsample": "bicubic", "blur": None})
-    assert settings == PostProcess(upsample="bicubic")
-    assert PostProcess.from_module(0.3, "weighted", 0.5, {"upsample": None}).upsample == "bilinear"
-    # eval.py: evaluate.postprocess.upsample replaces the checkpoint's, the other switches stay.
-    cfg = compose_train("evaluate.postprocess.upsample=bicubic", config_name="eval")
+    with pytest.raises(ValueError, match=r"postprocess: upsample='area'"):
+        PostProcess().replace({"upsample": "area"})
+    assert PostProcess().replace({"upsample": None}).upsample == "bilinear"
+    # eval.py: postprocess.upsample replaces the checkpoint's, the other settings stay.
+    cfg = compose_train("postprocess.upsample=bicubic", config_name="eval")
     saved = {"postprocess": {"dilate": 5, "upsample": "bilinear"}}
-    assert eval_task.evaluation_overrides(cfg.evaluate, saved) == {
-        "postprocess": {"dilate": 5, "upsample": "bicubic"}
-    }
+    merged = postprocess_overrides(cfg.postprocess, saved)["postprocess"]
+    assert (merged["dilate"], merged["upsample"]) == (5, "bicubic")
     assert compose_train().module.postprocess.upsample == "bilinear"
+
+
+def test_the_preprocessors_maps_in_the_outputs_give_the_foreground_and_the_classes() -> None:
+    # Two slots on a 2 x 2 network output: slot 0 the left column, slot 1 the right one, s = 1.
+    # The pre-processor calls the left column foreground, and class 2 wins everywhere.
+    masks = torch.zeros(1, 2, 2, 2)
+    masks[0, 0, :, 0] = masks[0, 1, :, 1] = 1.0
+    out = {"masks": masks, "scores": torch.ones(1, 2)}
+    out["foreground"] = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    out["semantic"] = torch.tensor([0.1, 0.2, 0.7]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    anded = PostProcess(blur=False, foreground=True)
+    [result] = anded(out)
+    assert result.labels.tolist() == [[1, 0], [1, 0]] and result.classes.tolist() == [2]
+    # At 4 x 4 both are resized bilinearly first: per column the foreground is 1, 0.75, 0.25, 0,
+    # slot 0 wins columns 0-1 (1, 0.75 against 0, 0.25) and slot 1 columns 2-3, and the AND
+    # (> 0.3) keeps columns 0-1.
+    [result] = anded(out, size=(4, 4))
+    assert result.labels.tolist() == [[1, 1, 0, 0]] * 4 and result.classes.tolist() == [2]
+    # Without the AND the foreground is not used; the classes still are.
+    [result] = RAW(out, size=(4, 4))
+    assert result.labels.tolist() == [[1, 1, 2, 2]] * 4 and result.classes.tolist() == [2, 2]
+
+
+def test_the_network_stops_early_only_under_first_below() -> None:
+    assert PostProcess().network_stop == 0.0
+    assert PostProcess(stop_rule="first_below", stop_score=0.4).network_stop == 0.4

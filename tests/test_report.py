@@ -34,7 +34,7 @@ def test_rows_are_labelled_by_the_overrides_that_differ(tmp_path: Path) -> None:
 
 def test_a_single_job_shows_all_its_overrides(tmp_path: Path) -> None:
     _job(tmp_path, 0, ["model=full", "seed=1"], {"val/sbd": 0.8})
-    assert sweep_table(tmp_path, "val").splitlines()[2] == "| model=full seed=1 | 80.0 |"
+    assert sweep_table(tmp_path, split="val").splitlines()[2] == "| model=full seed=1 | 80.0 |"
 
 
 def test_the_ablation_table_reports_the_validation_split(tmp_path: Path) -> None:
@@ -49,8 +49,21 @@ def test_the_ablation_table_reports_the_validation_split(tmp_path: Path) -> None
     assert "90.0" in sweep_table(tmp_path, table="kitti")  # Table 2: the test split
 
 
+def test_a_multirun_and_a_run_folder_make_one_table(tmp_path: Path) -> None:
+    # The Table 4 sweep of the network ablations, then the training ablation as its own run.
+    _job(tmp_path / "sweep", 0, ["model=full", "seed=1"], {"test/sbd": 0.8})
+    _job(tmp_path / "sweep", 1, ["model=iter1", "seed=1"], {"test/sbd": 0.75})
+    _job(tmp_path, 7, ["module.teacher_forcing=ground_truth", "seed=1"], {"test/sbd": 0.7})
+    rows = sweep_table(tmp_path / "sweep", tmp_path / "7").splitlines()[2:]
+    assert rows == [
+        "| model=full | 80.0 |",
+        "| model=iter1 | 75.0 |",
+        "| module.teacher_forcing=ground_truth | 70.0 |",
+    ]
+
+
 def test_a_folder_without_jobs_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="no <job>/metrics.json under"):
+    with pytest.raises(SystemExit, match="no metrics.json in .* or its job folders"):
         main([str(tmp_path)])
 
 

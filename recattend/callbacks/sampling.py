@@ -9,11 +9,9 @@ counted from the start of the ``full`` stage, is
 
 with an offset per kind, so later timesteps keep ground truth longer (t = 0: x1; t = 19: x5.06).
 
-The paper's "no scheduled sampling" ablation (Table 4, section 4.1) is the other extreme: the canvas
-*always* receives the maximally overlapping ground truth during training (``mode="ground_truth"``:
-mask probability 1 at every step and timestep of the full stage), so the model never reads its own
-masks until test time. ``mode="predictions"`` is the opposite, teacher forcing off: the model
-always reads its own boxes and masks in the full stage.
+The module's teacher forcing takes these probabilities as its ``module.teacher_forcing`` mode uses
+them (:meth:`~recattend.lit.rollout.TeacherForcing.schedule`): the paper's "no scheduled
+sampling" ablation (``ground_truth``) feeds the ground-truth canvas with probability 1 instead.
 """
 
 from __future__ import annotations
@@ -24,10 +22,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from recattend.callbacks.teacher_forcing import TeacherForcing
+from recattend.lit.rollout import TeacherForcing
 
 KINDS = ("box", "mask")
-MODES = ("fade", "ground_truth", "predictions")
 
 
 def knob_probability(
@@ -39,15 +36,10 @@ def knob_probability(
 
 
 class ScheduledSampling(L.Callback):
-    """Sets ``pl_module.teacher_forcing.probabilities`` (a
-    :class:`~recattend.callbacks.teacher_forcing.TeacherForcing`) before every training batch
-    (module docstring).
+    """Gives ``pl_module.teacher_forcing`` (a :class:`~recattend.lit.rollout.TeacherForcing`)
+    its probabilities before every training batch (module docstring).
 
     Args:
-        mode: ``"fade"`` (scheduled sampling, the formula above); ``"ground_truth"`` (the paper's
-            "no scheduled sampling" ablation: ground-truth masks on the canvas with probability 1
-            for the whole full stage, boxes still by their schedule); ``"predictions"`` (no
-            teacher forcing: probabilities 0, the model always reads its own boxes and masks).
         base, decay, decay_steps: the schedule shared by both kinds (the defaults are sized for
             the short default run; the authors': 1, 0.5, and 700 steps for CVPPP, 1500 for KITTI
             and Cityscapes).
@@ -61,7 +53,6 @@ class ScheduledSampling(L.Callback):
 
     def __init__(
         self,
-        mode: str = "fade",
         base: float = 1.0,
         decay: float = 0.5,
         decay_steps: float = 150,
@@ -73,28 +64,19 @@ class ScheduledSampling(L.Callback):
                 f"scheduled sampling needs 0 < decay <= 1, decay_steps > 0 and base >= 0; got "
                 f"decay={decay}, decay_steps={decay_steps}, base={base}"
             )
-        if mode not in MODES:
-            raise ValueError(
-                f"scheduled sampling mode={mode!r}: use fade (scheduled sampling), ground_truth "
-                "(the paper's no-scheduled-sampling ablation: always the ground-truth canvas) or "
-                "predictions (no teacher forcing)"
-            )
-        self.mode, self.base, self.decay, self.decay_steps = mode, base, decay, decay_steps
+        self.base, self.decay, self.decay_steps = base, decay, decay_steps
         self.offsets = {"box": box_offset, "mask": mask_offset}
         self.start_step: int | None = None
 
     def probabilities(self, step: int, steps: int) -> dict[str, Tensor]:
         """Per kind, the (steps,) probabilities at ``step`` steps into the schedule."""
         t = torch.arange(steps)
-        probs = {
+        return {
             kind: torch.zeros(steps)
-            if self.mode == "predictions" or offset is None
+            if offset is None
             else knob_probability(step, t, offset, self.decay, self.decay_steps, self.base)
             for kind, offset in self.offsets.items()
         }
-        if self.mode == "ground_truth":
-            probs["mask"] = torch.ones(steps)
-        return probs
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -103,14 +85,14 @@ class ScheduledSampling(L.Callback):
         if not isinstance(forcing, TeacherForcing):  # e.g. the pre-processor
             return
         if getattr(pl_module, "stage", "full") != "full":  # the box stage feeds its own truth
-            forcing.probabilities = None
+            forcing.schedule(None)
             return
         if self.start_step is None:
             self.start_step = trainer.global_step
         probs = self.probabilities(trainer.global_step - self.start_step, pl_module.net.steps)
-        forcing.probabilities = {k: p.to(pl_module.device) for k, p in probs.items()}
+        forcing.schedule({k: p.to(pl_module.device) for k, p in probs.items()})
         pl_module.log_dict(
-            {f"train/p_gt_{kind}_t0": probs[kind][0] for kind in KINDS},
+            {f"train/p_gt_{kind}_t0": forcing.probabilities[kind][0] for kind in KINDS},
             batch_size=len(batch["image"]),
         )
 

@@ -96,13 +96,13 @@ class InstanceDataset(Dataset):
         max_instances: int,
         transform: Any,
         augmented: bool,
-        stop_slot: bool = True,
+        empty_last_slot: bool = True,
     ) -> None:
         self.source = source
         self.max_instances = max_instances
         self.transform = transform
         self.augmented = augmented
-        self.stop_slot = stop_slot
+        self.empty_last_slot = empty_last_slot
 
     def __len__(self) -> int:
         return len(self.source)
@@ -126,7 +126,7 @@ class InstanceDataset(Dataset):
         semantic = transformed[n] if raw.semantic is not None else None
         return instance_targets(
             image, transformed[:n], self.max_instances, raw.meta, raw.classes, semantic,
-            self.stop_slot,
+            self.empty_last_slot,
         )  # fmt: skip
 
 
@@ -145,8 +145,8 @@ class InstanceDataModule(L.LightningDataModule, ABC):
             (in the bootstrap stages ``flip_stages``); None: none.
         keep_aspect_ratio: fit images inside the resolution and zero-pad (True) rather than
             stretch them to it (False, the authors' choice).
-        stop_slot: keep the last of the T slots empty, so every image has a stop target (True);
-            False lets all T slots take instances (the authors' Cityscapes training).
+        empty_last_slot: keep the last of the T slots empty, so every image has a stop target
+            (True); False lets all T slots take instances (the authors' Cityscapes training).
 
     Attributes:
         stage: the current bootstrap stage (``box``, ``full``) set by
@@ -154,6 +154,9 @@ class InstanceDataModule(L.LightningDataModule, ABC):
             flips apply only in its ``flip_stages``.
         paper_table: the layout of the paper's results table that the tasks print for this
             dataset (:data:`recattend.report.TABLES`), None for a generic one.
+        main_metric: its benchmark's main metric among the validation metrics (``val/<name>``,
+            higher is better): what picks the best checkpoint unless ``monitor.metric`` names
+            another.
 
     Raises:
         ValueError: at construction, naming the ``dataset.*`` key and its constraint.
@@ -169,7 +172,7 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         pin_memory: bool = False,
         augment: Mapping[str, Any] | None = None,
         keep_aspect_ratio: bool = False,
-        stop_slot: bool = True,
+        empty_last_slot: bool = True,
     ) -> None:
         super().__init__()
         if len(resolution) != 2 or any(int(s) < 1 for s in resolution):
@@ -187,7 +190,7 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         self.pin_memory = pin_memory
         self.augment = AugmentPolicy.parse(augment, self.resolution)
         self.keep_aspect_ratio = keep_aspect_ratio
-        self.stop_slot = bool(stop_slot)
+        self.empty_last_slot = bool(empty_last_slot)
         self.stage: str | None = None
         # A bootstrap stage's own training batch size (BootstrapStages), and the batch size of
         # the training loader last built: the loader is stale while they differ.
@@ -197,6 +200,7 @@ class InstanceDataModule(L.LightningDataModule, ABC):
         self.datasets: dict[str, InstanceDataset] = {}
 
     paper_table: str | None = None
+    main_metric = "sbd"
 
     def labelled(self, split: str) -> bool:
         """Whether ``split`` has ground truth (an unlabelled test folder serves prediction)."""
@@ -224,7 +228,11 @@ class InstanceDataModule(L.LightningDataModule, ABC):
                 )
             augmented = split == "train" and bool(self.augment.per_image)
             self.datasets[split] = InstanceDataset(
-                source, self.max_instances, self._transform(augmented), augmented, self.stop_slot
+                source,
+                self.max_instances,
+                self._transform(augmented),
+                augmented,
+                self.empty_last_slot,
             )
 
     def _transform(self, augmented: bool) -> Any:

@@ -17,13 +17,13 @@ group regions of instance classes (e.g. 26 for a group of cars).
 Splits map to the official folders by ``dataset.splits`` (default train -> train, val -> val,
 test -> val: the official test labels are not public).
 
-External semantic predictions (``preprocessors.semantic=<folder>``, the authors' LRR input for
+External semantic predictions (``preprocessors.semantic_dir=<folder>``, the authors' LRR input for
 Table 3) are one label PNG of Cityscapes label ids per image,
 ``<folder>/<split>/<city>/<city>_<seq>_<frame>_<anything>.png``. Each image of the evaluated splits
 (val, test) gets its file when the split is listed (:func:`find_semantic_prediction`), read by
 :meth:`CityscapesDataModule.semantic_map`; the evaluation then takes the foreground and each
 instance's class from it instead of the pre-processor's maps
-(:meth:`~recattend.lit.SegmenterModule.instances`).
+(:class:`~recattend.postprocess.PostProcess`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from PIL import Image
 from recattend.data.files import Entry, FileDataModule, Instances, layout_error
 
 # The config key of the external semantic predictions, named in their errors.
-SEMANTIC_KEY = "preprocessors.semantic"
+SEMANTIC_KEY = "preprocessors.semantic_dir"
 SOURCE = "https://www.cityscapes-dataset.com (registration; leftImg8bit_trainvaltest and gtFine)"
 EXAMPLES = (
     "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png",
@@ -77,7 +77,7 @@ def find_semantic_prediction(folder: Path, split: str, image: Path) -> Path:
     ``.png``).
 
     Args:
-        folder: the predictions' root (``preprocessors.semantic``).
+        folder: the predictions' root (``preprocessors.semantic_dir``).
         split: the official split folder (train, val, test).
         image: a ``<city>/<city>_<seq>_<frame>_leftImg8bit.png`` image path.
 
@@ -128,8 +128,8 @@ class CityscapesDataModule(FileDataModule):
 
     Args:
         splits: our split -> official folder name (train, val, test).
-        semantic: the folder of external semantic predictions (``preprocessors.semantic``, module
-            docstring), or None: the evaluation uses the pre-processor's maps.
+        semantic: the folder of external semantic predictions (``preprocessors.semantic_dir``,
+            module docstring), or None: the evaluation uses the pre-processor's maps.
         **kwargs: :class:`~recattend.data.files.FileDataModule` arguments (root, resolution, ...).
 
     Raises:
@@ -137,6 +137,7 @@ class CityscapesDataModule(FileDataModule):
     """
 
     paper_table = "cityscapes"  # the results table eval prints (recattend.report.TABLES)
+    main_metric = "mask_ap"  # class-agnostic, at network resolution: validation's stand-in for AP
 
     def __init__(
         self,

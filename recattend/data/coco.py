@@ -53,6 +53,7 @@ class COCODataModule(FileDataModule):
     """
 
     paper_table = "coco"  # the results table eval prints (recattend.report.TABLES)
+    main_metric = "mask_ap"  # class-agnostic, at network resolution: validation's stand-in for AP
 
     def __init__(
         self,

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from recattend.data.base import InstanceDataModule, RawSample
-from recattend.data.images import image_array, to_display, transparent_fraction
+from recattend.data.images import image_array, to_display, transparent_fraction, upright_size
 
 # A sample's ground truth: (N, H, W) bool masks, (N,) int classes or None, (H, W) semantic or None.
 Instances = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
@@ -62,9 +62,10 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the file header, without decoding the pixels."""
+    """(H, W) as a viewer shows the image (its EXIF orientation applied, as :func:`read_rgb`
+    reads it), from the file header, without decoding the pixels."""
     with Image.open(path) as image:
-        return image.height, image.width
+        return upright_size(image)
 
 
 def colour_instances(label: np.ndarray) -> np.ndarray:

@@ -23,8 +23,10 @@ would clip at 255. What each PIL mode becomes:
 A refused image raises :class:`UnsupportedImageError` (a ``ValueError``, so it is one of
 :data:`~recattend.data.files.READ_ERRORS`). 16-bit RGB(A) PNGs are decoded by PIL to 8 bits per
 channel (their high bytes: the range is right, the low bits are lost). Only the first frame of
-a multi-frame file (GIF, TIFF stack) is read, and EXIF orientation is not applied: every output
-is in the stored pixel grid.
+a multi-frame file (GIF, TIFF stack) is read. An EXIF orientation (a phone photo's JPEG; any
+format but PNG) is applied,
+so every output is the image as a viewer shows it; training, evaluation and prediction read
+alike, and a dataset's label map must be in that orientation too (:func:`upright_size`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+# The EXIF tag of the orientation, and its values that turn the image by 90 degrees (width and
+# height swap when it is shown).
+ORIENTATION = 0x0112
+TURNED = (5, 6, 7, 8)
 
 
 class UnsupportedImageError(ValueError):
@@ -72,8 +79,26 @@ def transparent_fraction(path: Path) -> float:
     return float((alpha < 255).mean())
 
 
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1: as stored), read without decoding its pixels.
+    PNG's rare EXIF chunk is not read: it may follow the pixels, and reading it would decode
+    every file of a dataset's header check."""
+    if image.format == "PNG":
+        return 1
+    return int(image.getexif().get(ORIENTATION, 1))
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(H, W) of an opened image as a viewer shows it: the stored size, swapped when its EXIF
+    orientation turns it by 90 degrees. Read from the header, without decoding the pixels."""
+    turned = orientation(image) in TURNED
+    return (image.width, image.height) if turned else (image.height, image.width)
+
+
 def image_array(image: Image.Image) -> np.ndarray:
-    """:func:`read_image` on a decoded PIL image."""
+    """:func:`read_image` on a decoded PIL image, its EXIF orientation applied."""
+    if orientation(image) != 1:
+        image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode == "I" or mode.startswith("I;16"):  # never convert("RGB"): it clips at 255
         values = np.asarray(image)

@@ -33,6 +33,7 @@ class KITTIDataModule(FileDataModule):
     """
 
     paper_table = "kitti"  # the results table eval prints (recattend.report.TABLES)
+    main_metric = "mwcov"  # Table 2's first column
 
     def entries(self, split: str) -> list[Entry]:
         listing, labels = SPLIT_FILES[split]

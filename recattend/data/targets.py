@@ -82,12 +82,12 @@ def instance_targets(
     meta: dict[str, Any],
     classes: np.ndarray | None = None,
     semantic: np.ndarray | None = None,
-    stop_slot: bool = True,
+    empty_last_slot: bool = True,
 ) -> dict[str, Any]:
     """Build one sample of the batch contract from an image and its instance masks.
 
     Instances that are empty (e.g. cropped away by augmentation) are dropped; the rest are sorted
-    by area, largest first (stable for ties). With ``stop_slot`` (the default) only the
+    by area, largest first (stable for ties). With ``empty_last_slot`` (the default) only the
     ``max_instances`` largest get a slot, so the last of the T = max_instances + 1 slots is always
     empty and gives the model its stop target; without it all T slots take instances (the
     authors' Cityscapes training: the T largest are supervised and a crowded image has no stop).
@@ -101,7 +101,7 @@ def instance_targets(
         meta: per-sample facts passed through (id, source path, original size, ...).
         classes: (N,) class of each instance (1..K), for multi-class data.
         semantic: (H, W) per-pixel class map, for multi-class data.
-        stop_slot: keep the last slot empty (see above).
+        empty_last_slot: keep the last slot empty (see above).
 
     Returns:
         ``image`` float32 (3, H, W) in [0, 1]; ``masks`` float32 (T, H, W) in {0, 1};
@@ -117,7 +117,7 @@ def instance_targets(
     order = np.argsort(-areas[present], kind="stable")
     masks = masks[present][order]
     num = masks.shape[0]
-    capacity = max_instances if stop_slot else max_instances + 1
+    capacity = max_instances if empty_last_slot else max_instances + 1
     if num > capacity and not _warned_truncation:
         _warned_truncation = True
         log.warning(

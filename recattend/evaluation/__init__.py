@@ -5,8 +5,8 @@ export)`` once, then per loop ``reset()``, ``process(batch, outputs, postprocess
 and ``evaluate()`` -> ``{metric name: value}`` with every rank's images combined. An evaluator
 never runs the network: the :class:`Evaluate` callback hands it each batch with the outputs that
 ``validation_step`` / ``test_step`` returned and the module's own post-processing
-(``SegmenterModule.instances``, :data:`Postprocess`), and logs its metrics as ``val/<name>`` and
-``test/<name>``.
+(``SegmenterModule.postprocess``, :class:`~recattend.postprocess.PostProcess`), and logs its
+metrics as ``val/<name>`` and ``test/<name>``.
 
 The families (``conf/dataset/evaluator``):
 
@@ -25,7 +25,7 @@ result format, ``coco_results.json`` (:mod:`recattend.evaluation.export` has the
 ``predict.py`` uses too).
 """
 
-from recattend.evaluation.base import DatasetEvaluator, Postprocess
+from recattend.evaluation.base import DatasetEvaluator
 from recattend.evaluation.callback import Evaluate
 from recattend.evaluation.cityscapes import CityscapesEvaluator
 from recattend.evaluation.coco import CocoEvaluator
@@ -38,7 +38,6 @@ __all__ = [
     "DatasetEvaluator",
     "Evaluate",
     "InstanceEvaluator",
-    "Postprocess",
     "gt_label_map",
     "pixel_area",
 ]

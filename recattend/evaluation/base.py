@@ -2,9 +2,9 @@
 
 An evaluator scores one loop (a validation epoch or the test split) from the module's outputs. It
 never runs the network: the :class:`~recattend.evaluation.callback.Evaluate` callback hands it
-each batch with the outputs ``validation_step`` / ``test_step`` returned, and the module's one
-post-processing path (:data:`Postprocess`), so validation, test and ``predict.py`` post-process
-alike.
+each batch with the outputs ``validation_step`` / ``test_step`` returned, and the module's
+post-processing (:class:`~recattend.postprocess.PostProcess`, or a callable with its call
+signature), so validation, test and ``predict.py`` post-process alike.
 """
 
 from __future__ import annotations
@@ -17,17 +17,6 @@ from typing import Any
 from torch import Tensor
 
 from recattend.postprocess import Instances
-
-Postprocess = Callable[..., list[Instances]]
-"""The module's post-processing, ``SegmenterModule.instances(out, image, size=None,
-pixel_area=1.0[, semantic=...])``: ``out`` holds ``masks`` (B, T, h, w) float in [0, 1] and
-``scores`` (B, T) float in [0, 1]; ``image`` (B, C, h, w) the images given to the module; ``size``
-the (H, W) of the label maps wanted, None for the network's (h, w); ``pixel_area`` () or (B,)
-float, original-image pixels per output pixel (for ``min_size``); ``semantic``, passed only when
-the data has external semantic predictions (``preprocessors.semantic``), B (H_i, W_i) int64
-train-id maps at each image's original size. Returns one
-:class:`~recattend.postprocess.Instances` per image at ``size``: ``labels`` and ``timesteps``
-(H, W) int64, ``scores`` (K,) float, ``classes`` (K,) int64 train ids or None."""
 
 
 class DatasetEvaluator(ABC):
@@ -81,7 +70,10 @@ class DatasetEvaluator(ABC):
 
     @abstractmethod
     def process(
-        self, batch: dict[str, Any], outputs: dict[str, Tensor], postprocess: Postprocess
+        self,
+        batch: dict[str, Any],
+        outputs: dict[str, Tensor],
+        postprocess: Callable[..., list[Instances]],
     ) -> None:
         """Add one batch.
 
@@ -91,8 +83,14 @@ class DatasetEvaluator(ABC):
                 ``meta`` a list of B dicts (``id``, ``orig_size`` (H, W), and the dataset's own
                 keys, e.g. ``label``, ``image_id``).
             outputs: the module's forward outputs for ``batch["image"]``: at least ``masks``
-                (B, T, h, w) and ``scores`` (B, T).
-            postprocess: the module's post-processing (:data:`Postprocess`).
+                (B, T, h, w) and ``scores`` (B, T), and the pre-processor's maps when there is
+                one (:meth:`~recattend.models.SegmenterNetwork.predict`).
+            postprocess: the module's post-processing, called as
+                :meth:`PostProcess.__call__ <recattend.postprocess.PostProcess.__call__>`
+                ``(outputs, size=None, pixel_area=1.0, semantic=None)`` -> one
+                :class:`~recattend.postprocess.Instances` per image, on all the batch's images
+                at once or on them one by one in order
+                (:func:`~recattend.postprocess.image_outputs`).
         """
 
     @abstractmethod

@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.loggers import WandbLogger
 
 from recattend.evaluation.base import DatasetEvaluator
+from recattend.evaluation.gallery import PredictionGallery
 from recattend.evaluation.instances import InstanceEvaluator
+from recattend.evaluation.per_image import FILENAME
 from recattend.evaluation.statistics import StatisticsRecorder
 
 
@@ -17,7 +20,7 @@ class Evaluate(L.Callback):
 
     ``validation_step`` and ``test_step`` return the module's forward outputs (a dict with at
     least ``masks`` (B, T, h, w) and ``scores`` (B, T)); the module gives its post-processing as
-    ``pl_module.instances`` (:data:`~recattend.evaluation.base.Postprocess`). At each epoch's end
+    ``pl_module.postprocess`` (:class:`~recattend.postprocess.PostProcess`). At each epoch's end
     the metrics are logged as ``val/<name>`` (also on the progress bar) or ``test/<name>``, with
     ``sync_dist=False``: the evaluators combine the ranks themselves. Lightning's sanity check is a
     validation epoch like any other (its logged values are discarded by Lightning).
@@ -27,6 +30,10 @@ class Evaluate(L.Callback):
     image size) and, except in the sanity check, gives their summary to the module as
     ``pl_module.output_statistics`` (the segmenter saves it in its checkpoints; ``predict.py``
     warns about images far from it).
+
+    With a W&B logger whose ``log_predictions`` is N > 0, the test split's first N images per
+    rank and their predictions go to W&B as a table, with ``per_image.csv`` as an artifact
+    (:mod:`recattend.evaluation.gallery`).
 
     Args:
         test: the test split's evaluator (the dataset's benchmark: ``conf/dataset/evaluator``).
@@ -67,6 +74,9 @@ class Evaluate(L.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         self.val.setup(datamodule, root, False)
         self.test.setup(datamodule, root, self.export)
+        shown = max((getattr(lg, "log_predictions", 0) for lg in _wandb(trainer)), default=0)
+        if shown and isinstance(self.test, InstanceEvaluator):
+            self.test.gallery = PredictionGallery(shown)
 
     # ------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -82,11 +92,8 @@ class Evaluate(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        # The step's precision context (bf16-mixed: autocast), in which the module's own
-        # evaluation ran before it moved here: the post-processing reads the pre-processor again.
-        with trainer.precision_plugin.val_step_context():
-            postprocess = self.statistics.recording(pl_module.instances, batch)
-            self.val.process(batch, _checked(outputs, "validation_step"), postprocess)
+        postprocess = self.statistics.recording(pl_module.postprocess, batch)
+        self.val.process(batch, _checked(outputs, "validation_step"), postprocess)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _log(pl_module, self.val, "val")
@@ -108,11 +115,18 @@ class Evaluate(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        with trainer.precision_plugin.test_step_context():
-            self.test.process(batch, _checked(outputs, "test_step"), pl_module.instances)
+        self.test.process(batch, _checked(outputs, "test_step"), pl_module.postprocess)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _log(pl_module, self.test, "test")
+        gallery = getattr(self.test, "gallery", None)
+        if gallery is not None:
+            gallery.log(_wandb(trainer), self.test.output_dir, FILENAME)
+
+
+def _wandb(trainer: L.Trainer) -> list[WandbLogger]:
+    """The trainer's W&B loggers."""
+    return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
 
 
 def _checked(outputs: Any, step: str) -> dict[str, Any]:

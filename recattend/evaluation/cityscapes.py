@@ -3,7 +3,7 @@
 :class:`CityscapesEvaluator` scores every test image at its original resolution with the label-map
 metrics of :class:`~recattend.evaluation.instances.InstanceEvaluator`. When the post-processing
 gives classes (each instance takes its majority class of a semantic pre-processor's map, or of the
-external predictions of ``preprocessors.semantic``), every image's instances, with their
+external predictions of ``preprocessors.semantic_dir``), every image's instances, with their
 Cityscapes label ids and scores, are also matched against the raw instanceIds map for
 :class:`~recattend.metrics.CityscapesAP` (``ap``, ``ap50``, ``ap_<class>``); without classes
 there is no AP key. With ``export`` each image with classes also gets its files in the

@@ -1,7 +1,7 @@
 """Writing predictions: label PNGs, colour overlays, COCO results JSON, Cityscapes result files.
 
 All writers take one image's instance label map (0 = background, instances 1..K) at the image's
-original resolution, as :func:`recattend.postprocess.label_map` gives after upsampling. The
+original resolution, as :class:`recattend.postprocess.PostProcess` gives after upsampling. The
 evaluators' ``export`` (``eval.py export=true``) and ``predict.py`` both write through them.
 """
 
@@ -164,7 +164,7 @@ def write_cityscapes_results(
     The format allows overlapping masks, but this writer takes one label map, so its masks are the
     disjoint instances of that map: each pixel belongs to at most one written instance. Overlapping
     soft outputs of the model are resolved into one label per pixel before export
-    (:func:`recattend.postprocess.label_map`); the evaluator therefore scores the post-processed
+    (:class:`recattend.postprocess.PostProcess`); the evaluator therefore scores the post-processed
     segmentation, not the overlapping per-step masks.
 
     Args:

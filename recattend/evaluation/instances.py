@@ -21,20 +21,22 @@ Two resolutions:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from recattend.evaluation.base import DatasetEvaluator, Postprocess
+from recattend.evaluation.base import DatasetEvaluator
 from recattend.evaluation.distributed import all_gather_objects, is_global_zero
 from recattend.evaluation.export import write_label_png
+from recattend.evaluation.gallery import PredictionGallery
 from recattend.evaluation.per_image import FILENAME, image_row, write_rows
 from recattend.evaluation.targets import gt_label_map, pixel_area
 from recattend.metrics import count_instances, instance_metrics
 from recattend.metrics.mask_ap import MaskAP
-from recattend.postprocess import Instances
+from recattend.postprocess import Instances, image_outputs
 
 
 class InstanceEvaluator(DatasetEvaluator):
@@ -56,6 +58,9 @@ class InstanceEvaluator(DatasetEvaluator):
             of the last batch.
         mask_ap: the :class:`~recattend.metrics.mask_ap.MaskAP` of the instances' scores.
         rows: this rank's per-image rows of the current loop (``per_image`` only).
+        gallery: where the scored images and predictions go for the W&B table of the test
+            split (:mod:`recattend.evaluation.gallery`), set by the
+            :class:`~recattend.evaluation.Evaluate` callback; None: nowhere.
     """
 
     def __init__(self, *, original_resolution: bool, per_image: bool) -> None:
@@ -64,6 +69,7 @@ class InstanceEvaluator(DatasetEvaluator):
         self.metrics = instance_metrics()
         self.mask_ap = MaskAP()
         self.rows: list[dict[str, Any]] = []
+        self.gallery: PredictionGallery | None = None
         self._device = torch.device("cpu")
 
     def setup(self, datamodule: Any, output_dir: Path | None = None, export: bool = False) -> None:
@@ -87,34 +93,43 @@ class InstanceEvaluator(DatasetEvaluator):
             metric.reset()
         self.mask_ap.reset()
         self.rows = []
+        if self.gallery is not None:
+            self.gallery.reset()
 
     def process(
-        self, batch: dict[str, Any], outputs: dict[str, Tensor], postprocess: Postprocess
+        self,
+        batch: dict[str, Any],
+        outputs: dict[str, Tensor],
+        postprocess: Callable[..., list[Instances]],
     ) -> None:
         self._to(batch["image"].device)
         if self.original_resolution:
             for i, meta in enumerate(batch["meta"]):
                 target = self.datamodule.original_target(meta)
                 target = torch.from_numpy(target).to(self._device)
-                one = {k: outputs[k][i : i + 1] for k in ("masks", "scores")}
                 result = postprocess(
-                    one, batch["image"][i : i + 1], size=tuple(target.shape),
-                    **self._semantic([meta]),
-                )[0]  # fmt: skip
+                    image_outputs(outputs, i), size=tuple(target.shape), **self._semantic([meta])
+                )[0]
                 self._update([meta], result.timesteps[None], result.labels[None], target[None])
                 self.mask_ap.update(result.labels[None], [result.scores], target[None])
                 self.process_instances(meta, result)
+                if self.gallery is not None:
+                    gt_count = int(count_instances(target))
+                    self.gallery.add(meta["id"], batch["image"][i], result.labels, target, gt_count)
             return
         results = postprocess(
-            outputs, batch["image"], pixel_area=pixel_area(batch), **self._semantic(batch["meta"])
+            outputs, pixel_area=pixel_area(batch), **self._semantic(batch["meta"])
         )
         timesteps = torch.stack([r.timesteps for r in results])
         pred = torch.stack([r.labels for r in results])
         target = gt_label_map(batch["masks"])
         self._update(batch["meta"], timesteps, pred, target, batch["num_instances"])
         self.mask_ap.update(pred, [r.scores for r in results], target)
-        for meta, result in zip(batch["meta"], results, strict=True):
+        for i, (meta, result) in enumerate(zip(batch["meta"], results, strict=True)):
             self.process_instances(meta, result)
+            if self.gallery is not None:
+                count = int(batch["num_instances"][i])
+                self.gallery.add(meta["id"], batch["image"][i], result.labels, target[i], count)
 
     def process_instances(self, meta: dict[str, Any], instances: Instances) -> None:
         """One image's post-processed instances, after they were scored: writes its label PNG
@@ -148,8 +163,8 @@ class InstanceEvaluator(DatasetEvaluator):
     def _semantic(self, metas: list[dict[str, Any]]) -> dict[str, list[Tensor]]:
         """``{"semantic": maps}`` for the post-processing when the datamodule has external
         semantic predictions of these samples (``semantic_map(meta)``: Cityscapes with
-        ``preprocessors.semantic``), else ``{}``. The maps are (H_i, W_i) int64 train ids at each
-        image's original size, on the data's device."""
+        ``preprocessors.semantic_dir``), else ``{}``. The maps are (H_i, W_i) int64 train ids at
+        each image's original size, on the data's device."""
         read = getattr(self.datamodule, "semantic_map", None)
         maps = [read(meta) for meta in metas] if read is not None else []
         if not maps or any(m is None for m in maps):

@@ -47,7 +47,7 @@ measured it there.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
@@ -55,7 +55,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recattend.evaluation.base import Postprocess
 from recattend.evaluation.distributed import all_gather_objects
 from recattend.evaluation.targets import pixel_area
 from recattend.postprocess import Instances
@@ -171,32 +170,35 @@ class StatisticsRecorder:
         """Forget every image: called before each validation."""
         self.rows = []
 
-    def recording(self, postprocess: Postprocess, batch: Mapping[str, Any]) -> Postprocess:
+    def recording(
+        self, postprocess: Callable[..., list[Instances]], batch: Mapping[str, Any]
+    ) -> Callable[..., list[Instances]]:
         """``postprocess`` for ``batch``, recording the statistics of each image it returns.
 
-        An image's size is the ``size`` asked for (the original size, when the evaluator scores
-        there), else its ``meta["orig_size"]``, else the network's input size (generated data
-        is made at network resolution).
+        The evaluators post-process a batch's images in order, all at once or one by one, so the
+        n-th result returned is image n of the batch. An image's size is the ``size`` asked
+        for (the original size, when the evaluator scores there), else its
+        ``meta["orig_size"]``, else the network's input size (generated data is made at network
+        resolution).
         """
-        metas = batch.get("meta") or []
+        metas, images = batch.get("meta") or [], batch["image"]
+        seen = 0  # images of the batch already returned
 
         def record(
-            out: dict[str, Tensor],
-            image: Tensor,
-            size: tuple[int, int] | None = None,
-            pixel_area: Tensor | float = 1.0,
-            **guidance: Any,  # external semantic maps, when the data has them
+            out: dict[str, Tensor], size: tuple[int, int] | None = None, **kwargs: Any
         ) -> list[Instances]:
-            results = postprocess(out, image, size=size, pixel_area=pixel_area, **guidance)
-            whole_batch = size is None and len(metas) == len(results)
-            for i, result in enumerate(results):
+            nonlocal seen
+            results = postprocess(out, size=size, **kwargs)
+            for result in results:
                 if size is not None:
                     shape = tuple(size)
-                elif whole_batch and "orig_size" in metas[i]:
-                    shape = tuple(metas[i]["orig_size"])
+                elif seen < len(metas) and "orig_size" in metas[seen]:
+                    shape = tuple(metas[seen]["orig_size"])
                 else:
-                    shape = tuple(image.shape[-2:])
-                self.rows.append(image_statistics(result.labels, result.scores, shape, image[i]))
+                    shape = tuple(images.shape[-2:])
+                row = image_statistics(result.labels, result.scores, shape, images[seen])
+                self.rows.append(row)
+                seen += 1
             return results
 
         return record
@@ -212,12 +214,12 @@ def output_statistics(
 ) -> dict[str, float]:
     """The statistics validation records, computed from ``module`` on ``batches``.
 
-    Runs the module and its post-processing (``module.instances``) at network resolution, as
+    Runs the module and its post-processing (``module.postprocess``) at network resolution, as
     validation does, in eval mode and without gradients (the module's mode is restored).
 
     Args:
         module: a :class:`~recattend.lit.SegmenterModule` (anything with ``forward(image)`` and
-            ``instances(out, image, pixel_area=...)``).
+            a ``postprocess(out, pixel_area=...)``).
         batches: batch dicts with ``image`` (B, 3, h, w) float in [0, 1] at the network's
             resolution and optionally ``meta`` (B dicts; ``orig_size`` (H, W) where the images
             were resized), e.g. ``datamodule.val_dataloader()``.
@@ -234,7 +236,7 @@ def output_statistics(
                 batch = {**batch, "image": batch["image"].to(module.device)}
                 out = module(batch["image"])
                 area = pixel_area(batch) if "meta" in batch else 1.0
-                recorder.recording(module.instances, batch)(out, batch["image"], pixel_area=area)
+                recorder.recording(module.postprocess, batch)(out, pixel_area=area)
     finally:
         module.train(training)
     return summarise(recorder.rows)

@@ -6,7 +6,7 @@ The authors' recipes for it are ``experiment=kitti_preprocessor`` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryJaccardIndex, MulticlassAccuracy
 
+from recattend.lit.loading import loadable
 from recattend.lit.optim import adam, check_settings, decay_groups, mixed_precision
 from recattend.models.preprocessor import Preprocessor, foreground_probability
 from recattend.structures import ANGLE_IGNORE, NUM_ANGLE_CLASSES
 from recattend.visualise import figure3
 
 
+@loadable("preprocessor")
 class PreprocessorModule(L.LightningModule):
     """Foreground BCE plus angle cross-entropy masked to foreground pixels.
 
@@ -29,13 +31,16 @@ class PreprocessorModule(L.LightningModule):
     the authors normalised it; the two are added with weight 1. Metrics: foreground IoU at
     probability 0.5 and angle accuracy over foreground pixels.
 
-    Every argument is a plain value, saved as a hyper-parameter, so checkpoints load under
+    Every argument but ``net`` is a plain value saved as a hyper-parameter; ``net`` is saved as
+    its :attr:`~recattend.models.Preprocessor.settings`, so checkpoints load under
     ``torch.load(weights_only=True)``.
 
     Args:
         image_size: the network input (H, W) (``${dataset.resolution}``); checked against the
             network's stride at construction.
-        net: keyword arguments of :class:`~recattend.models.preprocessor.Preprocessor`.
+        net: the FCN (:class:`~recattend.models.preprocessor.Preprocessor`, the ``module.net``
+            node, built by Hydra), or its settings (a checkpoint's hyper-parameters); None: the
+            default architecture.
         optimizer: "adam" or "sgd" (momentum 0.9, the authors' choice).
         lr: initial learning rate.
         lr_decay: multiplicative decay applied every ``lr_decay_steps`` optimizer steps (staircase).
@@ -48,7 +53,7 @@ class PreprocessorModule(L.LightningModule):
         self,
         *,
         image_size: Sequence[int],
-        net: dict[str, Any] | None = None,
+        net: Preprocessor | Mapping[str, Any] | None = None,
         optimizer: str = "adam",
         lr: float = 1e-3,
         lr_decay: float = 0.96,
@@ -57,13 +62,17 @@ class PreprocessorModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        if not isinstance(net, Preprocessor):  # a checkpoint's hyper-parameters
+            net = Preprocessor(**dict(net or {}))
+        self.save_hyperparameters(ignore=["net"])
+        # Again with the network's settings, which loggers then record as well as checkpoints.
+        self.save_hyperparameters({"net": net.settings, **self.hparams})
         check_settings(
             lr=lr, lr_decay=lr_decay, lr_decay_steps=lr_decay_steps, weight_decay=weight_decay
         )
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"module.optimizer='{optimizer}' must be 'adam' or 'sgd'")
-        self.net = Preprocessor(**(net or {}))
+        self.net = net
         if compile:
             self.net.compile()  # in place: the state_dict keys stay those of the eager network
         h, w = image_size

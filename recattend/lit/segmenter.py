@@ -2,7 +2,7 @@
 
 Memory: no gradient crosses steps (the canvas is detached, the glimpse LSTM restarts), so the
 steps are coupled only through the non-differentiable matching and the score loss. By default all
-T steps' graphs stay alive until the joint loss (eq. 21) is known; ``checkpoint_steps`` trades
+T steps' graphs stay alive until the joint loss (eq. 21) is known; ``recompute`` trades
 time for memory by recomputing parts of each step in the backward pass, with the same gradient and
 BatchNorm statistics updated once per step (docs/model.md, "Memory and speed", has the figures).
 
@@ -16,20 +16,21 @@ Training procedure (paper 2.6), driven by two callbacks that set attributes of t
   (:meth:`SegmenterModule.reset_score_head`).
 * :class:`~recattend.callbacks.ScheduledSampling` sets ``teacher_forcing.probabilities``: per
   kind (``box``, ``mask``) the probability at each timestep of feeding ground truth instead of the
-  prediction (:mod:`recattend.callbacks.teacher_forcing` picks and noises what is fed). Without it
+  prediction (:mod:`recattend.lit.rollout` picks and noises what is fed). Without it
   the model always reads its own predictions.
 
 Evaluation is not done here: ``validation_step`` and ``test_step`` return the network's outputs,
 which the :class:`~recattend.evaluation.Evaluate` callback hands to the dataset's evaluator
-together with :meth:`SegmenterModule.instances`, the one post-processing path. The non-finite
+together with :attr:`SegmenterModule.postprocess`, the one post-processing. The non-finite
 guard's logic lives in :mod:`recattend.lit.nonfinite`; this module keeps its hooks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,34 +39,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recattend import ops
-from recattend.callbacks.teacher_forcing import JITTERS, TeacherForcing
+from recattend.lit.loading import load_module, loadable
 from recattend.lit.nonfinite import NonFiniteGuard
 from recattend.lit.optim import adam, check_settings, lr_factor, mixed_precision
-from recattend.losses import (
-    BOX_IOUS,
-    box_stage_losses,
-    padded_gt_boxes,
-    segmenter_losses,
-    supervised_counts,
-)
+from recattend.lit.rollout import JITTERS, MODES, TeacherForcing, rollout
+from recattend.losses import BOX_IOUS, box_stage_losses, segmenter_losses
 from recattend.models.network import SegmenterNetwork
 from recattend.models.segmenter import StepOutput
-from recattend.models.timestep import TimestepConvStack, TimestepDeconvStack
-from recattend.postprocess import (
-    Instances,
-    PostProcess,
-    image_instances,
-    majority_class,
-    postprocess,
-)
-from recattend.utils.checkpoint import load_module
+from recattend.postprocess import Instances, PostProcess, image_outputs
 from recattend.visualise import figure1
 
 log = logging.getLogger(__name__)
 
 STAGES = ("box", "full")
-CHECKPOINT_STEPS = (False, "full_resolution", True)
+LOSSES_RANGE = "recattend.losses"  # the profiler range of the losses (make bench times it)
+RECOMPUTE = (False, "full_resolution", True)
 
 
 def _stack(outs: list[StepOutput], key: str) -> Tensor | None:
@@ -77,6 +65,7 @@ def _stack(outs: list[StepOutput], key: str) -> Tensor | None:
     return torch.stack(values, 1).to(torch.promote_types(values[0].dtype, torch.float32))
 
 
+@loadable("segmenter")
 class SegmenterModule(L.LightningModule):
     """The recurrent segmenter with its joint loss, teacher forcing, optimiser and inference.
 
@@ -103,27 +92,18 @@ class SegmenterModule(L.LightningModule):
             ``"coordinates"`` (the coordinate IoU of the predicted and padded ground-truth boxes,
             the authors' Cityscapes run).
         fed_box_jitter: the size that scales the centre shift of a box fed by teacher forcing
-            (:mod:`recattend.callbacks.teacher_forcing`): ``"padded"`` (the padded box's) or
+            (:mod:`recattend.lit.rollout`): ``"padded"`` (the padded box's) or
             ``"tight"`` (the ground-truth instance's own box, the authors').
-        threshold: a pixel is foreground when its largest processed, score-weighted value is
-            > this (CVPPP and KITTI 0.3, Cityscapes 0.6).
-        postprocess: the switches of the post-processing (:mod:`recattend.postprocess`), run
-            alike on validation, on the test split (at the original resolution for file
-            datasets) and by ``predict.py``; missing keys take :class:`PostProcess`'s defaults
-            (the authors'): ``upsample`` (``bilinear``, ``bicubic`` or ``nearest`` resizing of
-            each soft map to the original size), ``blur`` (bilateral filter of each soft map),
-            ``dilate`` (KITTI 5: grey dilation of each soft map before the argmax),
-            ``foreground`` (KITTI, Cityscapes: AND with the pre-processor's foreground, skipped
-            with a warning without a pre-processor), ``foreground_threshold``, ``min_size``
-            (Cityscapes 1200: instances of at most this many original-image pixels dropped).
-            With a semantic pre-processor, each instance also takes its majority class.
-        stop_score: the score under which ``stop_rule="first_below"`` stops an image (paper:
-            0.5; 0 never stops).
-        stop_rule: ``"weighted"`` (the authors' evaluation code, which the tables come from):
-            run all T steps, every mask weighted by its score, so a low-score mask only loses
-            its pixels to the threshold; ``"first_below"`` (the paper's text): each image stops
-            at its first s_t < ``stop_score``, later outputs are dropped.
-        checkpoint_steps: what the backward pass recomputes instead of keeping in memory:
+        teacher_forcing: how the scheduled sampling's probabilities are used in the full stage
+            (:mod:`recattend.lit.rollout`): ``"scheduled"`` (the paper's training),
+            ``"ground_truth"`` (the paper's "no scheduled sampling" ablation: the ground-truth
+            canvas at every step) or ``"predictions"`` (never any ground truth).
+        postprocess: the post-processing (:class:`~recattend.postprocess.PostProcess`, the
+            ``module.postprocess`` node) of validation, test, ``eval.py`` and ``predict.py``, or
+            its settings (a checkpoint's hyper-parameters); None: the authors' defaults. Its
+            ``stop_rule`` also sets how :meth:`forward` runs: ``"first_below"`` stops each image
+            at its first s_t < ``stop_score``.
+        recompute: what the backward pass recomputes instead of keeping in memory:
             ``False`` nothing (all T steps' activations, the fastest); ``"full_resolution"``
             only the box CNN's layers at the input resolution, the largest activations;
             ``True`` each whole step (the memory of one step's activations, a third slower).
@@ -134,15 +114,11 @@ class SegmenterModule(L.LightningModule):
             entry points raise Dynamo's recompile limit for them at start-up
             (:func:`recattend.ops.configure`). The first compile is slow (~1.5 min on 2 CPU
             cores), the next ones reuse its kernels.
-        on_nonfinite: what a training step with NaN or inf in its batch, outputs (masks, scores,
-            soft boxes), loss or gradients does, on every DDP process together
-            (:mod:`recattend.lit.nonfinite`): ``"stop"`` saves the state from before the step in
-            ``checkpoints/nonfinite-step<step>.ckpt`` and raises :class:`FloatingPointError`
-            naming the step, what was non-finite and the likely cause; ``"skip"`` leaves weights,
-            optimiser state and BatchNorm statistics as they were, counts the batch
-            (``train/skipped_batches``) and goes on.
-        max_skipped: with ``on_nonfinite="skip"``, the most batches skipped in a row; the next
-            non-finite one stops as ``"stop"`` does.
+
+    A training step with NaN or inf in its batch, outputs (masks, scores, soft boxes), loss or
+    gradients stops the run on every DDP process together (:mod:`recattend.lit.nonfinite`): the
+    state from before the step is saved in ``checkpoints/nonfinite-step<step>.ckpt`` and a
+    :class:`FloatingPointError` names the step, what was non-finite and the likely cause.
     """
 
     def __init__(
@@ -161,37 +137,39 @@ class SegmenterModule(L.LightningModule):
         box_min_pad: float = 11.0,
         box_iou: str = "soft",
         fed_box_jitter: str = "padded",
-        threshold: float = 0.3,
-        postprocess: Mapping[str, Any] | None = None,
-        stop_score: float = 0.5,
-        stop_rule: str = "weighted",
-        checkpoint_steps: bool | str = False,
+        teacher_forcing: str = "scheduled",
+        postprocess: PostProcess | Mapping[str, Any] | None = None,
+        recompute: bool | str = False,
         compile: bool = False,
-        on_nonfinite: str = "stop",
-        max_skipped: int = 10,
     ) -> None:
         super().__init__()
         check_settings(
             lr=lr, lr_decay=lr_decay, lr_decay_steps=lr_decay_steps,
             lr_warmup_steps=lr_warmup_steps, weight_decay=weight_decay, adam_betas=adam_betas,
         )  # fmt: skip
-        if checkpoint_steps not in CHECKPOINT_STEPS:
+        if recompute not in RECOMPUTE:
             raise ValueError(
-                f"module.checkpoint_steps={checkpoint_steps!r}: use true (recompute whole steps), "
+                f"module.recompute={recompute!r}: use true (recompute whole steps), "
                 "full_resolution (recompute the box CNN's full-resolution layers) or false "
                 "(recompute nothing)"
             )
         for key, value, choices in (
             ("box_iou", box_iou, BOX_IOUS),
             ("fed_box_jitter", fed_box_jitter, JITTERS),
+            ("teacher_forcing", teacher_forcing, MODES),
         ):
             if value not in choices:
                 raise ValueError(f"module.{key}={value!r}: use one of {list(choices)}")
         if not isinstance(net, SegmenterNetwork):  # a checkpoint's hyper-parameters
-            net = SegmenterNetwork(**net)
-        self.save_hyperparameters(ignore=["net"])
-        # Again with the network's settings, which loggers then record as well as checkpoints.
-        self.save_hyperparameters({"net": net.settings, **self.hparams})
+            net = SegmenterNetwork.from_settings(net)
+        if not isinstance(postprocess, PostProcess):  # a checkpoint's hyper-parameters
+            postprocess = PostProcess().replace(postprocess)
+        self.save_hyperparameters(ignore=["net", "postprocess"])
+        # Again with the network's and post-processing's settings as plain values, which loggers
+        # then record as well as checkpoints.
+        self.save_hyperparameters(
+            {"net": net.settings, "postprocess": dataclasses.asdict(postprocess), **self.hparams}
+        )
         self.net = net
         if compile:
             if torch._dynamo.config.recompile_limit < 6 * net.steps:  # read, never set, here
@@ -205,27 +183,19 @@ class SegmenterModule(L.LightningModule):
             self.net.segmenter.segment = torch.compile(self.net.segmenter.segment)
             if self.net.preprocessor is not None:
                 self.net.preprocessor.compile()
-        # The per-timestep BatchNorm holders: step t's statistics are restored after its
-        # recomputation. (DDP's SyncBatchNorm conversion replaces their layers, not them.)
-        self._timestep_stacks = [
-            m
-            for m in self.net.segmenter.modules()
-            if isinstance(m, TimestepConvStack | TimestepDeconvStack)
-        ]
         self.stage = "full"  # training stage, set by BootstrapStages (module docstring)
         self.stage_overrides: dict[str, float] = {}  # the stage's own settings, idem
         self.end_epoch = False  # end the epoch before this batch (a stage's batch size, idem)
         box_net = self.net.segmenter.box_net  # the model's pooling, for use_box_pools
         self._box_pools = list(box_net.cnn.pools) if box_net is not None else []
         # Its probabilities set by ScheduledSampling.
-        self.teacher_forcing = TeacherForcing(box_iou, fed_box_jitter)
-        self.nonfinite = NonFiniteGuard(on_nonfinite, max_skipped)
+        self.teacher_forcing = TeacherForcing(box_iou, fed_box_jitter, teacher_forcing)
+        self.nonfinite = NonFiniteGuard()
         # The last validation's output statistics, set by the Evaluate callback
         # (recattend.evaluation.statistics); saved in checkpoints for predict.py's warnings.
         self.output_statistics: dict[str, float] | None = None
-        # The evaluation settings, checked here so that a bad key fails before any training.
-        self.postprocessing = PostProcess.from_module(threshold, stop_rule, stop_score, postprocess)
-        if self.postprocessing.foreground and self.net.preprocessor is None:
+        self.postprocess = postprocess
+        if postprocess.foreground and self.net.preprocessor is None:
             log.warning(
                 "module.postprocess.foreground=true but there is no pre-processor: the AND with "
                 "its foreground is skipped. The authors' pipeline trains one first (python "
@@ -254,60 +224,6 @@ class SegmenterModule(L.LightningModule):
     def supports_stage(self, stage: str) -> bool:
         """Whether this model can train in ``stage`` (no box stage without a box network)."""
         return stage == "full" or (stage == "box" and self.net.segmenter.box_net is not None)
-
-    def _checkpointed(
-        self, function: Callable[..., Any], x: Tensor, canvas: Tensor, t: int, *args: Any
-    ) -> Any:
-        """Run step t's ``function(x, canvas, t, *args)`` keeping only inputs and outputs;
-        recompute it in backward (unless ``checkpoint_steps`` is off)."""
-        if not (self.hparams.checkpoint_steps is True and torch.is_grad_enabled()):
-            return function(x, canvas, t, *args)
-        norms = [norm for stack in self._timestep_stacks for norm in stack.norms[t]]
-        return ops.recomputed(function, norms, x, canvas, t, *args)
-
-    def _rollout(self, batch: dict[str, Any]) -> list[StepOutput]:
-        """All T training steps with teacher forcing (eq. 1: canvas = max of masks so far)."""
-        model = self.net.segmenter
-        if model.box_net is not None:
-            model.box_net.cnn.recompute_full_resolution = (
-                self.hparams.checkpoint_steps == "full_resolution"
-            )
-        shared = model.prepare(self.net.inputs(batch["image"]))
-        workers = ops.backward_workers(model, model.steps, self.hparams.compile)
-        x = shared if workers == 1 else shared.detach().requires_grad_(shared.requires_grad)
-        padded = padded_gt_boxes(
-            self.hparams.box_iou,
-            batch["boxes"],
-            supervised_counts(batch["num_instances"], batch["boxes"]),
-            self.box_min_pad,
-            model.image_size,
-        )
-        canvas = x.new_zeros(x.shape[0], 1, *model.image_size)
-        outs = []
-        for t in range(model.steps):
-            box = self._checkpointed(model.locate, x, canvas, t)
-            knob = None
-            if self.training:
-                knob = self.teacher_forcing.knob(
-                    model, t, box, batch, padded, self.stage, self.box_min_pad
-                )
-            if self.stage == "box":
-                out = model.box_only(box)
-                written = torch.zeros_like(canvas[:, 0])  # every image takes ground truth below
-            else:
-                patch_box = None if knob is None else knob.patch_box(box)
-                out = self._checkpointed(model.segment, x, canvas, t, box, patch_box)
-                written = out.mask.detach()
-            outs.append(out)
-            if knob is not None:
-                written = knob.write(written)
-            canvas = torch.maximum(canvas, written[:, None])  # eq. (1), no gradient across steps
-        if workers == 1:
-            return outs
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        read = ("mask", "soft_box", "score")  # by the losses, and the box edges by coordinates
-        read += ("box_edges",) if self.hparams.box_iou == "coordinates" else ()
-        return ops.join_step_outputs(outs, read, parameters, x, shared, workers)
 
     def use_box_pools(self, pools: Sequence[int] | None) -> None:
         """Pool the box CNN with ``pools`` (a bootstrap stage's ``box_pools``; None: the model's
@@ -339,11 +255,20 @@ class SegmenterModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """The joint loss (eq. 21; the box stage's losses in stage ``box``) of the T steps.
 
-        A non-finite batch, rollout or loss stops training, or skips the batch, on every process
-        together, before the matching (:mod:`recattend.lit.nonfinite`, ``on_nonfinite``).
+        A non-finite batch, rollout or loss stops training on every process together, before
+        the matching (:mod:`recattend.lit.nonfinite`).
         """
         self.nonfinite.begin(self)
-        outs = self._rollout(batch)
+        outs = rollout(
+            self.net,
+            batch,
+            self.stage,
+            self.box_min_pad,
+            self.hparams.box_iou,
+            self.teacher_forcing if self.training else None,
+            self.hparams.recompute,
+            self.hparams.compile,
+        )
         # The losses in float32 whatever the precision (bf16-mixed: sums over H x W pixels).
         stacked = {
             kind: _stack(outs, key)
@@ -354,10 +279,6 @@ class SegmenterModule(L.LightningModule):
             self, batch, stacked, lambda: self._losses(batch, edges, **stacked)
         )
         n = batch["image"].shape[0]
-        if self.hparams.on_nonfinite == "skip":
-            self.log("train/skipped_batches", float(self.nonfinite.skipped), batch_size=n)
-        if terms is None:  # skipped on every process
-            return self.nonfinite.no_update(self)
         self.log_dict(
             {f"train/{k}": v for k, v in terms.items() if k != "match"}, prog_bar=True, batch_size=n
         )
@@ -373,28 +294,30 @@ class SegmenterModule(L.LightningModule):
         scores: Tensor,
         soft_boxes: Tensor | None,
     ) -> dict[str, Tensor]:
-        """The current stage's loss terms from the stacked (B, T, ...) outputs."""
-        hp = self.hparams
-        settings = {
-            "lambda_box": hp.lambda_box,
-            "lambda_score": hp.lambda_score,
-            "min_pad": self.box_min_pad,
-            "box_edges": box_edges,
-            "box_iou": hp.box_iou,
-        }
-        if self.stage == "box":
-            return box_stage_losses(
-                soft_boxes, scores, batch["boxes"], batch["num_instances"], **settings
+        """The current stage's loss terms from the stacked (B, T, ...) outputs, in the profiler
+        range :data:`LOSSES_RANGE`."""
+        with torch.profiler.record_function(LOSSES_RANGE):
+            hp = self.hparams
+            settings = {
+                "lambda_box": hp.lambda_box,
+                "lambda_score": hp.lambda_score,
+                "min_pad": self.box_min_pad,
+                "box_edges": box_edges,
+                "box_iou": hp.box_iou,
+            }
+            if self.stage == "box":
+                return box_stage_losses(
+                    soft_boxes, scores, batch["boxes"], batch["num_instances"], **settings
+                )
+            return segmenter_losses(
+                masks,
+                scores,
+                soft_boxes,
+                batch["masks"],
+                batch["boxes"],
+                batch["num_instances"],
+                **settings,
             )
-        return segmenter_losses(
-            masks,
-            scores,
-            soft_boxes,
-            batch["masks"],
-            batch["boxes"],
-            batch["num_instances"],
-            **settings,
-        )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The guard's gradient check (:meth:`NonFiniteGuard.check_gradients`)."""
@@ -406,9 +329,8 @@ class SegmenterModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """Element-wise clipping to [-grad_clip, grad_clip] (``clip_by_value``); none for a
-        skipped batch, which has no gradients."""
-        if self.hparams.grad_clip and not self.nonfinite.skipping:
+        """Element-wise clipping to [-grad_clip, grad_clip] (``clip_by_value``)."""
+        if self.hparams.grad_clip:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="value"
             )
@@ -435,14 +357,11 @@ class SegmenterModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["nonfinite"] = self.nonfinite.state_dict()  # the skip counts
         if self.output_statistics is not None:  # plain floats: loads with weights_only=True
             checkpoint["output_statistics"] = dict(self.output_statistics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resuming restores the skip counts and the last validation's output statistics."""
-        if "nonfinite" in checkpoint:
-            self.nonfinite.load_state_dict(checkpoint["nonfinite"])
+        """Resuming restores the last validation's output statistics."""
         if "output_statistics" in checkpoint:
             self.output_statistics = dict(checkpoint["output_statistics"])
 
@@ -455,7 +374,7 @@ class SegmenterModule(L.LightningModule):
         **overrides: Any,
     ) -> SegmenterModule:
         """The module a checkpoint holds, also one written before the network was one node
-        (:func:`~recattend.utils.checkpoint.load_module`); ``overrides`` replace saved settings.
+        (:func:`~recattend.lit.loading.load_module`); ``overrides`` replace saved settings.
 
         Raises:
             ValueError: ``weights_only=False`` (recattend checkpoints hold plain values only), or
@@ -467,12 +386,11 @@ class SegmenterModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------- inference
     def forward(self, image: Tensor) -> dict[str, Tensor]:
-        """Inference under ``stop_rule`` (:meth:`RecurrentSegmenter.predict`): ``"weighted"``
-        runs all T steps; ``"first_below"`` stops each image at its first s_t < ``stop_score``,
-        its later outputs all zero (and the loop ends once every image has stopped)."""
-        settings = self.postprocessing
-        stop = settings.stop_score if settings.stop_rule == "first_below" else 0.0  # 0: never
-        return self.net.predict(image, threshold=stop)
+        """Inference (:meth:`~recattend.models.SegmenterNetwork.predict`) under the
+        post-processing's stop rule: ``"weighted"`` runs all T steps; ``"first_below"`` stops
+        each image at its first s_t < ``stop_score``, its later outputs all zero (and the loop
+        ends once every image has stopped)."""
+        return self.net.predict(image, threshold=self.postprocess.network_stop)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         """The outputs (:meth:`forward`) the dataset's evaluator scores."""
@@ -482,66 +400,17 @@ class SegmenterModule(L.LightningModule):
         """The outputs (:meth:`forward`) the dataset's evaluator scores."""
         return self(batch["image"])
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[Instances]:
+        """``Trainer.predict``: the post-processed instances of each image of the batch, at its
+        original size where ``meta`` records one (``orig_size``: images resized for the
+        network), else at network resolution."""
+        out = self(batch["image"])
+        metas = batch.get("meta") or [{}] * len(batch["image"])
+        return [
+            self.postprocess(image_outputs(out, i), meta.get("orig_size"))[0]
+            for i, meta in enumerate(metas)
+        ]
+
     def figure(self, batch: dict[str, Any]) -> np.ndarray:
         """Figure 1-style grids of the batch's images (:func:`recattend.visualise.figure1`)."""
         return figure1(batch["image"], self(batch["image"]))
-
-    def instances(
-        self,
-        out: dict[str, Tensor],
-        image: Tensor,
-        size: tuple[int, int] | None = None,
-        pixel_area: Tensor | float = 1.0,
-        semantic: Sequence[Tensor] | None = None,
-    ) -> list[Instances]:
-        """The post-processed instances of a batch: the one path of validation, test and
-        ``predict.py`` (:func:`~recattend.postprocess.postprocess` with this module's settings,
-        :attr:`postprocessing`).
-
-        Args:
-            out: this module's outputs for B images: ``masks`` (B, T, h, w), ``scores`` (B, T).
-            image: (B, C, h, w) the images given to the module; the pre-processor reads them
-                again for its foreground (``postprocess.foreground``) and semantic classes.
-            size: the labels' (H, W), the images' original size; None: network resolution.
-            pixel_area: () or (B,) original-image pixels per output pixel (``min_size``).
-            semantic: external semantic predictions (``preprocessors.semantic``, the authors'
-                LRR maps for Cityscapes) in place of the pre-processor's: B integer (H_i, W_i)
-                train-id maps (0 = background), any size, resized to ``size`` nearest-neighbour.
-                Their non-background pixels are the foreground of the AND and their majority
-                class each instance's; the pre-processor is then not run here.
-
-        Returns:
-            One :class:`~recattend.postprocess.Instances` per image at ``size``; ``classes``
-            only with a semantic pre-processor or ``semantic``.
-        """
-        size = tuple(size) if size is not None else tuple(out["masks"].shape[-2:])
-        if semantic is None:
-            foreground, semantic = self.net.postprocess_maps(
-                image, size, self.postprocessing.foreground
-            )
-        else:
-            if len(semantic) != out["masks"].shape[0]:
-                raise ValueError(
-                    f"{len(semantic)} semantic maps for {out['masks'].shape[0]} images: give one "
-                    "per image"
-                )
-            # Centred nearest-neighbour ("nearest-exact"), as the datasets resize their masks,
-            # so a map at the original size lines up with the network-resolution batch.
-            semantic = torch.cat([
-                torch.nn.functional.interpolate(
-                    m.to(out["masks"].device, torch.float32)[None, None], size=size,
-                    mode="nearest-exact",
-                )[:, 0].long()
-                for m in semantic
-            ])  # fmt: skip
-            foreground = (semantic > 0).to(out["masks"].dtype)
-        slots = postprocess(
-            out["masks"], out["scores"], self.postprocessing, size, foreground, pixel_area
-        )
-        results = []
-        for i, image_slots in enumerate(slots):
-            result = image_instances(image_slots, out["scores"][i])
-            if semantic is not None:
-                result = result._replace(classes=majority_class(result.labels, semantic[i]))
-            results.append(result)
-        return results

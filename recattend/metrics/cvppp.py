@@ -71,9 +71,10 @@ def recattend_sbd(pred: Tensor, target: Tensor) -> Tensor:
     (t = 0..T-1), and an id absent from the map is an empty output that still takes its slot.
     Renumbering would move later outputs into the first N' slots and change the score. Empty
     outputs after the largest id present score 0 in both terms, so they need not be represented.
-    Note that :func:`recattend.postprocess.label_map` skips timesteps left without a pixel when
-    it numbers instances: its output is the right input only when no output before the N'-th
-    is empty; otherwise pass the map labelled timestep + 1 before that renumbering.
+    Note that the post-processing's ``labels`` skip timesteps left without a pixel when they
+    number instances: they are the right input only when no output before the N'-th is empty;
+    otherwise pass its ``timesteps`` (:class:`recattend.postprocess.Instances`), the map
+    labelled timestep + 1.
 
     ``target`` is renumbered to consecutive ids. The authors sort the GT by area, largest first,
     so that their first N' GT slots are exactly the non-empty instances of a padded stack; after

@@ -2,60 +2,26 @@
 read by the recurrent segmenter (paper section 2).
 
 :class:`SegmenterNetwork` is what the ``model`` config group builds (``conf/model/full.yaml``) and
-what :class:`~recattend.lit.segmenter.SegmenterModule` trains. It is rebuilt from plain values:
-:attr:`SegmenterNetwork.settings` holds everything needed, including the pre-processor's own
-architecture, so a segmenter checkpoint loads without the pre-processor's file.
+what :class:`~recattend.lit.segmenter.SegmenterModule` trains. It takes the pre-processor built
+(``recattend.lit.load_preprocessor`` reads one from its checkpoint) and is rebuilt from plain
+values: :attr:`SegmenterNetwork.settings` holds everything needed, including the pre-processor's
+own architecture, so a segmenter checkpoint loads without the pre-processor's file
+(:meth:`SegmenterNetwork.from_settings`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from recattend.models.preprocessor import Preprocessor, foreground_probability
+from recattend.models.preprocessor import Preprocessor
 from recattend.models.segmenter import RecurrentSegmenter
-from recattend.utils.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
-
-# The keys of the pre-processor input and their meaning when absent.
-PREPROCESSOR_DEFAULTS = {"ckpt_path": None, "angles": True, "finetune": False, "enabled": True}
-
-
-def load_preprocessor(
-    path: str | Path, key: str = "model.preprocessor.ckpt_path"
-) -> tuple[Preprocessor, dict[str, Any]]:
-    """The :class:`Preprocessor` of a ``module=preprocessor`` checkpoint (``weights_only=True``),
-    with the keyword arguments that build it.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a pre-processor checkpoint.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"{key}={path}: no such file; train one with `python train.py module=preprocessor "
-            "dataset=...` and pass its checkpoints/last.ckpt"
-        )
-    checkpoint = read_checkpoint(file, key)
-    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
-    weights = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
-    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if not weights or "image_size" not in hparams:
-        raise ValueError(
-            f"{key}={path} is not a pre-processor checkpoint (module=preprocessor): it has no "
-            "'net.*' weights and pre-processor hyper-parameters"
-        )
-    config = dict(hparams.get("net") or {})
-    net = Preprocessor(**config)
-    net.load_state_dict(weights)
-    return net, config
 
 
 class SegmenterNetwork(nn.Module):
@@ -68,13 +34,17 @@ class SegmenterNetwork(nn.Module):
         segmenter: keyword arguments of :class:`~recattend.models.segmenter.RecurrentSegmenter`
             other than ``image_size`` and ``steps``; its ``in_channels`` (default 3) counts the
             image's channels, the pre-processor's are added to it.
-        preprocessor: the FCN pre-processor's input, or None for raw pixels: ``ckpt_path`` (a
-            ``module=preprocessor`` checkpoint; None: raw pixels), ``angles`` (use its 8 angle
-            maps too; False for the ``no_angle`` ablation, which needs an FCN trained without
-            them), ``finetune`` (train it with the segmenter; default frozen, in evaluation
-            mode), ``enabled`` (False for ``no_pre_proc``: raw pixels whatever ``ckpt_path``
-            says). ``net`` (its architecture, as stored in :attr:`settings`) rebuilds it without
-            the file; the weights then come with the segmenter's checkpoint.
+        preprocessor: the trained FCN pre-processor whose maps join the image, or None for raw
+            pixels (``no_pre_proc``).
+        angles: use its 8 angle maps too (9 channels); False (``no_angle``) the foreground
+            only, which needs an FCN trained without the angle task.
+        finetune: train the pre-processor with the segmenter; by default it is frozen, in
+            evaluation mode.
+
+    Attributes:
+        settings: the arguments as plain values (the pre-processor as its own
+            :attr:`~recattend.models.Preprocessor.settings`), saved in the segmenter's
+            checkpoints.
 
     Raises:
         ValueError: the pre-processor's heads do not fit ``angles`` (the message says which
@@ -87,11 +57,21 @@ class SegmenterNetwork(nn.Module):
         image_size: Sequence[int],
         max_instances: int,
         segmenter: Mapping[str, Any] | None = None,
-        preprocessor: Mapping[str, Any] | None = None,
+        preprocessor: Preprocessor | None = None,
+        angles: bool = True,
+        finetune: bool = False,
     ) -> None:
         super().__init__()
-        self.input_settings = {**PREPROCESSOR_DEFAULTS, **dict(preprocessor or {})}
-        self.preprocessor, extra_channels = self._build_preprocessor(self.input_settings)
+        self.angles, self.finetune = bool(angles), bool(finetune)
+        self.preprocessor = preprocessor
+        extra_channels = 0
+        if preprocessor is not None:
+            _check_heads(preprocessor, self.angles)
+            if not finetune:
+                preprocessor.requires_grad_(False).eval()  # and kept in eval mode by train()
+            extra_channels = preprocessor.feature_channels(self.angles)
+        elif not self.angles:
+            log.warning("model=no_angle without a pre-processor checkpoint: raw pixels only")
         segmenter = dict(segmenter or {})
         in_channels = segmenter.pop("in_channels", 3)
         self.segmenter = RecurrentSegmenter(
@@ -100,49 +80,23 @@ class SegmenterNetwork(nn.Module):
             in_channels=in_channels + extra_channels,
             **segmenter,
         )
-        # Plain values that rebuild this network (saved in the segmenter's checkpoints).
         self.settings = {
             "image_size": [int(s) for s in image_size],
             "max_instances": int(max_instances),
             "segmenter": {"in_channels": in_channels, **segmenter},
-            "preprocessor": self.input_settings,
+            "preprocessor": None if preprocessor is None else dict(preprocessor.settings),
+            "angles": self.angles,
+            "finetune": self.finetune,
         }
 
-    def _build_preprocessor(self, settings: dict[str, Any]) -> tuple[Preprocessor | None, int]:
-        """The frozen (or fine-tuned) pre-processor and the channels it adds to x."""
-        if not settings["enabled"] or not (
-            settings["ckpt_path"] or settings.get("net") is not None
-        ):
-            if not settings["angles"] and settings["enabled"]:
-                log.warning("model=no_angle without model.preprocessor.ckpt_path: raw pixels only")
-            return None, 0
-        if (
-            settings.get("net") is not None
-        ):  # rebuilt from a segmenter checkpoint; weights come with it
-            preprocessor = Preprocessor(**settings["net"])
-        else:
-            preprocessor, settings["net"] = load_preprocessor(settings["ckpt_path"])
-            if not settings["angles"] and preprocessor.angles:
-                # The paper's no-angle ablation trains the pre-processor without the angle task;
-                # dropping the angle maps of one trained with it is another experiment.
-                raise ValueError(
-                    "model.preprocessor.angles=false (model=no_angle) needs a pre-processor "
-                    "trained without angles, but model.preprocessor.ckpt_path="
-                    f"{settings['ckpt_path']} has an angle head. Train one with "
-                    "module.net.angles=false (e.g. python train.py "
-                    "experiment=synthetic_preprocessor module.net.angles=false) and pass it as "
-                    "preprocessors.foreground=<its last.ckpt> (or model.preprocessor.ckpt_path)"
-                )
-        if settings["angles"] and not preprocessor.angles:
-            raise ValueError(
-                f"model.preprocessor.ckpt_path={settings['ckpt_path']} has no angle head, but "
-                f"the segmenter expects its {preprocessor.feature_channels(True)} channels "
-                "(foreground + 8 angles): use model=no_angle (foreground only) or a pre-processor "
-                "trained with module.net.angles=true"
-            )
-        if not settings["finetune"]:
-            preprocessor.requires_grad_(False).eval()  # and kept in eval mode by train()
-        return preprocessor, preprocessor.feature_channels(settings["angles"])
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> SegmenterNetwork:
+        """The network that :attr:`settings` describe, with fresh weights (a checkpoint's
+        ``state_dict`` then fills them, the pre-processor's included)."""
+        settings = dict(settings)
+        architecture = settings.pop("preprocessor", None)
+        preprocessor = None if architecture is None else Preprocessor(**architecture)
+        return cls(**settings, preprocessor=preprocessor)
 
     @property
     def steps(self) -> int:
@@ -195,43 +149,60 @@ class SegmenterNetwork(nn.Module):
         )  # fmt: skip
         return fitted
 
+    def _features(self, image: Tensor) -> Tensor | None:
+        """The pre-processor's maps that join the image (:meth:`Preprocessor.features`), no
+        gradient into a frozen one; None without a pre-processor."""
+        if self.preprocessor is None:
+            return None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune):
+            return self.preprocessor.features(image, self.angles)
+
     def inputs(self, image: Tensor) -> Tensor:
         """x of the paper, (B, C + 1 or 9 or K + 9, H, W): the image (B, C, H, W), then the
-        pre-processor's maps when there is one (no gradient into a frozen one)."""
-        if self.preprocessor is None:
-            return image
-        finetune = self.input_settings["finetune"]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and finetune):
-            features = self.preprocessor.features(image, self.input_settings["angles"])
-        return torch.cat([image, features], 1)
+        pre-processor's maps when there is one."""
+        features = self._features(image)
+        return image if features is None else torch.cat([image, features], 1)
 
     def train(self, mode: bool = True) -> SegmenterNetwork:
         super().train(mode)
-        if self.preprocessor is not None and not self.input_settings["finetune"]:
+        if self.preprocessor is not None and not self.finetune:
             self.preprocessor.eval()  # frozen: its BatchNorm keeps the trained statistics
         return self
 
     def predict(self, image: Tensor, threshold: float = 0.5) -> dict[str, Tensor]:
-        """:meth:`RecurrentSegmenter.predict` on x built from ``image`` (B, C, H, W)."""
-        return self.segmenter.predict(self.inputs(image), threshold=threshold)
+        """:meth:`RecurrentSegmenter.predict` on x built from ``image`` (B, C, H, W), with the
+        pre-processor's maps that the post-processing reads (:class:`~recattend.postprocess.
+        PostProcess`) when there is one: ``foreground`` (B, H, W) float, its foreground
+        probability, and with a semantic pre-processor ``semantic`` (B, K + 1, H, W) float, its
+        class probabilities (class 0 the background)."""
+        features = self._features(image)
+        x = image if features is None else torch.cat([image, features], 1)
+        out = self.segmenter.predict(x, threshold=threshold)
+        if features is not None:
+            classes = self.preprocessor.num_classes
+            if classes:
+                out["semantic"] = features[:, : classes + 1]
+                out["foreground"] = 1 - features[:, 0]
+            else:
+                out["foreground"] = features[:, 0]
+        return out
 
-    def postprocess_maps(
-        self, image: Tensor, size: tuple[int, int], foreground: bool
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """The pre-processor's maps that the post-processing uses, upsampled bilinearly to
-        ``size`` (H, W) from ``image`` (B, C, h, w): (B, H, W) float foreground probability when
-        ``foreground`` is asked for, and (B, H, W) int64 semantic classes (train ids,
-        0 = background) with a semantic pre-processor; None for each one not asked for or
-        without a pre-processor."""
-        semantic_net = self.preprocessor is not None and self.preprocessor.num_classes > 0
-        wanted = foreground and self.preprocessor is not None
-        if not (wanted or semantic_net):
-            return None, None
-        maps = self.preprocessor(image)
 
-        def resize(x: Tensor) -> Tensor:
-            return nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-        probability = resize(foreground_probability(maps))[:, 0] if wanted else None
-        semantic = resize(maps["semantic"].softmax(1)).argmax(1) if semantic_net else None
-        return probability, semantic
+def _check_heads(preprocessor: Preprocessor, angles: bool) -> None:
+    """The pre-processor must have the heads the segmenter reads."""
+    if angles and not preprocessor.angles:
+        raise ValueError(
+            "the pre-processor has no angle head, but the segmenter expects its "
+            f"{preprocessor.feature_channels(True)} channels (foreground + 8 angles): use "
+            "model=no_angle (foreground only) or a pre-processor trained with "
+            "module.net.angles=true"
+        )
+    if not angles and preprocessor.angles:
+        # The paper's no-angle ablation trains the pre-processor without the angle task;
+        # dropping the angle maps of one trained with it is another experiment.
+        raise ValueError(
+            "model.angles=false (model=no_angle) needs a pre-processor trained without angles, "
+            "but this one has an angle head. Train one with module.net.angles=false (e.g. python "
+            "train.py experiment=synthetic_preprocessor module.net.angles=false) and pass it as "
+            "preprocessors.foreground_ckpt=<its last.ckpt> (or model.preprocessor.ckpt_path)"
+        )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,6 +69,8 @@ class Preprocessor(nn.Module):
             (:func:`~recattend.models.layers.initialise_`, shared with the segmenter).
 
     Attributes:
+        settings: the arguments as plain values, which rebuild this network (saved in
+            checkpoints, also in a segmenter's that reads it).
         stride: the encoder's total down-sampling (product of ``encoder_pools``).
         skip_sources: per decoder layer, ``None``, an encoder layer index, or ``-1`` (the image),
             resolved from either argument.
@@ -98,6 +101,20 @@ class Preprocessor(nn.Module):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
+        self.settings: dict[str, Any] = {
+            "in_channels": int(in_channels),
+            "encoder_channels": [int(c) for c in encoder_channels],
+            "encoder_pools": [int(p) for p in encoder_pools],
+            "decoder_channels": [int(c) for c in decoder_channels],
+            "decoder_unpools": [int(u) for u in decoder_unpools],
+            "decoder_skips": None if decoder_skips is None else [bool(f) for f in decoder_skips],
+            "decoder_skip_sources": None
+            if decoder_skip_sources is None
+            else [s if s is None or isinstance(s, str) else int(s) for s in decoder_skip_sources],
+            "num_classes": int(num_classes),
+            "angles": bool(angles),
+            "init": str(init),
+        }
         num_decoder = len(decoder_channels) + 1
         if len(encoder_pools) != len(encoder_channels):
             raise ValueError("encoder_pools needs one entry per encoder layer (encoder_channels)")

@@ -430,7 +430,9 @@ class RecurrentSegmenter(nn.Module):
             if out.box.attention is not None:
                 attention.append(out.box.attention * keep[:, None, None, None])
             canvas = torch.maximum(canvas, masks[:, t, None])  # eq. (1)
-            if not active.any():
+            # A threshold of 0 never stops an image (scores are >= 0): the loop then has no
+            # data-dependent exit, so that a traced or exported graph runs all T steps.
+            if threshold > 0 and not active.any():
                 break
         result = {"masks": masks, "scores": scores, "boxes": boxes}
         if attention:

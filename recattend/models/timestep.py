@@ -19,7 +19,7 @@ class TimestepConvStack(nn.Module):
     """3x3 convs shared over timesteps, each followed by a per-timestep BatchNorm, ReLU, max-pool.
 
     With ``recompute_full_resolution`` set (training memory, see
-    :class:`~recattend.lit.segmenter.SegmenterModule`'s ``checkpoint_steps``), the layers at the
+    :class:`~recattend.lit.segmenter.SegmenterModule`'s ``recompute``), the layers at the
     input resolution (:attr:`full_resolution_layers`) keep no activations when gradients are on:
     the backward pass recomputes them.
 

@@ -1,6 +1,6 @@
 """Activation checkpointing that leaves BatchNorm running statistics as one forward pass does.
 
-Memory rather than speed: the segmenter's ``checkpoint_steps`` recomputes parts of a step in the
+Memory rather than speed: the segmenter's ``recompute`` recomputes parts of a step in the
 backward pass (:class:`~recattend.lit.segmenter.SegmenterModule`), on any device and whatever the
 fast path's switch (:func:`recattend.ops.configure`).
 """

@@ -2,7 +2,7 @@
 ``predict.py weights=leaves``, ``eval.py weights=leaves``, ``train.py init_from=leaves``.
 
 A shipped file is a weights-only checkpoint (``state_dict`` and the module's hyper-parameters,
-no optimiser state; see :mod:`recattend.pretrained.export`) that also records the dataset it was
+no optimiser state; see :mod:`recattend.tasks.ship_weights`) that also records the dataset it was
 trained on (``dataset``: the resolved dataset config) and where it came from (``card``). Each is
 checked against its SHA-256 before it is read, and read with ``torch.load(weights_only=True)``
 like any checkpoint (:func:`recattend.utils.checkpoint.read_checkpoint`). The model cards are in
@@ -49,7 +49,7 @@ REGISTRY: dict[str, Pretrained] = {
         Pretrained(
             name="leaves",
             file="leaves.pt",
-            sha256="6429d5a6c002a15efbc6c03cc4c0f104b81d3245971e955670e0ef2f568e5565",
+            sha256="0f124b278d988205fff3ee7b6b91c419349758860d4fac6e057f83373d87e38b",
             summary="rosettes like real photos, 4-20 leaves, 224x224, T = 21 (docs/pretrained.md)",
             test_sbd=0.6840,
             test_dic_abs=1.3633,

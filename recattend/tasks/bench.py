@@ -13,7 +13,7 @@ training and inference figures also under ``*_runs``), and each variant in one p
   the module's own optimiser step) with the module's defaults, timed after two untimed steps
   (:data:`TRAIN_WARMUP`, which allocate the process's working memory); the variants
   (:data:`VARIANTS`, keys ending in their suffix, with their peak memory): ``_whole_steps``
-  recomputing whole steps (``module.checkpoint_steps=true``), ``_full_resolution`` recomputing
+  recomputing whole steps (``module.recompute=true``), ``_full_resolution`` recomputing
   the box CNN's full-resolution layers (``full_resolution``), ``_one_backward`` without the
   parallel backward (``recattend.ops.configure(parallel_backward=False)``), ``_bf16`` under
   bfloat16 autocast (``trainer.precision=bf16-mixed``);
@@ -22,7 +22,9 @@ training and inference figures also under ``*_runs``), and each variant in one p
 * ``peak_train_memory_gib``: the process's peak resident memory after the training steps
   (includes the interpreter and torch, about 0.4 GiB);
 * ``matching_loss_share``: the share of training-step time spent in the losses (soft IoUs,
-  Hungarian matching, score loss).
+  Hungarian matching, score loss): the module's ``recattend.losses`` profiler range
+  (:data:`recattend.lit.segmenter.LOSSES_RANGE`) over the wall time of :data:`PROFILED_STEPS`
+  further training steps run under :mod:`torch.profiler`.
 
 Data loading: for each real dataset, a fixture in its official layout at the real image size
 (:mod:`recattend.data.fixtures`) is read through its DataModule with the dataset config's
@@ -81,11 +83,12 @@ LOADING_SIZES = {
     "coco": (480, 640),
 }
 TRAIN_WARMUP = 2  # untimed training steps before the timed ones (see measure)
+PROFILED_STEPS = 3  # training steps profiled after the timed ones, for the losses' share
 # Training variants besides the defaults: key suffix -> arguments of measure (SegmenterModule
 # arguments, bf16: autocast, parallel_backward: recattend.ops.configure).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "_whole_steps": {"checkpoint_steps": True},
-    "_full_resolution": {"checkpoint_steps": "full_resolution"},
+    "_whole_steps": {"recompute": True},
+    "_full_resolution": {"recompute": "full_resolution"},
     "_one_backward": {"parallel_backward": False},
     "_bf16": {"bf16": True},
 }
@@ -123,7 +126,6 @@ def measure(
     (the module docstring's GPU mode)."""
     import torch
 
-    import recattend.lit.segmenter as segmenter_module
     from recattend.data import SyntheticDataModule
     from recattend.ops import configure
 
@@ -154,19 +156,6 @@ def measure(
     module.log = module.log_dict = lambda *a, **k: None  # no Trainer: logging is a no-op
     optimizer = module.configure_optimizers()["optimizer"]  # on the module's device (fused Adam)
 
-    loss_time = 0.0
-    original = segmenter_module.segmenter_losses
-
-    def timed_losses(*args: Any, **kwargs: Any) -> Any:
-        nonlocal loss_time
-        synchronize()
-        start = time.perf_counter()
-        result = original(*args, **kwargs)
-        synchronize()
-        loss_time += time.perf_counter() - start
-        return result
-
-    segmenter_module.segmenter_losses = timed_losses
     module.train()
 
     def train_step() -> None:
@@ -182,18 +171,15 @@ def measure(
     # Warm-up: the first steps allocate the process's working memory and run slower.
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    try:
-        for _ in range(TRAIN_WARMUP):
-            train_step()
-        loss_time = 0.0
-        synchronize()
-        start = time.perf_counter()
-        for _ in range(steps):
-            train_step()
-        synchronize()
-        train_time = time.perf_counter() - start
-    finally:
-        segmenter_module.segmenter_losses = original
+    for _ in range(TRAIN_WARMUP):
+        train_step()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    synchronize()
+    train_time = time.perf_counter() - start
+    loss_share = _losses_share(train_step, synchronize)
     if cuda:  # what PyTorch allocated on the GPU, warm-up included
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:  # the process's resident memory (interpreter and torch included)
@@ -213,12 +199,31 @@ def measure(
         "train_images_per_s": round(images / train_time, 2),
         "infer_images_per_s": round(images / infer_time, 2),
         "peak_train_memory_gib": round(peak, 3),
-        "matching_loss_share": round(loss_time / train_time, 4),
+        "matching_loss_share": round(loss_share, 4),
         "torch_threads": torch.get_num_threads(),
     }
     if cuda:
         figures["gpu"] = torch.cuda.get_device_name()
     return figures
+
+
+def _losses_share(train_step: Any, synchronize: Any) -> float:
+    """The share of :data:`PROFILED_STEPS` training steps' wall time spent in the module's
+    losses (its :data:`~recattend.lit.segmenter.LOSSES_RANGE` range of :mod:`torch.profiler`,
+    synchronising the GPU's queue at its end, since the matching copies to the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from recattend.lit.segmenter import LOSSES_RANGE
+
+    synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        start = time.perf_counter()
+        for _ in range(PROFILED_STEPS):
+            train_step()
+        synchronize()
+        total = time.perf_counter() - start
+    spent = sum(e.cpu_time_total for e in profiler.key_averages() if e.key == LOSSES_RANGE)
+    return spent / 1e6 / total  # microseconds -> seconds
 
 
 def _require_cuda() -> None:

@@ -17,12 +17,11 @@ import torch
 from omegaconf import DictConfig
 
 from recattend import pretrained
-from recattend.data.images import network_input, read_image
+from recattend.api import Segmenter
 from recattend.data.rosette import RosetteOptions
 from recattend.data.synthetic import SyntheticInstances
-from recattend.lit import SegmenterModule
 from recattend.tasks import predict
-from recattend.utils.checkpoint import load_module, read_checkpoint
+from recattend.utils.checkpoint import read_checkpoint
 from recattend.utils.cli import hydra_main
 from recattend.visualise import figure1
 
@@ -68,17 +67,14 @@ def run(cfg: DictConfig) -> Path:
     demo = cfg.demo
     images = render_images(dataset, Path(cfg.input), demo.num_images, demo.size, demo.seed)
     counts = predict.run(cfg)
-    module = load_module(SegmenterModule, pretrained.checkpoint_file(name, key), key=key).eval()
-    x = torch.stack(
-        [
-            torch.from_numpy(
-                network_input(read_image(p, int(cfg.max_pixels)), module.net.image_size)
-            ).permute(2, 0, 1)
-            for p in images[: demo.figure_images]
-        ]
-    )
+    segmenter = Segmenter.load(
+        pretrained.checkpoint_file(name, key), device=cfg.device, key=key,
+        cpu_fast_path=bool(cfg.get("cpu_fast_path", True)),
+    )  # fmt: skip
+    x = torch.stack([segmenter.network_input(p)[1] for p in images[: demo.figure_images]])
     with torch.no_grad():
-        grid = figure1(x, module(x))
+        out = {k: v.cpu() for k, v in segmenter.module(x).items()}
+    grid = figure1(x.cpu(), out)
     figure = Path(cfg.paths.output_dir) / "figure1.png"
     cv2.imwrite(str(figure), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     found = ", ".join(f"{n}: {c}" for n, c in counts.items())

@@ -6,9 +6,10 @@ test split, prints the paper-style table and writes ``metrics.json`` in the run 
 weights record the data they were trained on: without a dataset chosen on the command line
 (``dataset=...``, ``dataset.*``, ``experiment=...``), that data is evaluated.
 
-Every module setting comes from the checkpoint, except the evaluation-only ones that the
-``evaluate`` mapping overrides (:data:`EVALUATION_KEYS`, e.g. ``evaluate.stop_rule=first_below``
-or ``evaluate.postprocess.blur=false``): the post-processing can be changed without retraining.
+Every module setting comes from the checkpoint, except the post-processing, whose settings the
+``postprocess`` node overrides one by one (e.g. ``postprocess.stop_rule=first_below`` or
+``postprocess.blur=false``; :func:`~recattend.utils.config.postprocess_overrides`): it can be
+changed without retraining.
 A segmenter is built for the data's ``dataset.resolution``, which may differ from the one it was
 trained at: its attention layer is resampled to it, with a warning (a pre-processor must run at
 its own resolution, and every model at its own T).
@@ -30,17 +31,17 @@ from omegaconf import DictConfig, OmegaConf
 from recattend import ops, pretrained
 from recattend.callbacks import ProcessGroupTeardown, ProcessSettings
 from recattend.evaluation import Evaluate
-from recattend.lit import SegmenterModule
-from recattend.postprocess import SWITCHES
+from recattend.lit import SegmenterModule, load_module
 from recattend.report import metrics_table
 from recattend.tasks.train import paper_table, scalars
-from recattend.utils.checkpoint import load_module, read_checkpoint
+from recattend.utils.checkpoint import read_checkpoint
 from recattend.utils.cli import hydra_main
 from recattend.utils.config import (
     checked_seed,
     instantiate_data,
     instantiate_group,
     instantiate_trainer,
+    postprocess_overrides,
     process_settings,
     require_writable_dir,
     resolved_devices,
@@ -49,10 +50,6 @@ from recattend.utils.log_filters import silence_known_noise
 from recattend.utils.loggers import finish_wandb, log_metrics_table
 
 log = logging.getLogger(__name__)
-
-# The module arguments that `evaluate` may override: they change the post-processing only, never
-# the network the checkpoint holds (SegmenterModule's threshold, stop rule and switches).
-EVALUATION_KEYS = ("threshold", "stop_rule", "stop_score", "postprocess")
 
 
 def run(cfg: DictConfig) -> dict[str, float | None]:
@@ -67,11 +64,11 @@ def run(cfg: DictConfig) -> dict[str, float | None]:
         L.seed_everything(seed, workers=True)
     module_cls = get_class(cfg.module._target_)
     saved = read_checkpoint(ckpt, key, mmap=True)  # the settings only: the tensors stay mapped
-    overrides = evaluation_overrides(cfg.get("evaluate"), saved.get("hyper_parameters") or {})
+    overrides = postprocess_overrides(cfg.get("postprocess"), saved.get("hyper_parameters") or {})
     if overrides:
-        log.info("evaluation settings over the checkpoint's: %s", overrides)
+        log.info("post-processing over the checkpoint's: %s", overrides["postprocess"])
     datamodule, evaluator = instantiate_data(
-        data_config(cfg.dataset, saved, name), OmegaConf.select(cfg, "preprocessors.semantic")
+        data_config(cfg.dataset, saved, name), OmegaConf.select(cfg, "preprocessors.semantic_dir")
     )
     segmenter = issubclass(module_cls, SegmenterModule)
     # A segmenter is built for the data's resolution: any input size works (resampled attention).
@@ -129,50 +126,6 @@ def _dataset_chosen() -> bool:
         return False
     chosen = ("dataset", "experiment")
     return any(o.lstrip("+~").startswith(chosen) for o in HydraConfig.get().overrides.task)
-
-
-def evaluation_overrides(
-    evaluate: Mapping[str, Any] | None, saved: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The module arguments that ``evaluate`` changes: its non-null keys; ``postprocess`` is
-    merged switch by switch over the checkpoint's own (``saved``), so that
-    ``evaluate.postprocess.blur=false`` keeps e.g. KITTI's dilation.
-
-    Args:
-        evaluate: the ``evaluate`` mapping of conf/eval.yaml (null values: keep the checkpoint's).
-        saved: the checkpoint's hyper-parameters.
-
-    Raises:
-        ValueError: a key outside :data:`EVALUATION_KEYS`, or a ``postprocess`` key that is not
-            a switch; the message lists the allowed keys.
-    """
-    if isinstance(evaluate, DictConfig):
-        evaluate = OmegaConf.to_container(evaluate, resolve=True)
-    settings = {k: v for k, v in dict(evaluate or {}).items() if v is not None}
-    unknown = sorted(set(settings) - set(EVALUATION_KEYS))
-    if unknown:
-        raise ValueError(
-            f"evaluate.{unknown[0]}: not an evaluation setting; evaluate overrides only "
-            f"{', '.join(EVALUATION_KEYS)} (postprocess: {', '.join(SWITCHES)}). Every other "
-            "setting comes from the checkpoint"
-        )
-    switches = settings.pop("postprocess", None)
-    if switches is not None:
-        if not isinstance(switches, Mapping):
-            raise ValueError(
-                f"evaluate.postprocess={switches!r}: give switches, e.g. "
-                "evaluate.postprocess.blur=false"
-            )
-        switches = {k: v for k, v in switches.items() if v is not None}
-        wrong = sorted(set(switches) - set(SWITCHES))
-        if wrong:
-            raise ValueError(
-                f"evaluate.postprocess.{wrong[0]}: not a post-processing switch; the switches "
-                f"are {', '.join(SWITCHES)}"
-            )
-        if switches:
-            settings["postprocess"] = {**(saved.get("postprocess") or {}), **switches}
-    return settings
 
 
 def _warn_resolution(

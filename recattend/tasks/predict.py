@@ -5,7 +5,9 @@ Every image is read faithfully (:func:`recattend.data.images.read_image`: each P
 to [0, 1] by its real range, 16-bit included; alpha dropped) and segmented at the network's
 resolution (the image is resized to it); the soft masks are upsampled back to the image's size
 and post-processed into one label per pixel by the checkpoint's post-processing, the path
-evaluation uses (:meth:`recattend.lit.SegmenterModule.instances`).
+evaluation uses (:attr:`recattend.lit.SegmenterModule.postprocess`), whose settings the
+``postprocess`` node may override one by one. The reading, the network and the post-processing
+are the Python API's (:class:`recattend.api.Segmenter`).
 
 The output folder receives, per input file ``<name>`` (its whole file name, extension included,
 so that ``x.png`` and ``x.jpg`` never share outputs): ``<name>_labels.png`` (8-bit, or 16-bit
@@ -45,14 +47,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from rich.progress import track
 
-from recattend import ops, pretrained
+from recattend import pretrained
+from recattend.api import Segmenter, exported_metadata
 from recattend.data.files import READ_ERRORS
-from recattend.data.images import network_input, read_image, to_display
+from recattend.data.images import read_image, to_display
 from recattend.evaluation.export import coco_results, overlay, write_json, write_label_png
 from recattend.evaluation.statistics import (
     image_statistics,
@@ -60,11 +62,10 @@ from recattend.evaluation.statistics import (
     saved_statistics,
     unlike_training,
 )
-from recattend.lit import SegmenterModule
 from recattend.utils.atomic import write_atomically
-from recattend.utils.checkpoint import load_module, read_checkpoint
+from recattend.utils.checkpoint import read_checkpoint
 from recattend.utils.cli import hydra_main
-from recattend.utils.config import process_settings, require_writable_dir
+from recattend.utils.config import require_writable_dir
 from recattend.utils.log_filters import silence_known_noise
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
 
     Raises:
         ValueError: ``output`` is the input folder, or ``ckpt_path`` is not a segmenter
-            checkpoint (:func:`~recattend.utils.checkpoint.load_module` names what it holds).
+            checkpoint (:func:`~recattend.lit.load_module` names what it holds).
         PermissionError, FileNotFoundError: an unwritable output, a missing checkpoint or input.
     """
     silence_known_noise()
@@ -128,24 +129,22 @@ def run(cfg: DictConfig) -> dict[str, int]:
     key, name = pretrained.chosen(cfg.get("ckpt_path"), cfg.get("weights"))
     ckpt = pretrained.checkpoint_file(name, key)
     images, skipped = list_images(source, int(cfg.max_pixels))
-    device = torch.device(
-        "cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-        ("cpu" if cfg.device == "auto" else cfg.device)
+    node = cfg.get("postprocess")
+    segmenter = Segmenter.load(
+        ckpt, device=cfg.device, key=key, cpu_fast_path=bool(cfg.get("cpu_fast_path", True)),
+        postprocess=OmegaConf.to_container(node, resolve=True) if node is not None else None,
     )  # fmt: skip
-    threshold = {} if cfg.threshold is None else {"threshold": float(cfg.threshold)}
-    hint = "predict.py needs a segmenter checkpoint (module=segmenter run)"
-    module = load_module(SegmenterModule, ckpt, threshold, map_location=device, hint=hint, key=key)
-    module.eval()
-    checkpoint = read_checkpoint(ckpt, key, mmap=True)  # the tensors stay on disk
+    network_size = segmenter.image_size
+    # An exported file (recattend.export) records no training statistics.
+    exported = exported_metadata(ckpt) is not None
+    checkpoint = {} if exported else read_checkpoint(ckpt, key, mmap=True)  # tensors on disk
     reference = saved_statistics(checkpoint)
     if reference is None:
         log.info(
-            "%s holds no output statistics (written before they were recorded): only image "
-            "sizes are compared with the training data's",
-            ckpt,
-        )
-    steps, compiled = module.net.steps, module.hparams.compile
-    ops.configure(**process_settings(cfg, device.type, steps, compiled, training=False))
+            "%s holds no output statistics (%s): only image sizes are compared with the "
+            "training data's",
+            ckpt, "an exported model" if exported else "written before they were recorded",
+        )  # fmt: skip
     for name in SUMMARIES:  # an interrupted run must not leave an earlier run's summaries
         (output / name).unlink(missing_ok=True)
     counts: dict[str, int] = {}
@@ -157,18 +156,16 @@ def run(cfg: DictConfig) -> dict[str, int]:
         except READ_ERRORS as err:
             skipped.append((path, f"cannot read ({type(err).__name__}: {err})"))
             continue
-        x = network_input(image, module.net.image_size)
-        x = torch.from_numpy(x).permute(2, 0, 1)[None].to(device)
-        with torch.no_grad():
-            result = module.instances(module(x), x, tuple(image.shape[:2]))[0]
+        image, x = segmenter.network_input(image)
+        [result] = segmenter.instances(x[None], [image.shape[:2]])
         labels, scores = result.labels.cpu().numpy(), result.scores
         write_label_png(labels, output / f"{path.name}_labels.png")
         Image.fromarray(overlay(to_display(image), labels)).save(
             output / f"{path.name}_overlay.png"
         )
         counts[path.name] = int(labels.max(initial=0))
-        stats = image_statistics(result.labels, scores, image.shape[:2], x[0])
-        unlike[path.name] = unlike_training(stats, reference, module.net.image_size)
+        stats = image_statistics(result.labels, scores, image.shape[:2], x)
+        unlike[path.name] = unlike_training(stats, reference, network_size)
         if cfg.coco_json:
             results += coco_results(labels, scores.tolist(), path.name)
     _write_csv(
@@ -176,7 +173,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
         ["image", "instances", "unlike_training"],
         ((name, count, "; ".join(unlike[name])) for name, count in counts.items()),
     )
-    _warn_unlike(unlike, reference, module.net.image_size, checkpoint.get("dataset"), output)
+    _warn_unlike(unlike, reference, network_size, checkpoint.get("dataset"), output)
     _write_csv(output / "skipped.csv", ["file", "reason"], ((str(p), w) for p, w in skipped))
     if skipped:
         log.warning(

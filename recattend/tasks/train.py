@@ -62,7 +62,9 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float | None:
-    """Train (and test) what ``cfg`` describes; returns ``cfg.optimized_metric`` if set."""
+    """Train (and test) what ``cfg`` describes; returns ``cfg.optimized_metric`` if set (for
+    Hydra sweepers): for the monitored metric its best validation value, else its final value
+    (``metrics.json``)."""
     silence_known_noise()
     output_dir = require_writable_dir(cfg.paths.output_dir, "paths.output_dir")
     check_multirun_strategy(cfg.trainer)
@@ -76,7 +78,7 @@ def run(cfg: DictConfig) -> float | None:
         L.seed_everything(seed, workers=True)
 
     datamodule, evaluator = instantiate_data(
-        cfg.dataset, OmegaConf.select(cfg, "preprocessors.semantic")
+        cfg.dataset, OmegaConf.select(cfg, "preprocessors.semantic_dir")
     )
     if cfg.get("test", False) and not datamodule.labelled("test"):
         raise ValueError(  # before training, so no work is lost at the end
@@ -127,6 +129,7 @@ def run(cfg: DictConfig) -> float | None:
             with interrupt.listening(trainer):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = scalars(trainer.callback_metrics)
+        best_value = _best_value(trainer)
         # Named now: testing a checkpoint restores the callbacks' state saved in it.
         saved = checkpoint_summary(trainer) if trainer.is_global_zero else []
         tested = cfg.get("test", False) and not interrupt.interrupted  # a stop skips the test
@@ -173,7 +176,17 @@ def run(cfg: DictConfig) -> float | None:
             )  # fmt: skip
         raise Interrupted(interrupt.signum)
     name = cfg.get("optimized_metric")
-    return metrics.get(name) if name else None
+    if not name:
+        return None
+    # The monitored metric: its best validation value, the one the best checkpoint was kept for.
+    monitored = getattr(trainer.checkpoint_callback, "monitor", None)
+    return best_value if name == monitored and best_value is not None else metrics.get(name)
+
+
+def _best_value(trainer: L.Trainer) -> float | None:
+    """The best value of the monitored metric over the run's validations, if any."""
+    score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    return float(score) if score is not None else None
 
 
 def resume_checkpoint(ckpt_path: str | None, output_dir: Path) -> Path | None:

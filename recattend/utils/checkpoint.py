@@ -1,29 +1,22 @@
-"""Lightning checkpoints read safely (``weights_only=True``), with clear errors: the file itself
-(:func:`read_checkpoint`, which every reader goes through), whole modules (:func:`load_module`),
-and weights only (:func:`load_weights`)."""
+"""Checkpoint files read safely (``weights_only=True``), with clear errors: the file itself
+(:func:`read_checkpoint`, which every reader goes through) and weights only
+(:func:`load_weights`). Rebuilding whole modules is :mod:`recattend.lit.loading`'s."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import pickle
 import zipfile
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from recattend import pretrained
 
-if TYPE_CHECKING:  # models read checkpoints too, and never import Lightning
-    import lightning as L
-
 log = logging.getLogger(__name__)
-
-# The module config (conf/module/<name>.yaml) of each LightningModule a checkpoint can hold.
-MODULE_CONFIGS = {"SegmenterModule": "segmenter", "PreprocessorModule": "preprocessor"}
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path", mmap: bool = False) -> dict:
@@ -189,138 +182,3 @@ def listed(names: Sequence[str], most: int = 8) -> str:
     """The first ``most`` names joined by "; ", and how many more."""
     more = f"; and {len(names) - most} more" if len(names) > most else ""
     return "; ".join(names[:most]) + more
-
-
-# State-dict prefixes of segmenter checkpoints from before the network became one node
-# (SegmenterNetwork): the segmenter and the pre-processor were the module's own children.
-def load_module(
-    module_cls: type[L.LightningModule],
-    path: str | Path,
-    overrides: Mapping[str, Any] | None = None,
-    map_location: str | torch.device = "cpu",
-    hint: str | None = None,
-    key: str = "ckpt_path",
-    resolution: Sequence[int] | None = None,
-) -> L.LightningModule:
-    """``module_cls`` rebuilt from a checkpoint's hyper-parameters (``weights_only=True``) with
-    its weights, or an error naming what differs.
-
-    Args:
-        overrides: constructor arguments that replace the checkpoint's (e.g. evaluation
-            settings); each must be an argument of ``module_cls``.
-        resolution: (H, W) input to build a segmenter's network for instead of the checkpoint's
-            ``net.image_size``: the one resolution-dependent layer (the attention logits, eq. 5)
-            is resampled to it (:meth:`~recattend.models.SegmenterNetwork.fit_state`); None:
-            the checkpoint's.
-        hint: what to do when the checkpoint holds another module, ending that error (default:
-            load it as that module, ``module=<its config>``); e.g. predict.py's "predict.py
-            needs a segmenter checkpoint (module=segmenter run)".
-        key: the setting that named ``path``, for error messages.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: not a checkpoint (:func:`read_checkpoint`); the checkpoint holds another
-            module (its hyper-parameters are not this class's arguments, or lack a required
-            one: names the module it holds when it is one of :data:`MODULE_CONFIGS`); an
-            override is not an argument; ``resolution`` for a module without ``net.image_size``
-            (a pre-processor: it runs at the resolution it was trained at); or its weights do
-            not fit (names the tensors).
-    """
-    checkpoint = read_checkpoint(path, key)
-    saved = checkpoint.get("hyper_parameters") or {}
-    unknown, missing = _misfit(module_cls, saved, given=set(overrides or {}))
-    if unknown or missing:
-        held = _held_module(saved)
-        if not saved:
-            settings = "it has no saved settings (hyper_parameters) to rebuild it from"
-        elif unknown:
-            settings = f"its settings {unknown} are not {module_cls.__name__}'s"
-        else:
-            settings = f"it lacks the settings {missing} a {module_cls.__name__} needs"
-        if held is None:
-            raise ValueError(
-                f"{path} does not hold a {module_cls.__name__}: {settings}; "
-                + (hint or "pick the checkpoint's module (module=preprocessor or module=segmenter)")
-            )
-        hint = hint or f"load it as a {held} (module={MODULE_CONFIGS[held]})"
-        raise ValueError(
-            f"{path} does not hold a {module_cls.__name__}: it holds a {held} ({settings}); {hint}"
-        )
-    foreign = sorted(set(overrides or {}) - _arguments(module_cls))
-    if foreign:
-        raise ValueError(
-            f"{foreign[0]}: {module_cls.__name__} has no such setting (evaluate.* applies to the "
-            "segmenter, module=segmenter, only)"
-        )
-    overrides = dict(overrides or {})
-    state = checkpoint["state_dict"]
-    trained_at = _resized(saved, overrides, resolution, path)
-    try:
-        module = module_cls(**{**saved, **overrides})
-    except TypeError as err:  # e.g. a nested setting the network does not know
-        raise ValueError(
-            f"{path}: its settings do not build a {module_cls.__name__}: {err}"
-        ) from err
-    if trained_at is not None:
-        state = module.net.fit_state(state, trained_at, prefix="net.")
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:  # state_dict size mismatch / missing keys
-        raise ValueError(f"{path} does not fit {module_cls.__name__}: {err}") from err
-    return module.to(map_location)
-
-
-def _resized(
-    saved: Mapping[str, Any],
-    overrides: dict[str, Any],
-    resolution: Sequence[int] | None,
-    path: str | Path,
-) -> list[int] | None:
-    """With ``resolution`` other than the checkpoint's, put the network's new ``image_size`` in
-    ``overrides`` and return the checkpoint's (the weights' resolution); else None."""
-    if resolution is None:
-        return None
-    net = saved.get("net")
-    if not isinstance(net, Mapping) or "image_size" not in net:
-        raise ValueError(
-            f"{path}: its module has no net.image_size, so it cannot be built for the input "
-            f"resolution {list(resolution)}; give its data the resolution it was trained at"
-        )
-    trained_at = [int(v) for v in net["image_size"]]
-    if trained_at == [int(v) for v in resolution]:
-        return None
-    overrides["net"] = {**net, **dict(overrides.get("net") or {}), "image_size": list(resolution)}
-    return trained_at
-
-
-def _arguments(module_cls: type) -> set[str]:
-    return set(inspect.signature(module_cls.__init__).parameters) - {"self"}
-
-
-def _misfit(
-    module_cls: type, saved: Mapping[str, Any], given: Collection[str] = ()
-) -> tuple[list[str], list[str]]:
-    """The saved settings ``module_cls`` does not take, and its required arguments neither saved
-    nor ``given`` (as overrides)."""
-    parameters = inspect.signature(module_cls.__init__).parameters
-    unknown = sorted(set(saved) - _arguments(module_cls))
-    missing = [
-        name
-        for name, p in parameters.items()
-        if name != "self"
-        and p.default is inspect.Parameter.empty
-        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        and name not in saved
-        and name not in given
-    ]
-    return unknown, missing
-
-
-def _held_module(saved: Mapping[str, Any]) -> str | None:
-    """The name of the recattend module whose arguments ``saved`` fits, if exactly one does."""
-    from recattend import lit  # here: recattend.lit imports this module
-
-    fits = [
-        name for name in MODULE_CONFIGS if saved and not any(_misfit(getattr(lit, name), saved))
-    ]
-    return fits[0] if len(fits) == 1 else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import tempfile
 from collections.abc import Sequence
@@ -27,13 +29,12 @@ def instantiate_data(dataset_cfg: DictConfig, semantic: str | None = None) -> tu
     """The DataModule that ``cfg.dataset`` describes and the evaluator its ``evaluator`` node names
     (the ``dataset/evaluator`` group: instances, kitti, cityscapes, coco), or None without one.
 
-    The ``evaluator`` node is the dataset's choice of benchmark and ``main_metric`` the validation
-    metric that picks its best checkpoint (read by ``conf/monitor``); neither is a DataModule
-    argument, so both are taken out before the DataModule is built.
+    The ``evaluator`` node is the dataset's choice of benchmark, not a DataModule argument: it is
+    taken out before the DataModule is built.
 
     Args:
         dataset_cfg: ``cfg.dataset``.
-        semantic: ``preprocessors.semantic``, a folder of external semantic predictions that the
+        semantic: ``preprocessors.semantic_dir``, a folder of external semantic predictions that the
             evaluation reads instead of the pre-processor's maps (Cityscapes only).
 
     Raises:
@@ -41,17 +42,15 @@ def instantiate_data(dataset_cfg: DictConfig, semantic: str | None = None) -> tu
     """
     settings = OmegaConf.to_container(dataset_cfg, resolve=True)
     evaluator = settings.pop("evaluator", None)
-    settings.pop("main_metric", None)
     if semantic is not None:
-        from recattend.data.cityscapes import CityscapesDataModule
-
         target = get_class(settings["_target_"])
-        if not issubclass(target, CityscapesDataModule):
+        # The DataModules that read them take a `semantic` folder (Cityscapes).
+        if "semantic" not in inspect.signature(target).parameters:
             raise ValueError(
-                f"preprocessors.semantic={semantic}: external semantic predictions are read for "
-                f"Cityscapes only (the authors' LRR input, paper Table 3), but the data is "
+                f"preprocessors.semantic_dir={semantic}: external semantic predictions are read "
+                f"for Cityscapes only (the authors' LRR input, paper Table 3), but the data is "
                 f"{target.__name__}: use dataset=cityscapes (or experiment=cityscapes), or drop "
-                "preprocessors.semantic"
+                "preprocessors.semantic_dir"
             )
         settings["semantic"] = semantic
     datamodule = instantiate(settings, _convert_="all")
@@ -259,3 +258,31 @@ def checked_choice(key: str, value: Any, choices: Sequence[str]) -> str:
 def instantiate_trainer(trainer_cfg: DictConfig, **kwargs: Any) -> Any:
     """``lightning.Trainer`` from ``cfg.trainer`` after :func:`trainer_settings`."""
     return instantiate(trainer_cfg, **trainer_settings(trainer_cfg), **kwargs)
+
+
+def postprocess_overrides(node: DictConfig | None, saved: dict[str, Any]) -> dict[str, Any]:
+    """The module arguments that a ``postprocess`` node of ``eval.py`` or ``predict.py``
+    changes: ``{"postprocess": settings}``, its non-null keys over the checkpoint's own
+    post-processing (so ``postprocess.blur=false`` keeps e.g. KITTI's dilation); ``{}`` when
+    every key is null.
+
+    Args:
+        node: the root config's ``postprocess`` (null values: keep the checkpoint's).
+        saved: the checkpoint's hyper-parameters.
+
+    Raises:
+        ValueError: a key that is not a post-processing setting, or an invalid value (the
+            message names it).
+    """
+    from recattend.postprocess import PostProcess  # torch: only when a checkpoint is used
+
+    if node is None:
+        return {}
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if not isinstance(values, dict):
+        raise ValueError(f"postprocess={values!r}: give settings, e.g. postprocess.blur=false")
+    changed = {k: v for k, v in values.items() if v is not None}
+    if not changed:
+        return {}
+    settings = PostProcess().replace(saved.get("postprocess")).replace(changed)
+    return {"postprocess": dataclasses.asdict(settings)}

@@ -11,6 +11,9 @@ Resolvers (registered on import, by whatever composes the configs):
   jobs of a sweep (SLURM ones too) keep their launcher's value.
 * ``${run_dir:<runs folder>,<ckpt_path>,<train>}``: a single run's folder (``hydra.run.dir``):
   the folder of the run being resumed, or a new one named by the launch (see :func:`run_dir`).
+* ``${main_metric:<DataModule class>}``: the validation metric of the dataset's benchmark,
+  ``val/<its main_metric>`` (``conf/monitor/segmenter.yaml``): the one place that says it is
+  the DataModule class.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from recattend.utils.config import require_writable_dir
@@ -182,7 +186,13 @@ def _run_dir_resolver(runs: str, ckpt_path: str | None, train: bool, _root_: Dic
     return run_dir(runs, ckpt_path, train, list(overrides or []))
 
 
+def main_metric(target: str) -> str:
+    """``val/<main_metric>`` of the DataModule class ``target`` (its dotted name)."""
+    return f"val/{get_class(target).main_metric}"
+
+
 OmegaConf.register_new_resolver("run_dir", _run_dir_resolver, replace=True)
+OmegaConf.register_new_resolver("main_metric", main_metric, replace=True)
 OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name, replace=True)

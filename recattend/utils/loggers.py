@@ -61,9 +61,25 @@ class WandbLogger(LightningWandbLogger):
 
     It also leaves out Lightning's ``anonymous=None``, which W&B answers with "The anonymous
     setting has no effect" on every run.
+
+    Args:
+        log_predictions: how many test images per process (with their predictions, SBD,
+            |DiC| and count) the :class:`~recattend.evaluation.Evaluate` callback logs as the
+            table ``test/predictions``, with ``per_image.csv`` as an artifact; 0: none.
+        offline, log_model, kwargs: Lightning's ``WandbLogger``'s.
     """
 
-    def __init__(self, *, offline: bool = False, log_model: bool | str = False, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        offline: bool = False,
+        log_model: bool | str = False,
+        log_predictions: int = 0,
+        **kwargs: Any,
+    ):
+        if log_predictions < 0:
+            raise ValueError(f"logger.wandb.log_predictions={log_predictions}: use 0 or more")
+        self.log_predictions = int(log_predictions)
         if offline and log_model:
             offline, kwargs["mode"] = False, "offline"
         super().__init__(offline=offline, log_model=log_model, **kwargs)

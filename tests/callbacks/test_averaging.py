@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from recattend.callbacks import BootstrapStages, EMAWeights
-from recattend.lit import SegmenterModule
-from recattend.utils.checkpoint import load_module
+from recattend.lit import SegmenterModule, load_module
 from tests.helpers import quiet_trainer, tiny_data, tiny_segmenter
 
 

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from recattend.callbacks import BootstrapStages, ScheduledSampling
 from recattend.callbacks.sampling import knob_probability
 from recattend.lit import SegmenterModule
+from recattend.lit.rollout import TeacherForcing
 from recattend.utils.checkpoint import load_weights
 from tests.helpers import quiet_trainer, tiny_batch, tiny_data, tiny_segmenter
 
@@ -42,12 +43,8 @@ def test_scheduled_sampling_probabilities_per_kind() -> None:
     probs = callback.probabilities(10, 3)
     torch.testing.assert_close(probs["box"], torch.tensor([0.5, 1.0, 1.0]))
     assert probs["mask"].tolist() == [0.0, 0.0, 0.0]  # offset None: never
-    off = ScheduledSampling(mode="predictions", box_offset=0, mask_offset=0).probabilities(0, 2)
-    assert off["box"].tolist() == off["mask"].tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="decay_steps"):
         ScheduledSampling(decay_steps=0)
-    with pytest.raises(ValueError, match="ground_truth"):
-        ScheduledSampling(mode="off")
 
 
 def test_no_scheduled_sampling_is_always_the_ground_truth_canvas() -> None:
@@ -55,13 +52,17 @@ def test_no_scheduled_sampling_is_always_the_ground_truth_canvas() -> None:
     # at every step k of the full stage and every timestep t, long after the fading schedule
     # would have reached ~0 (k = 10^6 with a 3000-step offset and 700-step halving); the box
     # switch keeps its own schedule (never, here, as in the CVPPP recipe).
-    callback = ScheduledSampling(mode="ground_truth", decay_steps=700, mask_offset=3000)
+    callback = ScheduledSampling(decay_steps=700, mask_offset=3000)
+    forcing = TeacherForcing(mode="ground_truth")
     for step in (0, 2999, 3000, 10_000, 1_000_000):
-        probs = callback.probabilities(step, 21)
-        assert probs["mask"].tolist() == [1.0] * 21
-        assert probs["box"].tolist() == [0.0] * 21
-    fading = ScheduledSampling(mode="fade", decay_steps=700, mask_offset=3000)
-    assert fading.probabilities(1_000_000, 21)["mask"].max() < 1e-6
+        forcing.schedule(callback.probabilities(step, 21))
+        assert forcing.probabilities["mask"].tolist() == [1.0] * 21
+        assert forcing.probabilities["box"].tolist() == [0.0] * 21
+    assert callback.probabilities(1_000_000, 21)["mask"].max() < 1e-6  # what scheduled uses
+    # The opposite extreme: never any ground truth, whatever the schedule says.
+    never = TeacherForcing(mode="predictions")
+    never.schedule(ScheduledSampling(box_offset=0, mask_offset=0).probabilities(0, 2))
+    assert never.probabilities["box"].tolist() == never.probabilities["mask"].tolist() == [0, 0]
 
 
 def _canvases(module: SegmenterModule) -> list[torch.Tensor]:

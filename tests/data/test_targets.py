@@ -73,7 +73,7 @@ def test_instance_targets_sort_pad_truncate_and_count() -> None:
 def test_without_a_stop_slot_all_t_slots_take_instances() -> None:
     # The same three instances with max_instances=2 (T = 3): the stop slot is filled too.
     out = instance_targets(
-        np.zeros((8, 8, 3), np.uint8), _three_instances(), 2, {}, stop_slot=False
+        np.zeros((8, 8, 3), np.uint8), _three_instances(), 2, {}, empty_last_slot=False
     )
     assert out["masks"].sum((1, 2)).tolist() == [16, 8, 2]
     np.testing.assert_array_equal(out["boxes"].numpy(), [[2, 2, 6, 6], [7, 0, 8, 8], [0, 0, 1, 2]])
@@ -81,7 +81,7 @@ def test_without_a_stop_slot_all_t_slots_take_instances() -> None:
     # Classes follow their instances into every slot, the last one included.
     classes = np.array([7, 8, 9])  # of the masks in their given order (areas 2, 16, 8)
     out = instance_targets(
-        np.zeros((8, 8, 3), np.uint8), _three_instances()[:3], 2, {}, classes, stop_slot=False
+        np.zeros((8, 8, 3), np.uint8), _three_instances()[:3], 2, {}, classes, empty_last_slot=False
     )
     assert out["instance_classes"].tolist() == [8, 9, 7]
 

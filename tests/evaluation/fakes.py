@@ -1,6 +1,6 @@
 """Hand-made batches, a fake post-processing and fake datamodules for the evaluator tests.
 
-The fake post-processing stands for ``SegmenterModule.instances``: each pixel takes the slot t + 1
+The fake post-processing stands for ``SegmenterModule.postprocess``: each pixel takes the slot t + 1
 of its largest mask value when that value is > 0.5 (else background), nearest-upsampled to
 ``size``; the real :func:`~recattend.postprocess.image_instances` then numbers the instances. So a
 test writes the predicted label map it wants as the outputs' masks and knows what is scored.
@@ -25,7 +25,7 @@ def slots(labels: Tensor, steps: int) -> Tensor:
     return (labels[None] == ids).float()
 
 
-class FakePostprocess:
+class FakePostProcess:
     """The module's post-processing, by hand (module docstring); records every call.
 
     Args:
@@ -40,12 +40,11 @@ class FakePostprocess:
     def __call__(
         self,
         out: dict[str, Tensor],
-        image: Tensor,
         size: tuple[int, int] | None = None,
         pixel_area: Tensor | float = 1.0,
     ) -> list[Instances]:
         masks = out["masks"]
-        assert image.shape[0] == masks.shape[0]
+        assert out["scores"].shape[0] == masks.shape[0]
         self.calls.append({"images": masks.shape[0], "size": size, "pixel_area": pixel_area})
         best, slot = masks.max(1)
         maps = torch.where(best > 0.5, slot + 1, 0)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from recattend.evaluation import Evaluate, InstanceEvaluator
 from recattend.evaluation.statistics import APPEARANCE_STATISTICS
-from tests.evaluation.fakes import FakePostprocess, make_batch, slots
+from tests.evaluation.fakes import FakePostProcess, make_batch, slots
 from tests.metrics.labels import GT_ONE, GT_TWO
 
 
@@ -28,7 +28,7 @@ class TinyModule(L.LightningModule):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(()))
         self.returns = returns
-        self.postprocess = FakePostprocess()
+        self.postprocess = FakePostProcess()
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         b = image.shape[0]
@@ -36,9 +36,6 @@ class TinyModule(L.LightningModule):
             "masks": slots(GT_TWO, 3).expand(b, -1, -1, -1),
             "scores": torch.tensor([0.9, 0.8, 0.1]).expand(b, -1),
         }
-
-    def instances(self, out, image, size=None, pixel_area=1.0):
-        return self.postprocess(out, image, size, pixel_area)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         return (self.weight - 1) ** 2
@@ -121,25 +118,6 @@ def test_export_reaches_the_test_evaluator_only(tmp_path: Path) -> None:
     assert (val.export, test.export) == (False, True)
     assert val.output_dir == test.output_dir == tmp_path
     assert (tmp_path / "predictions" / "labels" / "x.png").is_file()
-
-
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_post_processing_runs_in_the_steps_precision(tmp_path: Path, precision: str) -> None:
-    # Under bf16-mixed the steps run in CPU autocast; the post-processing (which runs the
-    # pre-processor again for its foreground and classes) must see the same context.
-    module, seen = TinyModule(), []
-    original = module.instances
-
-    def recording(*args, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu"))
-        return original(*args, **kwargs)
-
-    module.instances = recording
-    evaluate = Evaluate(test=InstanceEvaluator(original_resolution=False, per_image=False))
-    run = trainer(tmp_path, evaluate, precision=precision)
-    run.validate(module, loader(GT_TWO, ["v"]), verbose=False)
-    run.test(module, loader(GT_TWO, ["t"]), verbose=False)
-    assert seen == [precision == "bf16-mixed"] * 2
 
 
 def test_validation_gives_the_module_its_output_statistics(tmp_path: Path) -> None:

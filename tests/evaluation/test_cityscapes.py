@@ -12,7 +12,7 @@ from PIL import Image
 
 from recattend.data.cityscapes import label_ids
 from recattend.evaluation import CityscapesEvaluator
-from tests.evaluation.fakes import CityscapesData, FakePostprocess, FileData, make_batch
+from tests.evaluation.fakes import CityscapesData, FakePostProcess, FileData, make_batch
 from tests.metrics.labels import columns
 
 STEM = "frankfurt_000000_000019"
@@ -38,7 +38,7 @@ def test_classes_give_cityscapes_ap_and_the_official_result_files(tmp_path: Path
     evaluator.reset()
     # Both instances classified car (train id 3 -> label id 26): the car is found (TP at 0.75),
     # the second "car" lies on the person (IoU 0 with the car, nothing ignored there: FP at 0.5).
-    evaluator.process(*batch(), FakePostprocess(classes=[3, 3]))
+    evaluator.process(*batch(), FakePostProcess(classes=[3, 3]))
     got = {k: float(v) for k, v in evaluator.evaluate().items()}
     # The labels themselves are perfect.
     assert got["sbd"] == 1.0 and got["dic"] == 0.0 and got["mwcov"] == 1.0
@@ -65,7 +65,7 @@ def test_without_classes_no_ap_and_no_result_files(tmp_path: Path) -> None:
     evaluator = CityscapesEvaluator(per_image=False)
     evaluator.setup(data(), tmp_path, export=True)
     evaluator.reset()
-    evaluator.process(*batch(), FakePostprocess())
+    evaluator.process(*batch(), FakePostProcess())
     got = evaluator.evaluate()
     assert got["sbd"] == 1.0 and not any(k.startswith("ap") for k in got)
     assert not (tmp_path / "predictions" / "cityscapes").exists()
@@ -75,10 +75,10 @@ def test_without_classes_no_ap_and_no_result_files(tmp_path: Path) -> None:
 def test_reset_clears_the_ap() -> None:
     evaluator = CityscapesEvaluator()
     evaluator.setup(data())
-    evaluator.process(*batch(), FakePostprocess(classes=[3, 1]))  # perfect: car and person
+    evaluator.process(*batch(), FakePostProcess(classes=[3, 1]))  # perfect: car and person
     assert float(evaluator.evaluate()["ap"]) == 1.0
     evaluator.reset()
-    evaluator.process(*batch(), FakePostprocess())
+    evaluator.process(*batch(), FakePostProcess())
     assert "ap" not in evaluator.evaluate()
 
 

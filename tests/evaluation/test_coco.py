@@ -12,7 +12,7 @@ import torch
 from recattend.data import COCODataModule
 from recattend.data.fixtures import write_coco
 from recattend.evaluation import CocoEvaluator
-from tests.evaluation.fakes import FakePostprocess, FileData, make_batch
+from tests.evaluation.fakes import FakePostProcess, FileData, make_batch
 
 
 def datamodule(tmp_path: Path, categories: tuple[str, ...] = ("zebra",)) -> COCODataModule:
@@ -49,7 +49,7 @@ def test_results_per_image_and_segm_ap(tmp_path: Path) -> None:
     evaluator = CocoEvaluator()
     evaluator.setup(data, tmp_path, export=True)
     evaluator.reset()
-    evaluator.process(*batch(data), FakePostprocess())
+    evaluator.process(*batch(data), FakePostProcess())
     got = {k: float(v) for k, v in evaluator.evaluate().items()}
     # 1000: both zebras, SBD 1; 1001: one of two, SBD min(1, (1 + 0) / 2) = 1/2; DiC 0 and -1.
     assert (got["sbd"], got["dic"]) == (0.75, -0.5)
@@ -71,11 +71,11 @@ def test_no_detection_is_ap_zero_and_reset_forgets(tmp_path: Path) -> None:
     data = datamodule(tmp_path)
     evaluator = CocoEvaluator(per_image=False)
     evaluator.setup(data, tmp_path)
-    evaluator.process(*batch(data), FakePostprocess())
+    evaluator.process(*batch(data), FakePostProcess())
     assert len(evaluator.detections) == 3
     evaluator.reset()
     assert evaluator.detections == []
-    evaluator.process(*batch(data, keep=(0, 0)), FakePostprocess())
+    evaluator.process(*batch(data, keep=(0, 0)), FakePostProcess())
     got = evaluator.evaluate()
     assert {k: got[k] for k in ("ap", "ap50", "ap75", "ar100")} == dict.fromkeys(
         ("ap", "ap50", "ap75", "ar100"), 0.0
@@ -88,7 +88,7 @@ def test_several_categories_compute_no_ap(tmp_path: Path, caplog) -> None:
     data = datamodule(tmp_path, categories=("zebra", "giraffe"))
     evaluator = CocoEvaluator()
     evaluator.setup(data)
-    evaluator.process(*batch(data), FakePostprocess())
+    evaluator.process(*batch(data), FakePostProcess())
     with caplog.at_level(logging.WARNING):
         got = evaluator.evaluate()
     assert "sbd" in got and "ap" not in got

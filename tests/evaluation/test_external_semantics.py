@@ -1,4 +1,4 @@
-"""External semantic predictions for Cityscapes (``preprocessors.semantic``, the authors' LRR
+"""External semantic predictions for Cityscapes (``preprocessors.semantic_dir``, the authors' LRR
 input): found per image in the official layout, they replace the FCN's maps for the foreground AND
 and the instance classes, at the original size (test, export) and at network resolution
 (validation)."""
@@ -17,7 +17,8 @@ from recattend.data import CityscapesDataModule
 from recattend.data.fixtures import write_cityscapes
 from recattend.evaluation import CityscapesEvaluator, InstanceEvaluator
 from recattend.evaluation.statistics import StatisticsRecorder
-from tests.helpers import TINY, tiny_segmenter
+from recattend.postprocess import PostProcess
+from tests.helpers import TINY
 
 SIZE = (64, 128)  # the fixture's original size; the network runs at half of it
 STEMS = ("frankfurt_000000_000019", "frankfurt_000001_000019")
@@ -66,12 +67,10 @@ def outputs() -> dict[str, torch.Tensor]:
     return {"masks": masks, "scores": scores}
 
 
-def module():
-    """No pre-processor: without external maps there is neither a foreground AND nor classes."""
-    return tiny_segmenter(
-        max_instances=6, image_size=[32, 64], threshold=0.5,
-        postprocess={"foreground": True, "blur": False, "upsample": "nearest"},
-    )  # fmt: skip
+def postprocess() -> PostProcess:
+    """The outputs carry no pre-processor maps: without external maps there is neither a
+    foreground AND nor classes."""
+    return PostProcess(threshold=0.5, foreground=True, blur=False, upsample="nearest")
 
 
 def test_the_maps_are_found_by_prefix_and_read_as_train_ids(root: Path, tmp_path: Path) -> None:
@@ -94,11 +93,10 @@ def test_at_the_original_size_they_give_classes_and_remove_background(
 ) -> None:
     dm = data(root, tmp_path / "lrr")
     batch = next(iter(dm.test_dataloader()))
-    segmenter = module()
     evaluator = CityscapesEvaluator(per_image=False)
     evaluator.setup(dm, tmp_path / "run", export=True)
     evaluator.reset()
-    evaluator.process(batch, outputs(), segmenter.instances)
+    evaluator.process(batch, outputs(), postprocess())
 
     # Each instance keeps only the pixels the prediction calls an instance class: the left one
     # loses the road rows, the right one the road rows and the caravan.
@@ -117,20 +115,17 @@ def test_at_the_original_size_they_give_classes_and_remove_background(
     assert "ap" in evaluator.evaluate()
 
     # Without the folder the same outputs keep every pixel and have no class (no FCN here).
-    plain = data(root, None)
-    batch = next(iter(plain.test_dataloader()))
-    result = segmenter.instances(outputs(), batch["image"], size=SIZE)[0]
+    result = postprocess()(outputs(), size=SIZE)[0]
     assert result.classes is None and bool((result.labels > 0).all())
 
 
 def test_at_network_resolution_validation_uses_them_too(root: Path, tmp_path: Path) -> None:
     dm = data(root, tmp_path / "lrr")
     batch = next(iter(dm.val_dataloader()))
-    segmenter = module()
     seen = []
 
     def instances(*args, **kwargs):
-        seen.extend(segmenter.instances(*args, **kwargs))
+        seen.extend(postprocess()(*args, **kwargs))
         return seen[-2:]
 
     # Wrapped as the Evaluate callback wraps it for validation (its statistics).
@@ -149,7 +144,7 @@ def test_at_network_resolution_validation_uses_them_too(root: Path, tmp_path: Pa
 
 def test_bad_input_says_what_is_wrong_and_how_to_fix_it(root: Path, tmp_path: Path) -> None:
     with pytest.raises(
-        FileNotFoundError, match=r"preprocessors\.semantic=.*nowhere: no such folder"
+        FileNotFoundError, match=r"preprocessors\.semantic_dir=.*nowhere: no such folder"
     ):
         data(root, tmp_path / "nowhere")
 
@@ -178,21 +173,21 @@ def test_bad_input_says_what_is_wrong_and_how_to_fix_it(root: Path, tmp_path: Pa
     evaluator = CityscapesEvaluator(per_image=False)
     evaluator.setup(dm)
     with pytest.raises(ValueError, match=r"_lrr_labelIds\.png is 32x64 but its image .* is 64x128"):
-        evaluator.process(batch, outputs(), module().instances)
+        evaluator.process(batch, outputs(), postprocess())
 
 
 def test_another_dataset_is_refused_before_any_work(compose_train, tmp_path: Path) -> None:
     from recattend.tasks import train
 
-    cfg = compose_train(*TINY, f"preprocessors.semantic={tmp_path}", "logger=none")
-    with pytest.raises(ValueError, match=r"preprocessors\.semantic=.*Cityscapes only.*"
+    cfg = compose_train(*TINY, f"preprocessors.semantic_dir={tmp_path}", "logger=none")
+    with pytest.raises(ValueError, match=r"preprocessors\.semantic_dir=.*Cityscapes only.*"
                        r"SyntheticDataModule: use dataset=cityscapes"):  # fmt: skip
         train.run(cfg)
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_eval_reads_them_end_to_end(root: Path, compose_train, tmp_path: Path) -> None:
-    """``python eval.py ... preprocessors.semantic=<folder> export=true``: every exported mask
+    """``python eval.py ... preprocessors.semantic_dir=<folder> export=true``: every exported mask
     lies on the prediction's instance classes and carries their majority label id."""
     from recattend.tasks import eval as eval_task
     from recattend.tasks import train
@@ -205,8 +200,9 @@ def test_eval_reads_them_end_to_end(root: Path, compose_train, tmp_path: Path) -
     train.run(compose_train(*dataset, "trainer.max_steps=1", "test=false", "logger=none"))
     cfg = compose_train(
         *dataset, f"ckpt_path={tmp_path / 'checkpoints/last.ckpt'}", "trainer.accelerator=cpu",
-        f"preprocessors.semantic={tmp_path / 'lrr'}", "export=true", "evaluate.threshold=0.0",
-        "evaluate.postprocess.foreground=true", "logger=none", config_name="eval",
+        f"preprocessors.semantic_dir={tmp_path / 'lrr'}", "export=true",
+        "postprocess.threshold=0.0", "postprocess.foreground=true", "logger=none",
+        config_name="eval",
     )  # fmt: skip
     metrics = eval_task.run(cfg)
     assert "test/ap" in metrics  # classes came from the folder: this checkpoint has no FCN

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from recattend.evaluation import InstanceEvaluator, gt_label_map, pixel_area
-from tests.evaluation.fakes import FakePostprocess, FileData, make_batch
+from tests.evaluation.fakes import FakePostProcess, FileData, make_batch
 from tests.metrics.labels import GT_TWO, columns
 
 KEYS = {
@@ -52,7 +52,7 @@ def test_network_resolution_scores_every_metric_and_writes_rows(tmp_path: Path) 
     evaluator = InstanceEvaluator(original_resolution=False, per_image=True)
     evaluator.setup(None, tmp_path)
     evaluator.reset()
-    postprocess = FakePostprocess()
+    postprocess = FakePostProcess()
     evaluator.process(*network_batch(), postprocess)
     # One call for the batch, at network resolution, with each image's original pixels per pixel.
     [call] = postprocess.calls
@@ -97,11 +97,11 @@ def test_reset_forgets_the_previous_epoch(tmp_path: Path) -> None:
     evaluator = InstanceEvaluator(original_resolution=False, per_image=True)
     evaluator.setup(None, tmp_path)
     evaluator.reset()
-    evaluator.process(*network_batch(), FakePostprocess())
+    evaluator.process(*network_batch(), FakePostProcess())
     assert values(evaluator)["sbd"] == pytest.approx(57 / 70)
     evaluator.reset()
     perfect = make_batch([GT_TWO], [GT_TWO], [[0.9, 0.8, 0.1]], [{"id": "c"}])
-    evaluator.process(*perfect, FakePostprocess())
+    evaluator.process(*perfect, FakePostProcess())
     got = values(evaluator)
     assert (got["sbd"], got["sbd_std"], got["dic"]) == (1.0, 0.0, 0.0)
     assert [r["id"] for r in read_csv(tmp_path / "per_image.csv")] == ["c"]
@@ -114,7 +114,7 @@ def test_without_per_image_or_folder_no_csv(tmp_path: Path) -> None:
     ):
         evaluator.setup(None, folder)
         evaluator.reset()
-        evaluator.process(*network_batch(), FakePostprocess())
+        evaluator.process(*network_batch(), FakePostProcess())
         evaluator.evaluate()
     assert not (tmp_path / "per_image.csv").exists()
 
@@ -139,7 +139,7 @@ def test_original_resolution_reads_the_ground_truth_again(tmp_path: Path) -> Non
     evaluator = InstanceEvaluator(original_resolution=True, per_image=True)
     evaluator.setup(data, tmp_path)
     evaluator.reset()
-    postprocess = FakePostprocess()
+    postprocess = FakePostProcess()
     evaluator.process(*original_batch(), postprocess)
     assert data.read == ["p1", "p2"]
     # One image at a time, post-processed at its original size, min_size in original pixels.
@@ -174,7 +174,7 @@ def test_export_writes_each_label_map_as_png(tmp_path: Path) -> None:
     evaluator = InstanceEvaluator(original_resolution=True, per_image=False)
     evaluator.setup(original_data(), tmp_path, export=True)
     evaluator.reset()
-    evaluator.process(*original_batch(), FakePostprocess())
+    evaluator.process(*original_batch(), FakePostProcess())
     expected = np.kron(GT_TWO.numpy(), np.ones((2, 2), np.int64))
     for stem in ("p1", "p2"):
         with Image.open(tmp_path / "predictions" / "labels" / f"{stem}.png") as png:
@@ -185,7 +185,7 @@ def test_export_writes_each_label_map_as_png(tmp_path: Path) -> None:
     # At network resolution the maps are the network's (generated data: its own size).
     evaluator = InstanceEvaluator(original_resolution=False, per_image=False)
     evaluator.setup(None, tmp_path / "net", export=True)
-    evaluator.process(*network_batch(), FakePostprocess())
+    evaluator.process(*network_batch(), FakePostProcess())
     with Image.open(tmp_path / "net" / "predictions" / "labels" / "b.png") as png:
         np.testing.assert_array_equal(np.asarray(png), np.ones((4, 4)))
 

@@ -23,7 +23,7 @@ from recattend.evaluation.statistics import (
     summarise,
     unlike_training,
 )
-from tests.evaluation.fakes import FakePostprocess, slots
+from tests.evaluation.fakes import FakePostProcess, slots
 from tests.metrics.labels import EMPTY, GT_ONE, GT_TWO
 
 
@@ -77,7 +77,7 @@ def test_summarise_gives_means_and_population_stds_of_plain_floats() -> None:
 
 
 def test_the_recorder_watches_the_postprocessing_it_wraps() -> None:
-    postprocess = FakePostprocess()
+    postprocess = FakePostProcess()
     recorder = StatisticsRecorder()
     image = torch.zeros(2, 3, 4, 4)
     out = {
@@ -86,7 +86,7 @@ def test_the_recorder_watches_the_postprocessing_it_wraps() -> None:
     }
     # The second image was resized from 8 x 16 to the network's 4 x 4.
     batch = {"image": image, "meta": [{"id": "a"}, {"id": "b", "orig_size": (8, 16)}]}
-    results = recorder.recording(postprocess, batch)(out, image, pixel_area=2.0)
+    results = recorder.recording(postprocess, batch)(out, pixel_area=2.0)
     assert [int(r.labels.max()) for r in results] == [2, 1]  # the results, passed through
     assert postprocess.calls == [{"images": 2, "size": None, "pixel_area": 2.0}]
     assert [(r["instances"], r["image_area"], r["aspect_ratio"]) for r in recorder.rows] == [
@@ -94,22 +94,25 @@ def test_the_recorder_watches_the_postprocessing_it_wraps() -> None:
         (1.0, 128.0, 2.0),  # its orig_size
     ]
     # One image at its original size (the evaluators' original-resolution path): that size.
-    one = {k: v[1:] for k, v in out.items()}
-    recorder.recording(postprocess, batch)(one, image[1:], size=(8, 16))
-    assert recorder.rows[-1]["image_area"] == 128.0
+    # The images come one by one, in order: the first at 4 x 8, the second at 8 x 16.
+    record = recorder.recording(postprocess, batch)
+    for i, size in enumerate([(4, 8), (8, 16)]):
+        record({k: v[i : i + 1] for k, v in out.items()}, size=size)
+    assert [r["image_area"] for r in recorder.rows[-2:]] == [32.0, 128.0]
+    assert recorder.rows[-2]["instances"] == 2.0  # GT_TWO, image 0
     assert recorder.rows[-1]["foreground_fraction"] == 0.75  # upsampled GT_ONE
-    assert recorder.summary()["images"] == 3.0
+    assert recorder.summary()["images"] == 4.0
     recorder.reset()
     assert recorder.summary() == {"images": 0.0}
 
 
 class _Fixed(nn.Module):
-    """Predicts GT_TWO (scores 0.9, 0.7) for every image, post-processed by FakePostprocess."""
+    """Predicts GT_TWO (scores 0.9, 0.7) for every image, post-processed by FakePostProcess."""
 
     def __init__(self) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(()))
-        self.instances = FakePostprocess()
+        self.postprocess = FakePostProcess()
 
     @property
     def device(self) -> torch.device:
@@ -150,7 +153,7 @@ def test_output_statistics_of_a_module_on_batches() -> None:
         }
     )
     # As validation does: the batch's pixel areas given to the post-processing (min_size).
-    assert module.instances.calls[0]["pixel_area"].tolist() == [1.0, 4.0]
+    assert module.postprocess.calls[0]["pixel_area"].tolist() == [1.0, 4.0]
 
 
 REFERENCE = {

@@ -12,7 +12,7 @@ import torch
 
 from recattend.data import SyntheticDataModule
 from recattend.evaluation import InstanceEvaluator
-from recattend.postprocess import PostProcess, image_instances, postprocess
+from recattend.postprocess import PostProcess
 from recattend.utils.config import instantiate_data
 
 
@@ -24,11 +24,8 @@ def data() -> SyntheticDataModule:
     )  # fmt: skip
 
 
-def nearest(out, image, size=None, pixel_area=1.0):
-    """The module's post-processing without blur, upsampling by nearest neighbour."""
-    settings = PostProcess(blur=False, upsample="nearest")
-    slots = postprocess(out["masks"], out["scores"], settings, size, pixel_area=pixel_area)
-    return [image_instances(s, scores) for s, scores in zip(slots, out["scores"], strict=True)]
+# The module's post-processing without blur, upsampling by nearest neighbour.
+nearest = PostProcess(blur=False, upsample="nearest")
 
 
 def score(evaluator: InstanceEvaluator, dm, batch, outputs, folder=None) -> dict[str, float]:
@@ -87,17 +84,12 @@ def test_upsampling_modes_reach_the_original_resolution_path() -> None:
     sbd = {}
     for mode in ("bilinear", "bicubic", "nearest"):
         settings = PostProcess(blur=False, upsample=mode)
-        slots = postprocess(outputs["masks"], outputs["scores"], settings, (256, 256))
+        slots = settings.slots(outputs["masks"], outputs["scores"], (256, 256))
         assert slots.shape == (4, 256, 256)
         evaluator = InstanceEvaluator(original_resolution=True, per_image=False)
         evaluator.setup(dm)
         evaluator.reset()
-
-        def post(out, image, size=None, pixel_area=1.0, settings=settings):
-            maps = postprocess(out["masks"], out["scores"], settings, size, pixel_area=pixel_area)
-            return [image_instances(s, sc) for s, sc in zip(maps, out["scores"], strict=True)]
-
-        evaluator.process(batch, outputs, post)
+        evaluator.process(batch, outputs, settings)
         sbd[mode] = float(evaluator.evaluate()["sbd"])
     assert all(0.85 < v < 1 for v in sbd.values()), sbd
     assert len(set(sbd.values())) > 1, "the modes draw different outlines"

@@ -72,7 +72,7 @@ def test_a_training_step_on_cuda(monkeypatch, exact_float32) -> None:
     # matching goes to the CPU and back by design), backward, the fused Adam step, inference and
     # post-processing: every tensor on the GPU, and inference as on the CPU.
     torch.manual_seed(0)
-    module = tiny_segmenter(preprocessor={"net": SMALL_FCN})
+    module = tiny_segmenter(preprocessor=SMALL_FCN)
     batch = tiny_batch(3)
     monkeypatch.setattr(kernels, "ENABLED", False)  # the CPU reference: PyTorch's kernels
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_a_training_step_on_cuda(monkeypatch, exact_float32) -> None:
     for key, value in out.items():
         assert value.device.type == DEVICE, key
         torch.testing.assert_close(value.cpu(), expected[key], atol=1e-3, rtol=1e-3)
-    instances = module.instances(out, batch["image"], size=(40, 48))
+    instances = module.postprocess(out, size=(40, 48))
     assert instances[0].labels.device.type == DEVICE and instances[0].labels.shape == (40, 48)
 
 
@@ -184,7 +184,7 @@ def test_predict_with_device_auto_uses_cuda(tmp_path: Path, monkeypatch) -> None
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
     )  # fmt: skip
     torch.manual_seed(0)
-    trainer.fit(tiny_segmenter(threshold=0.0), datamodule=tiny_data())
+    trainer.fit(tiny_segmenter(postprocess={"threshold": 0.0}), datamodule=tiny_data())
     ckpt = next((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
     images = tmp_path / "in"
     images.mkdir()

@@ -1,6 +1,6 @@
 """The non-finite guard (recattend/lit/nonfinite.py): a NaN or inf in a batch, a rollout, a loss
-or the gradients stops the run (or skips the batch) on every process together, with a checkpoint
-of the last finite state that resumes and initialises."""
+or the gradients stops the run on every process together, with a checkpoint of the last finite
+state that resumes and initialises."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 from recattend.callbacks import ProcessGroupTeardown
 from recattend.lit import SegmenterModule
-from recattend.lit.nonfinite import BatchNormSnapshot, NonFiniteGuard, nonfinite_flags
+from recattend.lit.nonfinite import NonFiniteGuard, nonfinite_flags
 from recattend.utils.checkpoint import load_weights
 from tests.helpers import ROOT, quiet_trainer, run_cli, tiny_batch, tiny_data, tiny_segmenter
 
@@ -216,49 +216,20 @@ def test_nonfinite_gradient_of_a_finite_loss_stops_before_the_optimiser_step(
     )
 
 
-def test_skip_leaves_the_state_counts_and_stops_after_max_skipped(tmp_path: Path, caplog) -> None:
-    torch.manual_seed(0)
-    record = Record()
-    module = tiny_segmenter(on_nonfinite="skip", max_skipped=2)
-    trainer = _trainer(tmp_path / "skip", 5, Poison({1, 3}), record)
-    trainer.fit(module, datamodule=tiny_data(16))
-    assert trainer.global_step == 5  # a skipped batch still counts as a step
-    assert module.nonfinite.skipped == 2 and module.nonfinite.in_a_row == 0
-    assert trainer.callback_metrics["train/skipped_batches"].item() == 2
-    assert "step 3: non-finite input pixels (the batch's image); also " in caplog.text
-    assert "batch skipped (1 in a row, 2 in all; module.on_nonfinite=skip" in caplog.text
-    # Weights, optimiser state and BatchNorm statistics unchanged by a skipped batch.
-    for step in (1, 3):
-        _assert_equal(record.before[step + 1], record.before[step], f"step {step}")
-    assert not (tmp_path / "skip" / "checkpoints" / "nonfinite-step1.ckpt").exists()
-
-    # Non-finite at every step from 1: steps 1 and 2 skipped, step 3 stops.
-    record = Record()
-    module = tiny_segmenter(on_nonfinite="skip", max_skipped=2)
-    trainer = _trainer(tmp_path / "stop", 6, Poison({1, 2, 3, 4, 5}), record)
-    with pytest.raises(FloatingPointError, match=r"at training step 3\. .*2 batches in a row"):
-        trainer.fit(module, datamodule=tiny_data(16))
-    path = tmp_path / "stop" / "checkpoints" / "nonfinite-step3.ckpt"
-    ckpt = _assert_last_finite_state(path, record.before[3], 3)
-    _assert_equal(ckpt["state_dict"], record.before[1]["state_dict"])  # as before the first skip
-    # The skip counts travel with the checkpoint, so a resumed run goes on counting.
-    assert ckpt["nonfinite"] == {"skipped": 2, "in_a_row": 2}
-    resumed = tiny_segmenter(on_nonfinite="skip", max_skipped=2)
-    resumed.on_load_checkpoint(ckpt)
-    assert (resumed.nonfinite.skipped, resumed.nonfinite.in_a_row) == (2, 2)
-
-
 def test_guard_without_a_trainer() -> None:
-    # Flags by kind; the BatchNorm snapshot restores in place; no trainer: raises, saves nothing.
+    # Flags by kind; no trainer: raises, saves nothing, and the BatchNorm statistics of the
+    # step are restored in place.
     flags = nonfinite_flags({"scores": torch.tensor([0.5, torch.inf]), "masks": None}, "cpu")
     assert flags.tolist() == [False, False, False, True, False, False, False]
     module = tiny_segmenter()
-    snapshot, norm = BatchNormSnapshot(), module.net.segmenter.box_net.cnn.norms[0][0]
-    snapshot.take(module)
+    norm = module.net.segmenter.box_net.cnn.norms[0][0]
+    guard = NonFiniteGuard()
+    guard.begin(module)
     expected = norm.running_mean.clone()
     norm.running_mean.fill_(NAN)
     norm.num_batches_tracked.add_(1)
-    snapshot.restore()
+    with pytest.raises(FloatingPointError, match=r"^non-finite predicted scores at training step"):
+        guard.check(module, flags)
     assert torch.equal(norm.running_mean, expected) and norm.num_batches_tracked.item() == 0
     module.train()
     batch = tiny_batch()
@@ -267,56 +238,28 @@ def test_guard_without_a_trainer() -> None:
         FloatingPointError, match=r"^non-finite input targets .* step 0\. .*No trainer"
     ):
         module.training_step(batch, 0)
-    with pytest.raises(ValueError, match="module.on_nonfinite='never'"):
-        NonFiniteGuard("never")
 
 
-class SaveOnEnd(L.Callback):
-    """Each rank saves its weights and step when training ends (``rank<r>.pt``)."""
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        state = {"step": trainer.global_step, "state_dict": pl_module.state_dict()}
-        torch.save(state, Path(self.folder) / f"rank{trainer.global_rank}.pt")
-
-
-def _fit_two_processes(folder: str, policy: str) -> None:
+def _fit_two_processes(folder: str) -> None:
     """A 2-process CPU DDP fit (ddp_spawn, gloo) where only rank 1's batch at step 1 has a NaN;
     run in a subprocess by the test below."""
     torch.manual_seed(0)
-    callbacks = [Poison({1}, rank=1), SaveOnEnd(folder), ProcessGroupTeardown()]
+    callbacks = [Poison({1}, rank=1), ProcessGroupTeardown()]
     trainer = quiet_trainer(Path(folder), 3, callbacks, devices=2, strategy="ddp_spawn")
-    trainer.fit(tiny_segmenter(on_nonfinite=policy), datamodule=tiny_data(16))
+    trainer.fit(tiny_segmenter(), datamodule=tiny_data(16))
 
 
-@pytest.mark.parametrize("policy", ["stop", "skip"])
-def test_nan_on_one_ddp_rank_stops_or_skips_every_rank_together(
-    tmp_path: Path, offline_env: dict[str, str], policy: str
+def test_nan_on_one_ddp_rank_stops_every_rank_together(
+    tmp_path: Path, offline_env: dict[str, str]
 ) -> None:
     code = (
         "from tests.lit.test_nonfinite import _fit_two_processes; "
-        f"_fit_two_processes({str(tmp_path)!r}, {policy!r})"
+        f"_fit_two_processes({str(tmp_path)!r})"
     )
     # A regression (one rank in the gradient all-reduce, one saving) hangs: the timeout fails it.
     result = run_cli(["-c", code], ROOT, {**offline_env, "OMP_NUM_THREADS": "1"}, timeout=150)
     output = result.stdout + result.stderr
     written = sorted(p.name for p in (tmp_path / "checkpoints").glob("nonfinite-*.ckpt"))
-    if policy == "skip":  # both ranks skipped the batch, trained on and agree
-        assert result.returncode == 0, output[-3000:]
-        assert written == [] and "step 1: non-finite input pixels" in output
-        assert "(on 1 of 2 processes); batch skipped (1 in a row, 1 in all" in output
-        ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-        assert ranks[0]["step"] == ranks[1]["step"] == 3
-        _assert_finite(ranks[0])
-        # The same weights (BatchNorm statistics differ: each rank's last batch updates its own).
-        weights = [
-            {k: v for k, v in r["state_dict"].items() if "running" not in k and "batches" not in k}
-            for r in ranks
-        ]
-        _assert_equal(weights[1], weights[0])
-        return
     assert result.returncode != 0
     assert "FloatingPointError: non-finite input pixels (the batch's image); also " in output
     assert "(on 1 of 2 processes) at training step 1. Likely cause: bad input data" in output

@@ -159,7 +159,7 @@ def test_unknown_skip_source_is_refused(source) -> None:
 
 
 def test_checkpoint_with_named_sources_loads(tmp_path) -> None:
-    from recattend.models.network import load_preprocessor
+    from recattend.lit import load_preprocessor
 
     config = {"decoder_skip_sources": [None, 3, None, 1, None, "x"]}
     net = Preprocessor(**config)
@@ -171,8 +171,8 @@ def test_checkpoint_with_named_sources_loads(tmp_path) -> None:
         },
         path,
     )
-    loaded, loaded_config = load_preprocessor(path)  # weights_only=True
-    assert loaded.skip_sources == net.skip_sources and loaded_config == config
+    loaded = load_preprocessor(path)  # weights_only=True
+    assert loaded.skip_sources == net.skip_sources and loaded.settings == net.settings
 
 
 def test_resolution_not_divisible_by_the_stride_names_the_key() -> None:

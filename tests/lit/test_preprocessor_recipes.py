@@ -86,7 +86,7 @@ def _default_rule_net(compose_train, recipe: str) -> Preprocessor:
     """The recipe's network with its skip sources left to the default rule."""
     cfg = compose_train(f"experiment={recipe}_preprocessor")
     kwargs = OmegaConf.to_container(cfg.module.net, resolve=True)
-    del kwargs["decoder_skip_sources"]
+    del kwargs["decoder_skip_sources"], kwargs["_target_"]
     return Preprocessor(**kwargs)
 
 

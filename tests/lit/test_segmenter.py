@@ -35,15 +35,15 @@ def _full_graph_loss(module: SegmenterModule, batch: dict) -> torch.Tensor:
 
 @pytest.mark.parametrize("parallel_backward", [False, True], ids=["one-backward", "parallel"])
 @pytest.mark.parametrize(
-    "checkpoint_steps", [True, "full_resolution", False], ids=["steps", "full-res", "all-graphs"]
+    "recompute", [True, "full_resolution", False], ids=["steps", "full-res", "all-graphs"]
 )
 def test_training_step_gives_the_full_graph_gradient_and_one_bn_update(
-    monkeypatch, two_threads, checkpoint_steps: bool | str, parallel_backward: bool
+    monkeypatch, two_threads, recompute: bool | str, parallel_backward: bool
 ) -> None:
     torch.manual_seed(0)
     batch = tiny_batch()
     monkeypatch.setattr(step_backward, "ENABLED", parallel_backward)
-    module = tiny_segmenter(checkpoint_steps=checkpoint_steps)
+    module = tiny_segmenter(recompute=recompute)
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
     monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
     module.train()
@@ -74,14 +74,12 @@ def test_training_step_gives_the_full_graph_gradient_and_one_bn_update(
 
 
 @pytest.mark.parametrize(
-    ("checkpoint_steps", "kept"), [(False, True), ("full_resolution", False), (True, False)]
+    ("recompute", "kept"), [(False, True), ("full_resolution", False), (True, False)]
 )
-def test_what_the_forward_pass_keeps_for_backward(checkpoint_steps: bool | str, kept: bool) -> None:
+def test_what_the_forward_pass_keeps_for_backward(recompute: bool | str, kept: bool) -> None:
     # The box CNN's first layer (8 channels here, unlike any other full-resolution tensor) is the
     # only layer at the input resolution: only without recomputation are its activations saved.
-    module = tiny_segmenter(
-        segmenter={"box_channels": [8, 4, 8]}, checkpoint_steps=checkpoint_steps
-    )
+    module = tiny_segmenter(segmenter={"box_channels": [8, 4, 8]}, recompute=recompute)
     module.log = module.log_dict = lambda *a, **k: None
     assert module.net.segmenter.box_net.cnn.full_resolution_layers == 1
     saved = []
@@ -95,13 +93,13 @@ def test_what_the_forward_pass_keeps_for_backward(checkpoint_steps: bool | str, 
     assert ((3, 8, 32, 32) in saved) is kept
 
 
-def test_full_resolution_layers_and_bad_checkpoint_steps() -> None:
+def test_full_resolution_layers_and_bad_recompute() -> None:
     from recattend.models.timestep import TimestepConvStack
 
     for pools, layers in [([1, 2, 1, 2], 2), ([2, 2], 1), ([1, 1], 2)]:
         assert TimestepConvStack(4, [8] * len(pools), pools, 1).full_resolution_layers == layers
-    with pytest.raises(ValueError, match="checkpoint_steps='some'.*full_resolution"):
-        tiny_segmenter(checkpoint_steps="some")
+    with pytest.raises(ValueError, match="recompute='some'.*full_resolution"):
+        tiny_segmenter(recompute="some")
 
 
 @pytest.mark.parametrize(
@@ -116,7 +114,7 @@ def test_parallel_backward_matches_one_backward(monkeypatch, two_threads, varian
     if variant == "no-box-net":
         net["box_network"] = False
     if variant == "finetuned-preprocessor":
-        extra["preprocessor"] = {"net": SMALL_FCN, "finetune": True}
+        extra["preprocessor"], extra["network"] = SMALL_FCN, {"finetune": True}
     if variant == "coordinate-box-iou":
         extra["box_iou"] = "coordinates"
     batch, results = tiny_batch(), []
@@ -217,7 +215,7 @@ def test_the_box_iou_and_the_jitter_reach_the_losses_and_teacher_forcing(monkeyp
 
 def test_loggers_record_the_networks_settings_too() -> None:
     # Loggers read hparams_initial: the network's settings must be in it, as in checkpoints.
-    module = tiny_segmenter(max_instances=2, threshold=0.4)
+    module = tiny_segmenter(max_instances=2, postprocess={"threshold": 0.4})
     assert module.hparams_initial["net"] == module.hparams["net"] == module.net.settings
     assert module.hparams_initial["net"]["max_instances"] == 2
-    assert module.hparams_initial["threshold"] == 0.4
+    assert module.hparams_initial["postprocess"]["threshold"] == 0.4

@@ -38,13 +38,7 @@ from recattend.losses import (
 from recattend.metrics import CityscapesAP, instance_metrics
 from recattend.models import SegmenterNetwork
 from recattend.models.preprocessor import Preprocessor, foreground_probability
-from recattend.postprocess import (
-    PostProcess,
-    image_instances,
-    label_map,
-    majority_class,
-    postprocess,
-)
+from recattend.postprocess import PostProcess, image_instances, majority_class
 from tests.helpers import SMALL_FCN, tiny_batch, tiny_data, tiny_network, tiny_segmenter
 
 META = torch.device("meta")
@@ -72,7 +66,7 @@ def assert_on(tensors, device: torch.device, dtype: torch.dtype | None = None) -
 def _network(**segmenter) -> SegmenterNetwork:
     """The tiny segmenter reading the image and a small FCN's 9 maps (rebuilt from its settings)."""
     torch.manual_seed(0)
-    return tiny_network(segmenter=segmenter, preprocessor={"net": SMALL_FCN})
+    return tiny_network(segmenter=segmenter, preprocessor=SMALL_FCN)
 
 
 def _as(batch: dict, dtype: torch.dtype) -> dict:
@@ -116,13 +110,13 @@ def test_the_preprocessor_runs_on_meta(num_classes: int) -> None:
     assert_on(out, META, torch.float32)
     assert_on(fcn.features(image), META, torch.float32)
     assert_on(foreground_probability(out), META, torch.float32)
-    # And as the segmenter's input and the post-processing's maps.
-    net = tiny_network(preprocessor={"net": {**SMALL_FCN, "num_classes": num_classes}}).to(META)
+    # And as the segmenter's input and the post-processing's maps in its outputs.
+    net = tiny_network(preprocessor={**SMALL_FCN, "num_classes": num_classes}).to(META)
     assert net.inputs(image).shape == (2, 3 + fcn.feature_channels(), 32, 32)
-    probability, semantic = net.postprocess_maps(image, (40, 48), foreground=True)
-    assert_on([probability, semantic], META)
-    assert probability.shape == (2, 40, 48) and probability.dtype == torch.float32
-    assert (semantic is None) == (num_classes == 0)
+    out = net.eval().predict(image, threshold=0.0)
+    assert_on(out, META)
+    assert out["foreground"].shape == (2, 32, 32) and out["foreground"].dtype == torch.float32
+    assert ("semantic" in out) == (num_classes > 0)
 
 
 def test_the_losses_run_on_meta_but_the_matching() -> None:
@@ -160,7 +154,7 @@ def test_a_training_step_creates_no_tensor_on_the_default_device(stage: str, box
     # The module's rollout with teacher forcing of boxes and masks at every step, the joint loss
     # (or the box stage's) with its matching, and the backward pass.
     torch.manual_seed(0)
-    module = tiny_segmenter(preprocessor={"net": SMALL_FCN}, box_iou=box_iou)
+    module = tiny_segmenter(preprocessor=SMALL_FCN, box_iou=box_iou)
     module.log = module.log_dict = lambda *a, **k: None
     module.stage = stage
     steps = module.net.steps
@@ -216,21 +210,23 @@ def test_the_postprocessing_creates_no_tensor_on_the_default_device(dtype) -> No
     foreground = torch.ones(2, 24, 24, dtype=dtype)
     semantic = torch.randint(0, 3, (24, 24))
     pixel_area = torch.tensor([1.5, 2.0])
+    # The pre-processor's maps as the network gives them, at network resolution.
+    maps = {"foreground": torch.ones(2, 16, 16, dtype=dtype)}
+    maps["semantic"] = torch.rand(2, 3, 16, 16, dtype=dtype).softmax(1)
     with torch.device(META):
-        slots = postprocess(
-            out["masks"], out["scores"], every_step, (24, 24), foreground, pixel_area
-        )
-        labels = label_map(out["masks"], out["scores"], every_step, (24, 24), foreground)
+        slots = every_step.slots(out["masks"], out["scores"], (24, 24), foreground, pixel_area)
+        results = every_step({**out, **maps}, (24, 24), pixel_area)
         instances = image_instances(slots[0], out["scores"][0])
         classes = majority_class(instances.labels, semantic)
-    assert_on([slots, labels, list(instances), classes], torch.device("cpu"))
-    assert slots.dtype == labels.dtype == torch.int64
-    assert instances.scores.dtype == dtype and int(labels.max()) == 2
+    assert_on([slots, list(instances), classes], torch.device("cpu"))
+    assert_on([list(result) for result in results], torch.device("cpu"))
+    assert slots.dtype == results[0].labels.dtype == torch.int64
+    assert instances.scores.dtype == dtype and int(results[0].labels.max()) == 2
 
 
 def test_the_metrics_create_no_tensor_on_the_default_device() -> None:
     out = _outputs()
-    pred = label_map(out["masks"], out["scores"])
+    pred = torch.stack([result.labels for result in PostProcess()(out)])
     target = torch.zeros_like(pred)
     target[:, 2:8, 2:8], target[:, 10:15, 10:15] = 1, 2
     metrics = instance_metrics()
@@ -258,7 +254,7 @@ def test_a_training_step_in_float64(stage: str, monkeypatch) -> None:
     # model.double() and a float64 batch: every step output, every gradient and the inference
     # outputs stay float64 (a hard-coded float32 tensor would promote or fail).
     torch.manual_seed(0)
-    module = tiny_segmenter(preprocessor={"net": SMALL_FCN}).double()
+    module = tiny_segmenter(preprocessor=SMALL_FCN).double()
     module.log = module.log_dict = lambda *a, **k: None
     module.stage = stage
     steps = module.net.steps
@@ -290,7 +286,7 @@ def test_a_training_step_in_float64(stage: str, monkeypatch) -> None:
     with torch.no_grad():
         out = module(batch["image"])
     assert_on(out, torch.device("cpu"), torch.float64)
-    instances = module.instances(out, batch["image"])
+    instances = module.postprocess(out)
     assert instances[0].scores.dtype == torch.float64
 
 
@@ -301,8 +297,7 @@ def test_inference_in_the_model_dtype(dtype: torch.dtype) -> None:
     image = torch.rand(2, 3, 32, 32, dtype=dtype)
     for threshold in (0.0, 0.5):
         assert_on(net.predict(image, threshold=threshold), torch.device("cpu"), dtype)
-    probability, _ = net.postprocess_maps(image, (40, 48), foreground=True)
-    assert probability.dtype == dtype
+    assert net.predict(image, threshold=0.0)["foreground"].dtype == dtype
 
 
 def test_the_losses_in_float64() -> None:

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from recattend.lit import PreprocessorModule, SegmenterModule
+from recattend.lit import PreprocessorModule, SegmenterModule, load_preprocessor
 from recattend.utils.checkpoint import load_weights
 from tests.helpers import SMALL_FCN, tiny_batch, tiny_data, tiny_network, tiny_segmenter
 
@@ -23,8 +23,9 @@ def _preprocessor_ckpt(tmp_path: Path, angles: bool = True) -> Path:
     return next((tmp_path / "checkpoints").glob("*.ckpt"))
 
 
-def _segmenter(**preprocessor) -> SegmenterModule:
-    return tiny_segmenter(preprocessor=preprocessor)
+def _segmenter(ckpt: Path | None = None, **network) -> SegmenterModule:
+    """The tiny segmenter reading the pre-processor of ``ckpt`` (None: raw pixels)."""
+    return tiny_segmenter(preprocessor=load_preprocessor(ckpt), network=network)
 
 
 def _first_conv_inputs(module: SegmenterModule) -> int:
@@ -34,16 +35,11 @@ def _first_conv_inputs(module: SegmenterModule) -> int:
 def test_checkpoint_adds_nine_channels_or_one_without_angles(tmp_path: Path) -> None:
     ckpt = _preprocessor_ckpt(tmp_path)
     assert _first_conv_inputs(_segmenter()) == 3 + 1
-    full = _segmenter(ckpt_path=str(ckpt))
+    full = _segmenter(ckpt)
     assert _first_conv_inputs(full) == 3 + 9 + 1
-    assert _first_conv_inputs(_segmenter(ckpt_path=str(ckpt), enabled=False)) == 3 + 1
     # no_angle reads an FCN trained without angles, never an angle-trained one cut down.
     with pytest.raises(ValueError, match="needs a pre-processor trained without angles"):
-        _segmenter(ckpt_path=str(ckpt), angles=False)
-    # A segmenter checkpoint saved before that rule (an angle FCN, its angle maps dropped) still
-    # rebuilds from its own stored network: 3 + 1 channels.
-    net = {**SMALL_FCN, "angles": True}
-    assert _first_conv_inputs(_segmenter(net=net, angles=False)) == 3 + 1 + 1
+        _segmenter(ckpt, angles=False)
     x = full.net.inputs(tiny_batch(2)["image"])
     assert x.shape == (2, 12, 32, 32)
     # Foreground probability, then 8 angle probabilities summing to one.
@@ -59,7 +55,7 @@ def test_frozen_by_default_fine_tunable_by_flag(monkeypatch, tmp_path: Path) -> 
     ckpt = _preprocessor_ckpt(tmp_path)
     batch = tiny_batch(2)
     for finetune in (False, True):
-        module = _segmenter(ckpt_path=str(ckpt), finetune=finetune)
+        module = _segmenter(ckpt, finetune=finetune)
         monkeypatch.setattr(module, "log", lambda *a, **k: None)
         monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
         module.train()
@@ -79,7 +75,7 @@ def test_segmenter_checkpoint_rebuilds_without_the_preprocessor_file(tmp_path: P
         default_root_dir=tmp_path / "seg", max_steps=1, accelerator="cpu", logger=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
     )  # fmt: skip
-    module = _segmenter(ckpt_path=str(ckpt))
+    module = _segmenter(ckpt)
     trainer.fit(module, datamodule=tiny_data())
     ckpt.unlink()  # e.g. evaluated on another machine
     saved = next((tmp_path / "seg" / "checkpoints").glob("*.ckpt"))
@@ -92,25 +88,30 @@ def test_segmenter_checkpoint_rebuilds_without_the_preprocessor_file(tmp_path: P
 
 def test_missing_or_mismatched_checkpoints_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="model.preprocessor.ckpt_path=.*nope.ckpt"):
-        _segmenter(ckpt_path=str(tmp_path / "nope.ckpt"))
+        _segmenter(tmp_path / "nope.ckpt")
     no_angles = _preprocessor_ckpt(tmp_path / "fg", angles=False)
     with pytest.raises(ValueError, match="has no angle head.*expects its 9 channels.*no_angle"):
-        _segmenter(ckpt_path=str(no_angles))
-    assert _first_conv_inputs(_segmenter(ckpt_path=str(no_angles), angles=False)) == 3 + 1 + 1
+        _segmenter(no_angles)
+    assert _first_conv_inputs(_segmenter(no_angles, angles=False)) == 3 + 1 + 1
     segmenter_run = tmp_path / "seg.ckpt"
     torch.save({"state_dict": {"model.x": torch.zeros(1)}, "hyper_parameters": {}}, segmenter_run)
     with pytest.raises(ValueError, match="is not a pre-processor checkpoint"):
-        _segmenter(ckpt_path=str(segmenter_run))
+        _segmenter(segmenter_run)
 
 
-def test_a_stored_default_architecture_rebuilds_without_the_file() -> None:
-    # An FCN built with every default is stored as net: {} (falsy, but an architecture): the
-    # segmenter's checkpoint must rebuild it, not look for the moved file.
-    from recattend.models import Preprocessor
+def test_the_settings_rebuild_the_network_with_its_preprocessor() -> None:
+    # The pre-processor's architecture is stored in the segmenter's settings: from them the
+    # same network (the same entries, the same channels) is built, no file read.
+    from recattend.models import Preprocessor, SegmenterNetwork
 
-    net = tiny_network(preprocessor={"net": {}, "ckpt_path": "/moved/away.ckpt"})
-    assert isinstance(net.preprocessor, Preprocessor)
-    assert net.settings["preprocessor"]["net"] == {}
+    net = tiny_network(preprocessor=Preprocessor(), finetune=True)
+    assert net.settings["preprocessor"] == Preprocessor().settings
+    rebuilt = SegmenterNetwork.from_settings(net.settings)
+    assert isinstance(rebuilt.preprocessor, Preprocessor) and rebuilt.finetune
+    assert rebuilt.state_dict().keys() == net.state_dict().keys()
+    assert rebuilt.settings == net.settings
+    # Raw pixels are stored as no pre-processor.
+    assert SegmenterNetwork.from_settings(tiny_network().settings).preprocessor is None
 
 
 def test_weights_from_another_resolution_fit_with_the_attention_resampled(tmp_path: Path) -> None:

@@ -12,12 +12,12 @@ import torch
 from omegaconf import OmegaConf
 
 from recattend import pretrained
-from recattend.lit import SegmenterModule
-from recattend.pretrained.export import main as export
-from recattend.pretrained.export import validation_statistics
+from recattend.lit import SegmenterModule, load_module
 from recattend.tasks import demo, train
 from recattend.tasks import eval as eval_task
-from recattend.utils.checkpoint import load_module, load_weights, read_checkpoint
+from recattend.tasks.ship_weights import main as export
+from recattend.tasks.ship_weights import validation_statistics
+from recattend.utils.checkpoint import load_weights, read_checkpoint
 from tests.helpers import ROOT, TINY
 
 DATA = [o for o in TINY if o.startswith("dataset.")]

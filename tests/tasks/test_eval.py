@@ -46,22 +46,21 @@ def test_eval_scores_a_trained_checkpoint(compose_train, tmp_path: Path, capsys)
     with pytest.raises(ValueError, match=r"dataset\.max_instances=5 \(checkpoint: 3\)"):
         eval_task.run(wrong)
 
-    # evaluate.* replaces the checkpoint's evaluation settings: threshold 1 leaves no pixel (every
-    # processed value is <= 1), so every image predicts nothing and scores SBD 0.
+    # postprocess.* replaces the checkpoint's settings one by one: threshold 1 leaves no pixel
+    # (every processed value is <= 1), so every image predicts nothing and scores SBD 0.
     strict = compose_train(
-        *data, f"ckpt_path={ckpt}", "trainer.accelerator=cpu", "evaluate.threshold=1.0",
-        "evaluate.stop_rule=first_below", "evaluate.postprocess.blur=false", config_name="eval",
+        *data, f"ckpt_path={ckpt}", "trainer.accelerator=cpu", "postprocess.threshold=1.0",
+        "postprocess.stop_rule=first_below", "postprocess.blur=false", config_name="eval",
     )  # fmt: skip
     assert eval_task.run(strict)["test/sbd"] == 0.0
     rows = list(csv.DictReader((tmp_path / "per_image.csv").open()))
     assert len(rows) == 4 and all(int(row["pred_count"]) == 0 for row in rows)
     # Anything else is an error naming the allowed keys, before any evaluation.
     for override, message in (
-        ("+evaluate.lr=0.1", "evaluate.lr: not an evaluation setting; evaluate overrides only "
-         "threshold, stop_rule, stop_score, postprocess"),
-        ("+evaluate.postprocess.blurr=true", "evaluate.postprocess.blurr: not a post-processing "
-         "switch; the switches are blur, dilate, foreground, foreground_threshold, min_size"),
-        ("evaluate.stop_rule=paper", "stop_rule='paper' is not one of weighted, first_below"),
+        ("+postprocess.blurr=true", "postprocess.blurr: not a post-processing setting; the "
+         "settings are threshold, stop_rule, stop_score, upsample, blur, dilate, foreground, "
+         "foreground_threshold, min_size"),
+        ("postprocess.stop_rule=paper", "stop_rule='paper' is not one of weighted, first_below"),
     ):  # fmt: skip
         bad = compose_train(*data, f"ckpt_path={ckpt}", override, config_name="eval")
         with pytest.raises(ValueError, match=re.escape(message)):
@@ -155,10 +154,12 @@ def test_cityscapes_test_split_gets_classes_postprocessing_and_ap(tmp_path: Path
         PreprocessorModule(image_size=[32, 64], net={**SMALL_FCN, "num_classes": 8}), data
     )
     fcn = next((tmp_path / "fcn" / "checkpoints").glob("*.ckpt"))
+    from recattend.lit import load_preprocessor
+
     segmenter = tiny_segmenter(
-        max_instances=6, image_size=[32, 64], threshold=0.0,
-        preprocessor={"ckpt_path": str(fcn), "angles": True},
-        postprocess={"foreground": True, "min_size": 10},
+        max_instances=6, image_size=[32, 64],
+        preprocessor=load_preprocessor(fcn),
+        postprocess={"threshold": 0.0, "foreground": True, "min_size": 10},
     )  # fmt: skip
     convs = segmenter.net.segmenter.box_net.cnn.convs
     assert convs[0].in_channels == 3 + 9 + 8 + 1  # 9 classes, 8 angles, the canvas
@@ -188,8 +189,7 @@ def test_cityscapes_test_split_gets_classes_postprocessing_and_ap(tmp_path: Path
 def test_a_checkpoint_of_another_module_names_the_mismatching_settings(tmp_path: Path) -> None:
     import lightning as L
 
-    from recattend.lit import PreprocessorModule, SegmenterModule
-    from recattend.utils.checkpoint import load_module
+    from recattend.lit import PreprocessorModule, SegmenterModule, load_module
     from tests.helpers import tiny_data
 
     trainer = L.Trainer(
@@ -201,26 +201,31 @@ def test_a_checkpoint_of_another_module_names_the_mismatching_settings(tmp_path:
     with pytest.raises(ValueError, match=r"not hold a PreprocessorModule.*'lambda_box'"):
         load_module(PreprocessorModule, ckpt)
     assert isinstance(load_module(SegmenterModule, ckpt), SegmenterModule)
-    # Evaluation settings over the checkpoint's reach the module and its saved hyper-parameters.
-    module = load_module(SegmenterModule, ckpt, {"stop_rule": "first_below", "threshold": 0.5})
-    assert module.postprocessing.stop_rule == "first_below" and module.hparams.threshold == 0.5
+    # Post-processing over the checkpoint's reaches the module and its saved hyper-parameters.
+    settings = {"postprocess": {"stop_rule": "first_below", "threshold": 0.5}}
+    module = load_module(SegmenterModule, ckpt, settings)
+    assert module.postprocess.stop_rule == "first_below"
+    assert module.hparams.postprocess["threshold"] == 0.5
 
 
-def test_evaluate_merges_the_switches_over_the_checkpoints() -> None:
-    saved = {"threshold": 0.3, "postprocess": {"dilate": 5, "foreground": True}}
-    evaluate = {
-        "threshold": None,
-        "stop_rule": "first_below",
-        "stop_score": None,
-        "postprocess": {"blur": False, "dilate": None, "min_size": None},
-    }
-    # Null keeps the checkpoint's value; the switches merge one by one (KITTI keeps its dilation).
-    assert eval_task.evaluation_overrides(evaluate, saved) == {
-        "stop_rule": "first_below",
-        "postprocess": {"dilate": 5, "foreground": True, "blur": False},
-    }
-    assert eval_task.evaluation_overrides(None, saved) == {}
-    assert eval_task.evaluation_overrides({"postprocess": {"blur": None}}, saved) == {}
+def test_postprocess_overrides_merge_over_the_checkpoints_settings() -> None:
+    from recattend.utils.config import postprocess_overrides
+
+    saved = {"postprocess": {"threshold": 0.3, "dilate": 5, "foreground": True}}
+    node = {"threshold": None, "stop_rule": "first_below", "blur": False, "min_size": None}
+    # Null keeps the checkpoint's value; the rest replace it one by one (KITTI keeps its
+    # dilation), and the defaults fill what the checkpoint does not say.
+    assert postprocess_overrides(node, saved) == {
+        "postprocess": {
+            "threshold": 0.3, "stop_rule": "first_below", "stop_score": 0.5,
+            "upsample": "bilinear", "blur": False, "dilate": 5, "foreground": True,
+            "foreground_threshold": 0.3, "min_size": 0,
+        }
+    }  # fmt: skip
+    assert postprocess_overrides(None, saved) == {}
+    assert postprocess_overrides({"blur": None}, saved) == {}
+    with pytest.raises(ValueError, match=r"postprocess\.dilate=4|dilate=4 must be odd"):
+        postprocess_overrides({"dilate": 4}, saved)
 
 
 def test_test_split_at_network_resolution_runs_the_switches() -> None:
@@ -246,9 +251,9 @@ def test_test_split_at_network_resolution_runs_the_switches() -> None:
     }
 
     def predicted(**settings) -> int:
-        module = tiny_segmenter(**settings)
+        module = tiny_segmenter(postprocess=settings)
         evaluator = InstanceEvaluator(original_resolution=False, per_image=True)
-        evaluator.process(batch, outputs, module.instances)  # the network's outputs, by hand
+        evaluator.process(batch, outputs, module.postprocess)  # the network's outputs, by hand
         return evaluator.rows[0]["pred_count"]
 
     # weighted keeps all three; first_below stops at s_1 = 0.4 < 0.5 and keeps one.
@@ -258,8 +263,8 @@ def test_test_split_at_network_resolution_runs_the_switches() -> None:
     assert predicted(threshold=0.85) == 1
     # min_size 64 drops every 8 x 8 = 64-pixel square once the blur is off (the blur would move
     # their edges), 63 keeps them all.
-    assert predicted(postprocess={"blur": False, "min_size": 64}) == 0
-    assert predicted(postprocess={"blur": False, "min_size": 63}) == 3
+    assert predicted(blur=False, min_size=64) == 0
+    assert predicted(blur=False, min_size=63) == 3
 
 
 def test_eval_refuses_files_that_are_not_checkpoints(compose_train, tmp_path: Path) -> None:

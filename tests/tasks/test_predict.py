@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     torch.manual_seed(0)
     # threshold 0: every pixel goes to some instance, so the outputs are never trivially empty.
-    module = tiny_segmenter(threshold=0.0)
+    module = tiny_segmenter(postprocess={"threshold": 0.0})
     trainer.fit(module, datamodule=tiny_data())
     return next((folder / "checkpoints").glob("*.ckpt"))
 
@@ -316,8 +316,10 @@ def test_predict_feeds_16_bit_images_scaled_not_clipped(
     Image.fromarray(v8).save(folder / "grey8.png")
     Image.fromarray(v8.astype(np.uint16) * 257).save(folder / "grey16.png")
     seen = []
-    real = predict.network_input
-    monkeypatch.setattr(predict, "network_input", lambda *a: seen.append(real(*a)) or seen[-1])
+    import recattend.api as api  # predict.py reads images through the Python API
+
+    real = api.network_input
+    monkeypatch.setattr(api, "network_input", lambda *a: seen.append(real(*a)) or seen[-1])
     out = tmp_path / "out"
     cfg = _compose(
         f"ckpt_path='{checkpoint}'", f"input={folder}", f"output={out}", "progress=false",
@@ -416,7 +418,7 @@ def test_predict_refuses_checkpoints_that_are_not_a_segmenters(
     text.write_text("not a checkpoint\n")
     for ckpt, message in (
         (fcn, r"does not hold a SegmenterModule: it holds a PreprocessorModule \(.*\); "
-         r"predict\.py needs a segmenter checkpoint \(module=segmenter run\)"),
+         r"ckpt_path must name a segmenter checkpoint \(a module=segmenter run\)"),
         (text, r"notes\.ckpt is not a recattend/Lightning checkpoint \(not written by torch\.save"),
     ):  # fmt: skip
         out = tmp_path / f"out-{ckpt.stem}"
@@ -453,7 +455,7 @@ def test_validation_statistics_survive_the_checkpoint_round_trip(checkpoint: Pat
     assert {"foreground_fraction.std", "instances.mean", "mean_score.mean"} <= set(saved)
     assert saved["image_area.mean"] == 32 * 32  # generated at the network's resolution
     # Resuming restores them, and the next checkpoint saves them again.
-    module = tiny_segmenter(threshold=0.0)
+    module = tiny_segmenter(postprocess={"threshold": 0.0})
     assert module.output_statistics is None
     blank: dict = {}
     module.on_save_checkpoint(blank)
@@ -527,7 +529,7 @@ def test_outputs_far_from_the_validation_statistics_are_warned_about(
     with torch.no_grad():  # the white image's mean score, as predict computes it
         module = SegmenterModule.load_from_checkpoint(narrow).eval()
         x = torch.ones(1, 3, 32, 32)
-        score = float(module.instances(module(x), x)[0].scores.mean())
+        score = float(module.postprocess(module(x))[0].scores.mean())
     # Among its reasons (a flat white image has no rosette's colours or texture either).
     assert f"mean score {score:.2f} vs 0.90±0.01" in _unlike(out)["white.png"].split("; ")
     [warning] = [r.getMessage() for r in caplog.records if "look unlike" in r.getMessage()]

@@ -139,9 +139,11 @@ def test_previous_wandb_id_is_the_newest_run(tmp_path: Path) -> None:
 
 
 def test_final_metrics_table_figures_and_checkpoint_artifact_in_the_wandb_run(
-    compose_train, tmp_path: Path
+    compose_train, tmp_path: Path, offline_env: dict[str, str]
 ) -> None:
-    cfg = compose_train(*TINY, "logger=wandb", "logger.wandb.log_model=true")
+    cfg = compose_train(
+        *TINY, "logger=wandb", "logger.wandb.log_model=true", "logger.wandb.log_predictions=3"
+    )
     train.run(cfg)
     run = next((tmp_path / "wandb").glob("offline-run-*"))
     tables = list(run.glob("files/media/table/metrics_table_*.table.json"))
@@ -156,6 +158,25 @@ def test_final_metrics_table_figures_and_checkpoint_artifact_in_the_wandb_run(
     # log_model=true offline: the checkpoint is recorded as a model artifact for `wandb sync`.
     record = next(run.glob("*.wandb")).read_bytes()
     assert f"model-{run.name.rsplit('-', 1)[1]}".encode() in record
+    # log_predictions=3: the first 3 test images in a table, scored as per_image.csv scores them;
+    # the artifact test_predictions holds the table with its pictures (an offline run's logged
+    # table keeps only their type) and per_image.csv.
+    [predictions] = run.glob("files/media/table/test/predictions_*.table.json")
+    columns = ["id", "image", "overlay", "sbd", "abs_dic", "count"]
+    staged = Path(offline_env["WANDB_DATA_DIR"]) / "artifacts" / "staging"
+    tables = [json.loads(p.read_text()) for p in staged.iterdir() if p.read_bytes()[:1] == b"{"]
+    artifact = next(t for t in tables if t.get("columns") == columns)  # W&B stages copies
+    assert json.loads(predictions.read_text())["columns"] == columns
+    assert len(artifact["data"]) == 3
+    rows = {r["id"]: r for r in csv.DictReader((tmp_path / "per_image.csv").open())}
+    for image_id, image, shown, sbd, abs_dic, count in artifact["data"]:
+        assert image["_type"] == shown["_type"] == "image-file"
+        assert (image["width"], shown["width"]) == (32, 32)
+        row = rows[image_id]
+        assert sbd == pytest.approx(float(row["sbd"]))
+        assert count == int(row["pred_count"])
+        assert abs_dic == abs(int(row["pred_count"]) - int(row["gt_count"]))
+    assert b"test_predictions" in record and b"per_image.csv" in record
 
 
 @pytest.mark.slow
@@ -326,9 +347,9 @@ def test_compile_keeps_the_eager_results_and_checkpoint_names(tmp_path: Path) ->
     # Training steps recomputing the box CNN's full-resolution layers (the default: they run
     # eagerly inside the compiled step) and whole steps (the recomputation must run the compiled
     # graph of the first pass), giving the eager loss, gradients and BatchNorm statistics.
-    for checkpoint_steps in ("full_resolution", True):
+    for recompute in ("full_resolution", True):
         for module in (eager, compiled):
-            module.hparams.checkpoint_steps = checkpoint_steps
+            module.hparams.recompute = recompute
             module.log = module.log_dict = lambda *a, **k: None
             module.zero_grad()
             module.train().training_step(batch, 0).backward()

@@ -10,9 +10,8 @@ import lightning as L
 import pytest
 import torch
 
-from recattend.lit import SegmenterModule
+from recattend.lit import SegmenterModule, load_module
 from recattend.utils.checkpoint import (
-    load_module,
     load_weights,
     read_checkpoint,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recattend.callbacks.teacher_forcing import (
+from recattend.lit.rollout import (
     BOX_PAD_RATIO,
     BOX_SHIFT,
     MASK_NOISE,

@@ -1,5 +1,8 @@
-"""Teacher forcing during a training rollout (paper 2.6): which ground truth is fed back, when,
-and with what noise.
+"""The training rollout (paper 2.6): T steps of the segmenter with teacher forcing, which ground
+truth is fed back, when, and with what noise.
+
+:func:`rollout` runs the T steps of a training batch: each step locates its box, segments (in the
+``full`` stage) and writes its mask, or the fed ground truth, on the canvas (eq. 1).
 
 At each timestep t two independent Bernoulli switches per image decide whether the segmentation
 network reads its patch from a ground-truth box (the box "knob") and whether the canvas receives a
@@ -7,7 +10,12 @@ ground-truth mask instead of the prediction (the mask "knob"). How often they fi
 outside: :class:`~recattend.callbacks.sampling.ScheduledSampling` sets
 :attr:`TeacherForcing.probabilities` before every training batch, and the bootstrap ``box`` stage
 (:class:`~recattend.callbacks.bootstrap.BootstrapStages`) always feeds ground-truth masks and
-never boxes.
+never boxes. The module's ``teacher_forcing`` setting decides how the schedule is used in the
+``full`` stage: ``scheduled`` (the paper's scheduled sampling) follows it; ``ground_truth`` (the
+paper's "no scheduled sampling" ablation, Table 4 and section 4.1: "at training time, always use
+the maximally overlapped ground-truth") feeds the ground-truth mask at every step and timestep,
+so the model reads its own masks only at test time, boxes still by the schedule; ``predictions``
+(not in the paper, the opposite extreme) never feeds ground truth.
 
 What is fed is the maximally overlapping instance: the slot whose padded ground-truth box has the
 highest box IoU with the predicted box, chosen with replacement among all T slots, so the model
@@ -25,19 +33,24 @@ the minimum (3x less for one as small as the minimum padding).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from recattend.losses import box_iou, pad_boxes
+from recattend import ops
+from recattend.losses import box_iou, pad_boxes, padded_gt_boxes, supervised_counts
 from recattend.models.filterbank import box_edges_to_center_size
-from recattend.models.segmenter import BoxState, RecurrentSegmenter
+from recattend.models.network import SegmenterNetwork
+from recattend.models.segmenter import BoxState, RecurrentSegmenter, StepOutput
+from recattend.models.timestep import TimestepConvStack, TimestepDeconvStack
 
 MASK_NOISE = 0.3  # fed masks are y* (1 - U(0, MASK_NOISE))
 BOX_PAD_RATIO = (0.1, 0.3)  # fed boxes are padded by U(low, high) of their tight size
 BOX_SHIFT = 0.05  # ... and their centre shifted by U(-BOX_SHIFT, BOX_SHIFT) of a size (jitter)
 JITTERS = ("padded", "tight")  # module.fed_box_jitter: the size that scales the centre shift
+MODES = ("scheduled", "ground_truth", "predictions")  # module.teacher_forcing
 
 
 @dataclasses.dataclass
@@ -80,17 +93,31 @@ class TeacherForcing:
             (``module.box_iou``): ``"soft"`` or ``"coordinates"``.
         jitter: the size that scales the fed box's centre shift (``module.fed_box_jitter``):
             ``"padded"`` or ``"tight"``.
+        mode: how the schedule is used (``module.teacher_forcing``, module docstring):
+            ``"scheduled"``, ``"ground_truth"`` or ``"predictions"``.
 
     Attributes:
         probabilities: per kind (``"box"``, ``"mask"``) the (T,) probability at each timestep of
             feeding ground truth in the ``full`` stage, on the model's device; None (the
-            default, and what :class:`~recattend.callbacks.sampling.ScheduledSampling` sets
-            outside the full stage) feeds none.
+            default, and outside the full stage) feeds none. Set through :meth:`schedule`.
     """
 
-    def __init__(self, box_iou: str = "soft", jitter: str = "padded") -> None:
-        self.box_iou, self.jitter = box_iou, jitter
+    def __init__(self, box_iou: str = "soft", jitter: str = "padded", mode: str = "scheduled"):
+        self.box_iou, self.jitter, self.mode = box_iou, jitter, mode
         self.probabilities: dict[str, Tensor] | None = None
+
+    def schedule(self, probabilities: dict[str, Tensor] | None) -> None:
+        """Take the scheduled probabilities (per kind, (T,)) as :attr:`mode` uses them:
+        unchanged (``scheduled``), the mask's all 1 (``ground_truth``) or all 0
+        (``predictions``); None feeds no ground truth."""
+        if probabilities is not None and self.mode != "scheduled":
+            probabilities = dict(probabilities)
+            for kind, value in probabilities.items():
+                if self.mode == "predictions":
+                    probabilities[kind] = torch.zeros_like(value)
+                elif kind == "mask":
+                    probabilities[kind] = torch.ones_like(value)
+        self.probabilities = probabilities
 
     def draw(self, kind: str, t: int, b: int, stage: str, device: torch.device) -> Tensor:
         """(B,) bool switches: feed ground truth of ``kind`` (``"box"`` or ``"mask"``) at step t.
@@ -159,3 +186,86 @@ class TeacherForcing:
         center = center + BOX_SHIFT * (2 * torch.rand_like(center) - 1) * scale
         noise = 1 - MASK_NOISE * torch.rand_like(batch["masks"][:, 0])
         return StepForcing(use_box, center, size, use_mask, batch["masks"][rows, m] * noise)
+
+
+def rollout(
+    net: SegmenterNetwork,
+    batch: dict[str, Any],
+    stage: str,
+    min_pad: float,
+    box_iou: str = "soft",
+    forcing: TeacherForcing | None = None,
+    recompute: bool | str = False,
+    compiled: bool = False,
+) -> list[StepOutput]:
+    """All T training steps of a batch, with teacher forcing (eq. 1: canvas = max of the masks
+    written so far, no gradient across steps).
+
+    Args:
+        net: the network; its segmenter runs the steps on x (:meth:`SegmenterNetwork.inputs`).
+        batch: the batch contract's ``image``, ``masks``, ``boxes`` and ``num_instances``.
+        stage: the bootstrap stage: ``"box"`` (the box network alone, every canvas write the
+            noised ground truth) or ``"full"``.
+        min_pad: the stage's minimum ground-truth box padding (px).
+        box_iou: the losses' box IoU (``module.box_iou``), for which the padded ground-truth
+            boxes are prepared: ``"soft"`` or ``"coordinates"`` (whose losses read the box
+            edges too).
+        forcing: the teacher forcing; None feeds no ground truth.
+        recompute: what the backward pass recomputes (``module.recompute``): False
+            nothing, ``"full_resolution"`` the box CNN's full-resolution layers, True each step.
+        compiled: the step functions are ``torch.compile`` d (no parallel backward then).
+
+    Returns:
+        The T :class:`~recattend.models.segmenter.StepOutput` s; on the CPU fast path their
+        tensors are joined so that the backward runs the steps in parallel
+        (:func:`recattend.ops.join_step_outputs`).
+    """
+    model = net.segmenter
+    if model.box_net is not None:
+        model.box_net.cnn.recompute_full_resolution = recompute == "full_resolution"
+    step = _recomputed_steps(model) if recompute is True and torch.is_grad_enabled() else None
+    shared = model.prepare(net.inputs(batch["image"]))
+    workers = ops.backward_workers(model, model.steps, compiled)
+    x = shared if workers == 1 else shared.detach().requires_grad_(shared.requires_grad)
+    counts = supervised_counts(batch["num_instances"], batch["boxes"])
+    padded = padded_gt_boxes(box_iou, batch["boxes"], counts, min_pad, model.image_size)
+    canvas = x.new_zeros(x.shape[0], 1, *model.image_size)
+    outs = []
+    for t in range(model.steps):
+        box = step(model.locate, x, canvas, t) if step else model.locate(x, canvas, t)
+        knob = None
+        if forcing is not None:
+            knob = forcing.knob(model, t, box, batch, padded, stage, min_pad)
+        if stage == "box":
+            out = model.box_only(box)
+            written = torch.zeros_like(canvas[:, 0])  # every image takes ground truth below
+        else:
+            patch_box = None if knob is None else knob.patch_box(box)
+            args = (x, canvas, t, box, patch_box)
+            out = step(model.segment, *args) if step else model.segment(*args)
+            written = out.mask.detach()
+        outs.append(out)
+        if knob is not None:
+            written = knob.write(written)
+        canvas = torch.maximum(canvas, written[:, None])  # eq. (1), no gradient across steps
+    if workers == 1:
+        return outs
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    read = ("mask", "soft_box", "score")  # by the losses, and the box edges by coordinates
+    read += ("box_edges",) if box_iou == "coordinates" else ()
+    return ops.join_step_outputs(outs, read, parameters, x, shared, workers)
+
+
+def _recomputed_steps(model: RecurrentSegmenter) -> Callable[..., Any]:
+    """``run(function, x, canvas, t, *args)``: step t's ``function`` keeping only its inputs and
+    outputs, recomputed in backward with step t's BatchNorm statistics restored after the
+    recomputation (:func:`recattend.ops.recomputed`)."""
+    stacks = [
+        m for m in model.modules() if isinstance(m, TimestepConvStack | TimestepDeconvStack)
+    ]  # DDP's SyncBatchNorm conversion replaces their layers, not them
+
+    def run(function: Callable[..., Any], x: Tensor, canvas: Tensor, t: int, *args: Any) -> Any:
+        norms = [norm for stack in stacks for norm in stack.norms[t]]
+        return ops.recomputed(function, norms, x, canvas, t, *args)
+
+    return run

@@ -1,8 +1,8 @@
-"""Export a training checkpoint as shipped weights: ``python -m recattend.pretrained.export
+"""Export a training checkpoint as shipped weights: ``python -m recattend.tasks.ship_weights
 <run>/checkpoints/<best>.ckpt recattend/pretrained/<name>.pt``.
 
 The file keeps what inference and fine-tuning need and nothing else: the ``state_dict`` and the
-module's ``hyper_parameters`` (so :func:`recattend.utils.checkpoint.load_module` rebuilds it), the
+module's ``hyper_parameters`` (so :func:`recattend.lit.load_module` rebuilds it), the
 resolved ``dataset`` config of the run (what ``eval.py weights=<name>`` scores by default), the
 ``output_statistics`` of its validation (what ``predict.py`` compares inputs with; computed on the
 validation split when the checkpoint predates them), and a ``card``: the run's overrides, its
