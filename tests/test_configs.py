@@ -49,6 +49,19 @@ def test_option_composes_and_instantiates(compose_train, group: str, option: str
         assert key in cfg.trainer, key
 
 
+EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_eval_reads_every_experiments_data(compose_train, experiment: str) -> None:
+    # eval.py experiment=X scores on X's data: every recipe composes there (its training callbacks
+    # fill a slot that evaluation does not read) and gives the dataset it trains on.
+    trained = compose_train(f"experiment={experiment}")
+    evaluated = compose_train(f"experiment={experiment}", "ckpt_path=x.ckpt", config_name="eval")
+    assert evaluated.hydra.runtime.choices.experiment == experiment
+    assert evaluated.dataset == trained.dataset
+
+
 def test_default_run_is_synthetic_with_wandb_offline_and_csv(compose_train) -> None:
     cfg = compose_train()
     assert cfg.hydra.runtime.choices.dataset == "synthetic"

@@ -127,11 +127,12 @@ class _BatchNormReLU(torch.autograd.Function):
 
 def _fusable(norm: nn.Module, x: Tensor, pool: int) -> bool:
     """Whether ``max_pool2d(relu(norm(x)), pool)`` can run on the fused kernel."""
+    if not ENABLED:  # before reading shapes, which a TorchScript trace would record as constants
+        return False
     channels = x.shape[1] if x.dim() == 4 else 0
     lanes = 16 if channels <= 16 else (32 if channels <= 32 else 64)
     return (
-        ENABLED
-        and type(norm) is nn.BatchNorm2d  # not e.g. the SyncBatchNorm that DDP substitutes
+        type(norm) is nn.BatchNorm2d  # not e.g. the SyncBatchNorm that DDP substitutes
         and norm.affine
         and norm.track_running_stats
         and x.dim() == 4

@@ -40,6 +40,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from recattend.utils.hydra import remove_empty_sweep_dir
+from recattend.utils.signals import restore_ctrl_c, stopped_by_ctrl_c
 
 CONFIG_MODULE = "recattend.conf"
 _FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -84,12 +85,11 @@ def hydra_main(config_name: str, task: str) -> Callable[[], None]:
             sys.exit(1)
         user_setting = os.environ.get(_FULL_ERROR)
         _set_full_error("1")
+        restore_ctrl_c()  # the run's interrupt handling takes KeyboardInterrupt from here on
         try:
             app()
         except KeyboardInterrupt as stop:  # Ctrl-C before the run could save (or a second one)
-            why = f": {stop}" if str(stop) else " before the run could save anything"
-            sys.stderr.write(f"Stopped by Ctrl-C{why}. Exit status 130.\n")
-            sys.exit(130)
+            stopped_by_ctrl_c(f": {stop}" if str(stop) else " before the run could save anything")
         except Exception as error:
             if started:  # the task's own error, reported by Hydra unless HYDRA_FULL_ERROR=1
                 raise
