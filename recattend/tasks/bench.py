@@ -179,11 +179,12 @@ def measure(
         train_step()
     synchronize()
     train_time = time.perf_counter() - start
-    loss_share = _losses_share(train_step, synchronize)
+    # Read before the profiled steps, whose profiler buffers would count in the process's peak.
     if cuda:  # what PyTorch allocated on the GPU, warm-up included
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:  # the process's resident memory (interpreter and torch included)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    loss_share = _losses_share(train_step, synchronize)
 
     module.eval()
     with torch.no_grad():

@@ -108,3 +108,30 @@ def test_one_small_measurement_on_the_cpu(monkeypatch) -> None:
     assert figures["train_images_per_s"] > 0 and figures["infer_images_per_s"] > 0
     assert figures["peak_train_memory_gib"] > 0.1  # the process's resident memory
     assert 0 < figures["matching_loss_share"] < 1 and "gpu" not in figures
+
+
+def test_peak_memory_is_the_trainings_not_the_profilers(monkeypatch) -> None:
+    # The losses' share is profiled after the timed steps; what it allocates is not training's.
+    import resource
+
+    import numpy as np
+
+    from recattend.tasks import bench
+
+    monkeypatch.setitem(
+        bench.CONFIGS, "small", {"resolution": [64, 64], "max_instances": 2, "batch_size": 2}
+    )
+    monkeypatch.setattr(bench, "TRAIN_WARMUP", 1)
+    above = {}
+
+    def profiled(train_step, synchronize) -> float:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes
+        above["gib"] = (peak + 2**29) / 2**30
+        buffer = np.ones(peak + 2**29, np.uint8)  # touched: resident, above any earlier peak
+        del buffer
+        return 0.5
+
+    monkeypatch.setattr(bench, "_losses_share", profiled)
+    figures = bench.measure("small", 1)
+    assert figures["matching_loss_share"] == 0.5
+    assert figures["peak_train_memory_gib"] < above["gib"]
