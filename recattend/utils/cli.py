@@ -89,7 +89,7 @@ def hydra_main(config_name: str, task: str) -> Callable[[], None]:
         try:
             app()
         except KeyboardInterrupt as stop:  # Ctrl-C before the run could save (or a second one)
-            stopped_by_ctrl_c(f": {stop}" if str(stop) else " before the run could save anything")
+            stopped_by_ctrl_c(str(stop))
         except Exception as error:
             if started:  # the task's own error, reported by Hydra unless HYDRA_FULL_ERROR=1
                 raise

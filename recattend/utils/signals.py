@@ -11,16 +11,21 @@ from types import FrameType
 from typing import NoReturn
 
 
-def stopped_by_ctrl_c(why: str = " before the run could save anything") -> NoReturn:
-    """Say that Ctrl-C stopped the program (``why`` follows the words), and exit with 130."""
-    sys.stderr.write(f"Stopped by Ctrl-C{why}. Exit status 130.\n")
+def _line(reason: str) -> str:
+    why = f": {reason}" if reason else " before the run could save anything"
+    return f"Stopped by Ctrl-C{why}. Exit status 130.\n"
+
+
+def stopped_by_ctrl_c(reason: str = "") -> NoReturn:
+    """Say that Ctrl-C stopped the program (and why, if ``reason`` says), and exit with 130."""
+    sys.stderr.write(_line(reason))
     sys.exit(130)
 
 
 def _on_ctrl_c(signum: int, frame: FrameType | None) -> None:
     # os._exit: an exception raised here could be caught by a library's bare ``except:`` around
     # an optional import, and the program would go on as if nothing had been asked.
-    sys.stderr.write("Stopped by Ctrl-C before the run could save anything. Exit status 130.\n")
+    sys.stderr.write(_line(""))
     sys.stderr.flush()
     os._exit(130)
 
